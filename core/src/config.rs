@@ -1,0 +1,449 @@
+//! The hub's typed configuration: one YAML file (`config/hub.yaml` is the documented default,
+//! `--config FILE` or `HUB_CONFIG` picks another) overlaid with `HUB_*` environment variables.
+//!
+//! Every key is documented on its field below; unknown keys are rejected with the key named.
+//! Secrets (admin token, master keys) are never read from the YAML itself: they come from the
+//! environment or from a mounted file the YAML points at.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::provider::DEFAULT_RATE_LIMIT_PER_SEC;
+
+/// Default data directory (SQLite file, generated keys, CA, DLQ spool).
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default proxy listener.
+pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:3128";
+/// Default admin listener.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8080";
+/// Default proxy metrics listener (admin-only).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9090";
+/// Default registry poll period (SQLite has no notifications; PostgreSQL also polls as a backstop).
+pub const DEFAULT_REGISTRY_POLL_MS: u64 = 500;
+/// Default bound on cached leaf certificates.
+pub const DEFAULT_LEAF_CACHE_SIZE: usize = 10_000;
+/// Default leaf certificate lifetime.
+pub const DEFAULT_LEAF_VALIDITY_HOURS: u32 = 24;
+
+/// A configuration problem; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed, has an unknown key or a wrong type (serde names the key).
+    #[error("invalid config {origin}: {message}")]
+    Parse {
+        /// File name or `<inline>`.
+        origin: String,
+        /// serde's message, which names the key and the location.
+        message: String,
+    },
+    /// An environment override is malformed.
+    #[error("invalid environment variable {var}: {message}")]
+    Env {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A rule that spans fields is broken.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// The key, dotted (`proxy.listen`).
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// Stable label for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read",
+            Self::Parse { .. } => "parse",
+            Self::Env { .. } => "env",
+            Self::Invalid { .. } => "invalid",
+        }
+    }
+}
+
+/// The whole configuration tree (`hub.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// `data_dir` (env `HUB_DATA_DIR`, default `./data`): SQLite file, generated dev master key,
+    /// hub CA, DLQ spool. Created on start with 0700 permissions.
+    pub data_dir: PathBuf,
+    /// The egress proxy service.
+    pub proxy: ProxyConfig,
+    /// The admin service.
+    pub admin: AdminConfig,
+    /// Registry and DLQ database.
+    pub database: DatabaseConfig,
+    /// Shared resilience state.
+    pub redis: RedisConfig,
+    /// Credential encryption keys.
+    pub vault: VaultConfig,
+    /// The hub CA that signs intercepted-TLS leaf certificates.
+    pub ca: CaConfig,
+    /// Hub-wide defaults for provider policy.
+    pub defaults: DefaultsConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `proxy:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// `proxy.listen` (env `HUB_PROXY_LISTEN`, default `127.0.0.1:3128`): where modules send
+    /// `HTTP_PROXY`/`HTTPS_PROXY` traffic.
+    pub listen: SocketAddr,
+    /// `proxy.metrics_listen` (env `HUB_METRICS_LISTEN`, default `127.0.0.1:9090`): Prometheus
+    /// `/metrics` for the proxy; keep it off the modules' network.
+    pub metrics_listen: SocketAddr,
+    /// `proxy.upstream_ca_file` (env `HUB_UPSTREAM_CA_FILE`): extra PEM roots trusted for upstream
+    /// TLS, on top of the system roots (private CAs, tests).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// `proxy.registry_poll_ms` (default 500): how often the proxy checks the registry revision.
+    pub registry_poll_ms: u64,
+    /// `proxy.leaf_cache_size` (default 10000): bound on cached minted leaf certificates.
+    pub leaf_cache_size: usize,
+    /// `proxy.leaf_validity_hours` (default 24): lifetime of minted leaves; they are renewed
+    /// when less than a quarter of it remains.
+    pub leaf_validity_hours: u32,
+}
+
+/// `admin:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// `admin.listen` (env `HUB_ADMIN_LISTEN`, default `127.0.0.1:8080`).
+    pub listen: SocketAddr,
+    /// `admin.token_file`: a mounted file holding the bootstrap admin token. The env
+    /// `HUB_ADMIN_TOKEN` wins over it. With neither, `hub up` generates one into the data dir.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `database:` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `database.url` (env `HUB_DATABASE_URL`): `sqlite://…` or `postgres://…`. Default:
+    /// `sqlite://<data_dir>/hub.db`.
+    pub url: Option<String>,
+}
+
+/// `redis:` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis.url` (env `HUB_REDIS_URL`): Redis/Valkey for breaker and rate-limit state shared
+    /// between hub instances. Unset: in-process state.
+    pub url: Option<String>,
+}
+
+/// `vault:` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// `vault.keys_file` (env `HUB_MASTER_KEYS_FILE`): a mounted file holding the key ring in the
+    /// `HUB_MASTER_KEYS` format. The env `HUB_MASTER_KEYS` wins over it. With neither, a dev key
+    /// is generated into `<data_dir>/master.key` (0600) and the log says so loudly.
+    pub keys_file: Option<PathBuf>,
+}
+
+/// `ca:` section.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaConfig {
+    /// `ca.cert_file` (env `HUB_CA_CERT_FILE`, default `<data_dir>/ca.pem`).
+    pub cert_file: Option<PathBuf>,
+    /// `ca.key_file` (env `HUB_CA_KEY_FILE`, default `<data_dir>/ca-key.pem`, 0600). When both
+    /// files are missing the CA is generated on first start.
+    pub key_file: Option<PathBuf>,
+}
+
+/// `defaults:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DefaultsConfig {
+    /// `defaults.rate_limit_per_sec` (env `INTEGRATION_RATE_LIMIT_PER_SEC`, default 100): the
+    /// rate limit of providers that set none.
+    pub rate_limit_per_sec: u32,
+}
+
+/// `log:` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `log.format` (env `HUB_LOG_FORMAT`): `json` (default) or `text`.
+    pub format: LogFormat,
+    /// `log.level` (env `HUB_LOG`, default `info`): a tracing filter, e.g. `info,hub_proxy=debug`.
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Text,
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("default listen addresses parse")
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            proxy: ProxyConfig::default(),
+            admin: AdminConfig::default(),
+            database: DatabaseConfig::default(),
+            redis: RedisConfig::default(),
+            vault: VaultConfig::default(),
+            ca: CaConfig::default(),
+            defaults: DefaultsConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_PROXY_LISTEN),
+            metrics_listen: addr(DEFAULT_METRICS_LISTEN),
+            upstream_ca_file: None,
+            registry_poll_ms: DEFAULT_REGISTRY_POLL_MS,
+            leaf_cache_size: DEFAULT_LEAF_CACHE_SIZE,
+            leaf_validity_hours: DEFAULT_LEAF_VALIDITY_HOURS,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_ADMIN_LISTEN),
+            token_file: None,
+        }
+    }
+}
+
+impl Default for DefaultsConfig {
+    fn default() -> Self {
+        Self {
+            rate_limit_per_sec: DEFAULT_RATE_LIMIT_PER_SEC,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Json,
+            level: "info".into(),
+        }
+    }
+}
+
+impl HubConfig {
+    /// Parses YAML text (an empty document is all defaults).
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a YAML file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text, &path.display().to_string())
+    }
+
+    /// Loads the configuration: `explicit` file if given, else `config/hub.yaml` when it exists,
+    /// else defaults; then `HUB_*` overrides from the process environment; then [`Self::validate`].
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let default_path = Path::new("config/hub.yaml");
+        let mut cfg = match explicit {
+            Some(p) => Self::from_file(p)?,
+            None if default_path.exists() => Self::from_file(default_path)?,
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Applies environment overrides read through `get` (injectable for tests).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(var: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+                var,
+                message: e.to_string(),
+            })
+        }
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get("HUB_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = get("HUB_PROXY_LISTEN") {
+            self.proxy.listen = parse("HUB_PROXY_LISTEN", &v)?;
+        }
+        if let Some(v) = get("HUB_METRICS_LISTEN") {
+            self.proxy.metrics_listen = parse("HUB_METRICS_LISTEN", &v)?;
+        }
+        if let Some(v) = get("HUB_ADMIN_LISTEN") {
+            self.admin.listen = parse("HUB_ADMIN_LISTEN", &v)?;
+        }
+        if let Some(v) = get("HUB_UPSTREAM_CA_FILE") {
+            self.proxy.upstream_ca_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("HUB_DATABASE_URL") {
+            self.database.url = Some(v);
+        }
+        if let Some(v) = get("HUB_REDIS_URL") {
+            self.redis.url = Some(v);
+        }
+        if let Some(v) = get("HUB_MASTER_KEYS_FILE") {
+            self.vault.keys_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("HUB_CA_CERT_FILE") {
+            self.ca.cert_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("HUB_CA_KEY_FILE") {
+            self.ca.key_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("INTEGRATION_RATE_LIMIT_PER_SEC") {
+            self.defaults.rate_limit_per_sec = parse("INTEGRATION_RATE_LIMIT_PER_SEC", &v)?;
+        }
+        if let Some(v) = get("HUB_LOG_FORMAT") {
+            self.log.format = match v.as_str() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                other => {
+                    return Err(ConfigError::Env {
+                        var: "HUB_LOG_FORMAT",
+                        message: format!("{other:?}: expected json or text"),
+                    });
+                }
+            };
+        }
+        if let Some(v) = get("HUB_LOG") {
+            self.log.level = v;
+        }
+        Ok(())
+    }
+
+    /// Rules that span fields.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.proxy.listen == self.admin.listen {
+            return invalid("admin.listen", "must differ from proxy.listen");
+        }
+        if self.proxy.metrics_listen == self.proxy.listen
+            || self.proxy.metrics_listen == self.admin.listen
+        {
+            return invalid(
+                "proxy.metrics_listen",
+                "must differ from proxy.listen and admin.listen",
+            );
+        }
+        if !(50..=60_000).contains(&self.proxy.registry_poll_ms) {
+            return invalid("proxy.registry_poll_ms", "must be between 50 and 60000");
+        }
+        if self.proxy.leaf_cache_size == 0 {
+            return invalid("proxy.leaf_cache_size", "must be at least 1");
+        }
+        if !(1..=24 * 90).contains(&self.proxy.leaf_validity_hours) {
+            return invalid("proxy.leaf_validity_hours", "must be between 1 and 2160");
+        }
+        if !(1..=1_000_000).contains(&self.defaults.rate_limit_per_sec) {
+            return invalid(
+                "defaults.rate_limit_per_sec",
+                "must be between 1 and 1000000",
+            );
+        }
+        if let Some(url) = &self.database.url
+            && !(url.starts_with("sqlite:")
+                || url.starts_with("postgres://")
+                || url.starts_with("postgresql://"))
+        {
+            return invalid("database.url", "must start with sqlite: or postgres://");
+        }
+        if let Some(url) = &self.redis.url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return invalid("redis.url", "must start with redis:// or rediss://");
+        }
+        if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
+            return invalid("ca.key_file", "ca.cert_file and ca.key_file go together");
+        }
+        if tracing_filter_is_empty(&self.log.level) {
+            return invalid("log.level", "must not be empty");
+        }
+        Ok(())
+    }
+
+    /// The database URL in force (the SQLite default lives in the data dir).
+    pub fn database_url(&self) -> String {
+        self.database.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("hub.db").display()
+            )
+        })
+    }
+
+    /// The CA certificate path in force.
+    pub fn ca_cert_path(&self) -> PathBuf {
+        self.ca
+            .cert_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca.pem"))
+    }
+
+    /// The CA key path in force.
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.ca
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca-key.pem"))
+    }
+}
+
+fn tracing_filter_is_empty(level: &str) -> bool {
+    level.trim().is_empty()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,21 @@
+//! Integration Hub domain crate: everything both deployables (proxy, admin) share and that
+//! depends on neither Pingora nor axum.
+//!
+//! - [`provider`]: the provider model, its per-provider policy and auth scheme, validation.
+//! - [`secret`]: a string type that never prints.
+//! - [`config`]: the typed `hub.yaml` tree with `HUB_*` overrides.
+//! - [`store`]: the registry's persistence interface and its SQLite/PostgreSQL implementations.
+//! - [`vault`]: AES-256-GCM credential encryption with a key ring.
+//! - [`state`]: shared resilience state (breaker, rate limit), in-process or Redis.
+//! - [`ca`]: the hub's certificate authority (generated on first start, loaded after).
+
+pub mod ca;
+pub mod catalog;
+pub mod config;
+pub mod provider;
+pub mod secret;
+pub mod state;
+pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+pub mod vault;

@@ -1,0 +1,194 @@
+//! How the hub authenticates to a provider. The whole [`Auth`] value is what the vault seals;
+//! only [`AuthType`] is stored in the clear.
+
+use serde::{Deserialize, Serialize};
+
+use super::ValidationError;
+use crate::secret::SecretString;
+
+/// The auth scheme, stored in the clear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthType {
+    /// No credentials are injected.
+    #[default]
+    None,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    /// `Authorization: Basic base64(username:password)`.
+    Basic,
+    /// `<name>: <value>`.
+    Header,
+    /// `?<name>=<value>` on the query string.
+    Query,
+}
+
+impl AuthType {
+    /// The stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Bearer => "bearer",
+            Self::Basic => "basic",
+            Self::Header => "header",
+            Self::Query => "query",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Self::None,
+            "bearer" => Self::Bearer,
+            "basic" => Self::Basic,
+            "header" => Self::Header,
+            "query" => Self::Query,
+            _ => return None,
+        })
+    }
+
+    /// The credential fields this scheme carries (what the admin API says "is set").
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Self::None => &[],
+            Self::Bearer => &["token"],
+            Self::Basic => &["username", "password"],
+            Self::Header | Self::Query => &["name", "value"],
+        }
+    }
+}
+
+/// A provider's credentials. `Debug` never shows a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// Bearer token.
+    Bearer {
+        /// The token.
+        token: SecretString,
+    },
+    /// HTTP basic.
+    Basic {
+        /// User name (treated as a secret too: some providers put the API key here).
+        username: SecretString,
+        /// Password.
+        password: SecretString,
+    },
+    /// A custom header, e.g. `X-Api-Key`.
+    Header {
+        /// Header name (not secret).
+        name: String,
+        /// Header value.
+        value: SecretString,
+    },
+    /// A query parameter, e.g. `api_key`.
+    Query {
+        /// Parameter name (not secret; its value is redacted in logs and the DLQ).
+        name: String,
+        /// Parameter value.
+        value: SecretString,
+    },
+}
+
+impl Auth {
+    /// The scheme.
+    pub fn auth_type(&self) -> AuthType {
+        match self {
+            Self::None => AuthType::None,
+            Self::Bearer { .. } => AuthType::Bearer,
+            Self::Basic { .. } => AuthType::Basic,
+            Self::Header { .. } => AuthType::Header,
+            Self::Query { .. } => AuthType::Query,
+        }
+    }
+
+    /// Checks the fields: secrets non-empty and free of control characters (they end up in
+    /// headers), names valid header tokens / query names.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        fn secret(field: &str, s: &SecretString) -> Result<(), ValidationError> {
+            if s.is_empty() || s.expose().len() > 8192 {
+                return Err(ValidationError::new(field, "must be 1-8192 characters"));
+            }
+            if s.expose().bytes().any(|b| b.is_ascii_control()) {
+                return Err(ValidationError::new(
+                    field,
+                    "must not contain control characters",
+                ));
+            }
+            Ok(())
+        }
+        fn token_name(field: &str, n: &str) -> Result<(), ValidationError> {
+            let ok = !n.is_empty()
+                && n.len() <= 128
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if ok {
+                Ok(())
+            } else {
+                Err(ValidationError::new(
+                    field,
+                    "must be 1-128 characters of A-Z a-z 0-9 - _ .",
+                ))
+            }
+        }
+        match self {
+            Self::None => Ok(()),
+            Self::Bearer { token } => secret("auth.token", token),
+            Self::Basic { username, password } => {
+                if username.expose().contains(':') {
+                    return Err(ValidationError::new(
+                        "auth.username",
+                        "must not contain ':'",
+                    ));
+                }
+                secret("auth.username", username)?;
+                secret("auth.password", password)
+            }
+            Self::Header { name, value } => {
+                token_name("auth.name", name)?;
+                let lower = name.to_ascii_lowercase();
+                if ["host", "content-length", "transfer-encoding", "connection"]
+                    .contains(&lower.as_str())
+                {
+                    return Err(ValidationError::new(
+                        "auth.name",
+                        "may not replace a framing header",
+                    ));
+                }
+                secret("auth.value", value)
+            }
+            Self::Query { name, value } => {
+                token_name("auth.name", name)?;
+                secret("auth.value", value)
+            }
+        }
+    }
+
+    /// The plaintext the vault seals (JSON). The caller must drop it promptly.
+    pub fn to_sealable_json(&self) -> Vec<u8> {
+        let v = match self {
+            Self::None => serde_json::json!({"type": "none"}),
+            Self::Bearer { token } => {
+                serde_json::json!({"type": "bearer", "token": token.expose()})
+            }
+            Self::Basic { username, password } => serde_json::json!({
+                "type": "basic", "username": username.expose(), "password": password.expose()
+            }),
+            Self::Header { name, value } => {
+                serde_json::json!({"type": "header", "name": name, "value": value.expose()})
+            }
+            Self::Query { name, value } => {
+                serde_json::json!({"type": "query", "name": name, "value": value.expose()})
+            }
+        };
+        serde_json::to_vec(&v).expect("json of strings always serializes")
+    }
+
+    /// Parses what [`Auth::to_sealable_json`] produced.
+    pub fn from_sealed_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}

@@ -1,0 +1,186 @@
+//! Per-provider policy. Every number from the seed (`000_*.txt`) is a field here with the seed's
+//! default, validated on write. Unknown fields are rejected.
+
+use serde::{Deserialize, Serialize};
+
+use super::ValidationError;
+
+/// Default per-attempt timeout (seed: 10 s).
+pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
+/// Per-attempt timeout ceiling (seed: 30 s).
+pub const MAX_TIMEOUT_MS: u32 = 30_000;
+/// Default total budget per call: attempts plus waits.
+pub const DEFAULT_TOTAL_TIMEOUT_MS: u32 = 60_000;
+/// Total budget ceiling.
+pub const MAX_TOTAL_TIMEOUT_MS: u32 = 120_000;
+/// Hub-wide default rate limit (seed: 100 req/s; `INTEGRATION_RATE_LIMIT_PER_SEC` changes it).
+pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 100;
+/// Default attempts per call (seed: 5).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Attempts ceiling.
+pub const MAX_ATTEMPTS: u32 = 10;
+/// Default first backoff wait (seed: 1 s, ×2 each attempt).
+pub const DEFAULT_BACKOFF_BASE_MS: u32 = 1_000;
+/// Default backoff multiplier.
+pub const DEFAULT_BACKOFF_MULTIPLIER: u32 = 2;
+/// Default jitter (seed: ±500 ms).
+pub const DEFAULT_JITTER_MS: u32 = 500;
+
+/// Circuit breaker numbers (seed: 5 consecutive failures within 30 s, 60 s open, 1 probe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BreakerPolicy {
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// The failures must fall within this window.
+    pub failure_window_ms: u32,
+    /// How long the circuit stays open before one probe is admitted.
+    pub open_ms: u32,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            failure_window_ms: 30_000,
+            open_ms: 60_000,
+        }
+    }
+}
+
+/// Per-provider policy; every field optional on input, defaults from the seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ProviderConfig {
+    /// Per-attempt timeout including connect and TLS (≤ 30 000).
+    pub timeout_ms: u32,
+    /// Budget for the whole call, attempts plus waits (≤ 120 000).
+    pub total_timeout_ms: u32,
+    /// Requests per second across all hub instances; `None` = the hub default.
+    pub rate_limit_per_sec: Option<u32>,
+    /// Burst size above the steady rate; `None` = one second's worth.
+    pub burst: Option<u32>,
+    /// Requests per UTC day; `None` = unlimited.
+    pub daily_quota: Option<u64>,
+    /// Attempts per call, the first included (≤ 10).
+    pub max_attempts: u32,
+    /// First backoff wait.
+    pub backoff_base_ms: u32,
+    /// Backoff growth per attempt.
+    pub backoff_multiplier: u32,
+    /// ± jitter on every wait.
+    pub jitter_ms: u32,
+    /// Header carrying the idempotency key (e.g. `Idempotency-Key`); the hub adds a UUID when the
+    /// caller sent none.
+    pub idempotency_header: Option<String>,
+    /// Allow the base URL to resolve to loopback/private/link-local addresses.
+    pub allow_private_network: bool,
+    /// Allow an `http://` base URL.
+    pub allow_insecure_upstream: bool,
+    /// Circuit breaker numbers.
+    pub breaker: BreakerPolicy,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            total_timeout_ms: DEFAULT_TOTAL_TIMEOUT_MS,
+            rate_limit_per_sec: None,
+            burst: None,
+            daily_quota: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff_base_ms: DEFAULT_BACKOFF_BASE_MS,
+            backoff_multiplier: DEFAULT_BACKOFF_MULTIPLIER,
+            jitter_ms: DEFAULT_JITTER_MS,
+            idempotency_header: None,
+            allow_private_network: false,
+            allow_insecure_upstream: false,
+            breaker: BreakerPolicy::default(),
+        }
+    }
+}
+
+fn within(field: &str, v: u64, lo: u64, hi: u64) -> Result<(), ValidationError> {
+    if (lo..=hi).contains(&v) {
+        Ok(())
+    } else {
+        Err(ValidationError::new(
+            format!("config.{field}"),
+            format!("must be between {lo} and {hi}"),
+        ))
+    }
+}
+
+impl ProviderConfig {
+    /// Checks every bound and the rules that span fields.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        within(
+            "timeoutMs",
+            self.timeout_ms.into(),
+            1,
+            MAX_TIMEOUT_MS.into(),
+        )?;
+        within(
+            "totalTimeoutMs",
+            self.total_timeout_ms.into(),
+            1,
+            MAX_TOTAL_TIMEOUT_MS.into(),
+        )?;
+        if self.total_timeout_ms < self.timeout_ms {
+            return Err(ValidationError::new(
+                "config.totalTimeoutMs",
+                "must be at least config.timeoutMs",
+            ));
+        }
+        if let Some(r) = self.rate_limit_per_sec {
+            within("rateLimitPerSec", r.into(), 1, 1_000_000)?;
+        }
+        if let Some(b) = self.burst {
+            within("burst", b.into(), 1, 1_000_000)?;
+        }
+        if let Some(q) = self.daily_quota {
+            within("dailyQuota", q, 1, 1_000_000_000_000)?;
+        }
+        within(
+            "maxAttempts",
+            self.max_attempts.into(),
+            1,
+            MAX_ATTEMPTS.into(),
+        )?;
+        within("backoffBaseMs", self.backoff_base_ms.into(), 0, 60_000)?;
+        within("backoffMultiplier", self.backoff_multiplier.into(), 1, 10)?;
+        within("jitterMs", self.jitter_ms.into(), 0, 10_000)?;
+        if let Some(h) = &self.idempotency_header {
+            let ok = !h.is_empty()
+                && h.len() <= 128
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !ok {
+                return Err(ValidationError::new(
+                    "config.idempotencyHeader",
+                    "must be a header name of A-Z a-z 0-9 - _",
+                ));
+            }
+        }
+        within(
+            "breaker.failureThreshold",
+            self.breaker.failure_threshold.into(),
+            1,
+            1_000,
+        )?;
+        within(
+            "breaker.failureWindowMs",
+            self.breaker.failure_window_ms.into(),
+            1,
+            3_600_000,
+        )?;
+        within("breaker.openMs", self.breaker.open_ms.into(), 1, 3_600_000)?;
+        Ok(())
+    }
+
+    /// The effective rate limit given the hub default.
+    pub fn rate_limit(&self, hub_default: u32) -> u32 {
+        self.rate_limit_per_sec.unwrap_or(hub_default)
+    }
+}

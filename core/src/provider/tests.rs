@@ -1,0 +1,128 @@
+use proptest::prelude::*;
+
+use super::*;
+
+#[test]
+fn host_patterns_match_case_insensitively_and_by_label() {
+    let exact = HostPattern::parse("API.Stripe.com.").unwrap();
+    assert_eq!(exact, HostPattern::Exact("api.stripe.com".into()));
+    assert!(exact.matches("api.stripe.com"));
+    assert!(!exact.matches("x.api.stripe.com"));
+
+    let wild = HostPattern::parse("*.Example.com").unwrap();
+    assert!(wild.matches("a.example.com"));
+    assert!(wild.matches("a.b.example.com"));
+    assert!(!wild.matches("example.com"));
+    assert!(!wild.matches("badexample.com"));
+}
+
+#[test]
+fn host_patterns_reject_garbage() {
+    for bad in [
+        "", "*", "*.com", "a..b", "-a.com", "a*.b.com", "1.2.3.4", "a b.com", "x.*.com",
+    ] {
+        assert!(HostPattern::parse(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn base_url_requires_https_unless_insecure_allowed() {
+    let u = parse_base_url("https://API.x.com:8443/v1/", false).unwrap();
+    assert_eq!(
+        (u.tls, u.host.as_str(), u.port, u.path_prefix.as_str()),
+        (true, "api.x.com", 8443, "/v1")
+    );
+    assert_eq!(
+        parse_base_url("http://x.com", false).unwrap_err().field,
+        "baseUrl"
+    );
+    assert!(!parse_base_url("http://127.0.0.1:81", true).unwrap().tls);
+    assert!(parse_base_url("https://u:p@x.com", false).is_err());
+    assert!(parse_base_url("https://x.com?a=b", false).is_err());
+    assert!(parse_base_url("ftp://x.com", false).is_err());
+    assert!(parse_base_url("https://x.com:99999", false).is_err());
+    assert_eq!(
+        parse_base_url("https://[::1]:9", false).unwrap().host,
+        "::1"
+    );
+}
+
+#[test]
+fn config_bounds_name_the_field() {
+    let c = ProviderConfig {
+        timeout_ms: 30_001,
+        ..Default::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field, "config.timeoutMs");
+    let c = ProviderConfig {
+        total_timeout_ms: 5_000,
+        timeout_ms: 10_000,
+        ..Default::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field, "config.totalTimeoutMs");
+    let c = ProviderConfig {
+        max_attempts: 0,
+        ..Default::default()
+    };
+    assert_eq!(c.validate().unwrap_err().field, "config.maxAttempts");
+    ProviderConfig::default().validate().unwrap();
+}
+
+#[test]
+fn config_rejects_unknown_fields() {
+    let err =
+        serde_json::from_str::<ProviderConfig>(r#"{"timeoutMs": 1000, "bogus": 1}"#).unwrap_err();
+    assert!(err.to_string().contains("bogus"), "{err}");
+    let c: ProviderConfig = serde_json::from_str(r#"{"timeoutMs": 1000}"#).unwrap();
+    assert_eq!(c.max_attempts, 5);
+    assert_eq!(c.breaker.open_ms, 60_000);
+}
+
+#[test]
+fn auth_round_trips_through_sealable_json_and_never_debugs_secrets() {
+    let auths: Vec<Auth> = vec![
+        serde_json::from_str(r#"{"type":"bearer","token":"tok-SECRET"}"#).unwrap(),
+        serde_json::from_str(r#"{"type":"basic","username":"u-SECRET","password":"p-SECRET"}"#)
+            .unwrap(),
+        serde_json::from_str(r#"{"type":"header","name":"X-Api-Key","value":"h-SECRET"}"#).unwrap(),
+        serde_json::from_str(r#"{"type":"query","name":"api_key","value":"q-SECRET"}"#).unwrap(),
+        Auth::None,
+    ];
+    for a in auths {
+        a.validate().unwrap();
+        assert!(!format!("{a:?}").contains("SECRET"));
+        assert_eq!(Auth::from_sealed_json(&a.to_sealable_json()).unwrap(), a);
+    }
+    let bad: Auth = serde_json::from_str(r#"{"type":"header","name":"Host","value":"x"}"#).unwrap();
+    assert_eq!(bad.validate().unwrap_err().field, "auth.name");
+    let bad: Auth = serde_json::from_str(r#"{"type":"bearer","token":"a\nb"}"#).unwrap();
+    assert_eq!(bad.validate().unwrap_err().field, "auth.token");
+}
+
+#[test]
+fn names_are_boring() {
+    validate_name("stripe-eu_1").unwrap();
+    for bad in ["", "Stripe", "-x", "a b", &"x".repeat(65)] {
+        assert!(validate_name(bad).is_err(), "{bad:?}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn wildcard_matches_exactly_its_subdomains(sub in "[a-z0-9]{1,10}(\\.[a-z0-9]{1,10}){0,2}", base in "[a-z]{1,10}\\.[a-z]{2,5}") {
+        let p = HostPattern::parse(&format!("*.{base}")).unwrap();
+        let full = format!("{sub}.{base}");
+        prop_assert!(p.matches(&full));
+        prop_assert!(p.matches(&normalize_host(&full.to_uppercase())));
+        prop_assert!(!p.matches(&base));
+        let glued = format!("{sub}{base}");
+        prop_assert!(!p.matches(&glued));
+    }
+
+    #[test]
+    fn host_parse_never_panics(s in "\\PC{0,80}") {
+        let _ = HostPattern::parse(&s);
+        let _ = parse_base_url(&s, true);
+        let _ = split_host_port(&s);
+    }
+}

@@ -1,0 +1,188 @@
+//! The registry's persistence: one [`Store`] interface, two implementations
+//! ([`sqlite::SqliteStore`], [`postgres::PgStore`]) with their own migrations under
+//! `migrations/{sqlite,postgres}`. Credentials arrive here already sealed by the vault; the store
+//! never sees plaintext.
+//!
+//! Change detection for the proxy's in-memory registry: every write bumps one global
+//! `registry_revision` in the same transaction, so a poller reads a single row to learn whether
+//! anything changed (PostgreSQL additionally `NOTIFY`s on [`REGISTRY_CHANNEL`]).
+
+pub mod postgres;
+mod row;
+pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::provider::{
+    AuthType, HostPattern, ProviderConfig, ProviderId, ProviderRecord, ProviderStatus,
+    SealedCredentials,
+};
+
+/// PostgreSQL `NOTIFY` channel announcing registry changes (payload: the new revision).
+pub const REGISTRY_CHANNEL: &str = "hub_registry";
+
+/// Largest page a list call returns.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// What can go wrong in the store. `kind()` is a stable label for logs and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No live row with that id.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness rule was broken: `field` names the input field, `message` the owner.
+    #[error("conflict on {field}: {message}")]
+    Conflict {
+        /// e.g. `hosts[0]` or `name`.
+        field: String,
+        /// e.g. `host api.x.com is already claimed by provider stripe (01J…)`.
+        message: String,
+    },
+    /// An optimistic-concurrency check failed (the row changed underneath).
+    #[error("the record changed concurrently; retry")]
+    Stale,
+    /// The database URL is not one we support.
+    #[error("unsupported database url {0:?}: expected sqlite://… or postgres://…")]
+    UnsupportedUrl(String),
+    /// A stored value could not be decoded (a bug or a manual edit).
+    #[error("corrupt row {id}: {detail}")]
+    Corrupt {
+        /// Row id.
+        id: String,
+        /// What failed to decode.
+        detail: String,
+    },
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database failed or is unreachable.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Stable label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::Conflict { .. } => "conflict",
+            Self::Stale => "stale",
+            Self::UnsupportedUrl(_) => "unsupported_url",
+            Self::Corrupt { .. } => "corrupt",
+            Self::Migrate(_) => "migrate",
+            Self::Database(_) => "database",
+        }
+    }
+}
+
+/// A provider to insert. The caller chooses the id (the vault binds ciphertext to it first).
+#[derive(Debug, Clone)]
+pub struct ProviderInsert {
+    /// New ULID.
+    pub id: ProviderId,
+    /// Unique among live providers.
+    pub name: String,
+    /// Each unique among live providers.
+    pub hosts: Vec<HostPattern>,
+    /// Validated base URL.
+    pub base_url: String,
+    /// Auth scheme.
+    pub auth_type: AuthType,
+    /// Sealed credentials (`None` for `AuthType::None`).
+    pub credentials: Option<SealedCredentials>,
+    /// Validated policy.
+    pub config: ProviderConfig,
+    /// Initial status.
+    pub status: ProviderStatus,
+}
+
+/// A partial update: `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderChange {
+    /// New name.
+    pub name: Option<String>,
+    /// New host set (replaces the old one).
+    pub hosts: Option<Vec<HostPattern>>,
+    /// New base URL.
+    pub base_url: Option<String>,
+    /// New policy (whole).
+    pub config: Option<ProviderConfig>,
+    /// New status.
+    pub status: Option<ProviderStatus>,
+    /// New auth scheme and credentials (sets `credentials_updated_at`).
+    pub credentials: Option<(AuthType, Option<SealedCredentials>)>,
+    /// When set, the update applies only if the row is still at this version (else `Stale`).
+    pub expected_version: Option<i64>,
+}
+
+/// Filter and cursor for listing providers. Order is by id (ULIDs sort by creation time), so a
+/// cursor stays stable under concurrent inserts.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderQuery {
+    /// Only this status.
+    pub status: Option<ProviderStatus>,
+    /// Only names containing this substring.
+    pub name_contains: Option<String>,
+    /// Only ids strictly greater than this (the previous page's last id).
+    pub after: Option<ProviderId>,
+    /// Page size (clamped to 1..=[`MAX_PAGE_SIZE`]).
+    pub limit: u32,
+}
+
+/// The registry's persistence interface. Deleted providers are invisible to every read except
+/// where stated.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+
+    /// A cheap round trip (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Inserts a provider; `Conflict` names a taken name or host and its owner.
+    async fn create_provider(&self, new: ProviderInsert) -> Result<ProviderRecord, StoreError>;
+
+    /// One live provider.
+    async fn get_provider(&self, id: ProviderId) -> Result<Option<ProviderRecord>, StoreError>;
+
+    /// A page of live providers ordered by id.
+    async fn list_providers(
+        &self,
+        query: &ProviderQuery,
+    ) -> Result<Vec<ProviderRecord>, StoreError>;
+
+    /// Applies a partial update, bumps `version` and `updated_at`.
+    async fn update_provider(
+        &self,
+        id: ProviderId,
+        change: ProviderChange,
+    ) -> Result<ProviderRecord, StoreError>;
+
+    /// Soft-deletes: the row stays (for audit) but its hosts and name are freed and its sealed
+    /// credentials are wiped.
+    async fn delete_provider(&self, id: ProviderId) -> Result<(), StoreError>;
+
+    /// Every live provider (active and disabled): the proxy's registry snapshot.
+    async fn live_providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+
+    /// The global registry revision; it moves on every provider write.
+    async fn registry_revision(&self) -> Result<i64, StoreError>;
+}
+
+/// Opens the store a URL names (`sqlite://path?mode=rwc` or `postgres://…`).
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::connect(url).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

@@ -1,0 +1,347 @@
+//! SQLite store: one file in WAL mode (readers never block the writer), foreign keys on, and every
+//! write in a `BEGIN IMMEDIATE` transaction so that concurrent writers queue on the busy timeout
+//! instead of failing on a stale read snapshot.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+
+use super::row::{self, ProviderRow};
+use super::{ProviderChange, ProviderInsert, ProviderQuery, Store, StoreError};
+use crate::provider::{HostPattern, ProviderId, ProviderRecord};
+
+static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a writer waits for the write lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Readers run in parallel under WAL; writes serialize on the file lock anyway.
+const MAX_CONNECTIONS: u32 = 8;
+/// How long a caller waits for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The columns of a [`ProviderRow`], in a `concat!`-able form.
+macro_rules! columns {
+    () => {
+        "id, name, hosts, base_url, auth_type, credentials, credentials_key_id, \
+         credentials_updated_at, config, status, version, created_at, updated_at"
+    };
+}
+
+/// The registry on SQLite.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing, parent directory included) the database a `sqlite:` URL names.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let mut pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT);
+        if in_memory {
+            // The database lives only as long as one connection to it does.
+            pool = pool
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        } else if let Some(dir) = options.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(sqlx::Error::Io)?;
+        }
+        Ok(Self {
+            pool: pool.connect_with(options).await?,
+        })
+    }
+
+    /// The underlying pool (tests write raw rows through it).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Starts a write: takes the write lock and bumps the registry revision.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query("UPDATE hub_meta SET registry_revision = registry_revision + 1 WHERE id = 1")
+            .execute(&mut *tx)
+            .await?;
+        Ok(tx)
+    }
+}
+
+/// `Conflict` when another live provider has `name`.
+async fn ensure_name_free(
+    conn: &mut SqliteConnection,
+    name: &str,
+    id: &str,
+) -> Result<(), StoreError> {
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT id FROM providers WHERE name = $1 AND deleted_at IS NULL AND id <> $2",
+    )
+    .bind(name)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match owner {
+        Some(owner) => Err(row::name_conflict(name, &owner)),
+        None => Ok(()),
+    }
+}
+
+/// Makes `hosts` the provider's host set, or `Conflict` naming the first host another live
+/// provider claims.
+async fn replace_hosts(
+    conn: &mut SqliteConnection,
+    hosts: &[HostPattern],
+    id: &str,
+) -> Result<(), StoreError> {
+    for (i, host) in hosts.iter().enumerate() {
+        let owner: Option<(String, String)> = sqlx::query_as(
+            "SELECT p.id, p.name FROM provider_hosts h JOIN providers p ON p.id = h.provider_id \
+             WHERE h.host = $1 AND h.provider_id <> $2",
+        )
+        .bind(host.to_string())
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((owner_id, owner_name)) = owner {
+            return Err(row::host_conflict(i, host, &owner_id, &owner_name));
+        }
+    }
+    sqlx::query("DELETE FROM provider_hosts WHERE provider_id = $1")
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    for host in hosts {
+        sqlx::query("INSERT INTO provider_hosts (host, provider_id) VALUES ($1, $2)")
+            .bind(host.to_string())
+            .bind(id)
+            .execute(&mut *conn)
+            .await
+            .map_err(row::map_write_error)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        Ok(MIGRATOR.run(&self.pool).await?)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_provider(&self, new: ProviderInsert) -> Result<ProviderRecord, StoreError> {
+        let id = new.id.to_string();
+        let now = row::now();
+        let (credentials, key_id, credentials_at) = match new.credentials {
+            Some(c) => (Some(c.ciphertext), Some(c.key_id), Some(now)),
+            None => (None, None, None),
+        };
+        let mut tx = self.begin_write().await?;
+        ensure_name_free(&mut tx, &new.name, &id).await?;
+        let row: ProviderRow = sqlx::query_as(concat!(
+            "INSERT INTO providers (id, name, hosts, base_url, auth_type, credentials, \
+             credentials_key_id, credentials_updated_at, config, status, version, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11) RETURNING ",
+            columns!()
+        ))
+        .bind(&id)
+        .bind(&new.name)
+        .bind(row::hosts_json(&new.hosts))
+        .bind(&new.base_url)
+        .bind(new.auth_type.as_str())
+        .bind(credentials)
+        .bind(key_id)
+        .bind(credentials_at)
+        .bind(row::config_json(&new.config))
+        .bind(new.status.as_str())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(row::map_write_error)?;
+        replace_hosts(&mut tx, &new.hosts, &id).await?;
+        let record = row.into_record()?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn get_provider(&self, id: ProviderId) -> Result<Option<ProviderRecord>, StoreError> {
+        let row: Option<ProviderRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM providers WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(ProviderRow::into_record).transpose()
+    }
+
+    async fn list_providers(
+        &self,
+        query: &ProviderQuery,
+    ) -> Result<Vec<ProviderRecord>, StoreError> {
+        // instr() rather than LIKE: a name filter containing % or _ means those characters.
+        let rows: Vec<ProviderRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM providers WHERE deleted_at IS NULL \
+             AND ($1 IS NULL OR status = $1) \
+             AND ($2 IS NULL OR instr(name, $2) > 0) \
+             AND ($3 IS NULL OR id > $3) \
+             ORDER BY id LIMIT $4"
+        ))
+        .bind(query.status.map(|s| s.as_str()))
+        .bind(query.name_contains.as_deref())
+        .bind(query.after.map(|id| id.to_string()))
+        .bind(row::page_size(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        row::into_records(rows)
+    }
+
+    async fn update_provider(
+        &self,
+        id: ProviderId,
+        change: ProviderChange,
+    ) -> Result<ProviderRecord, StoreError> {
+        let id = id.to_string();
+        let mut tx = self.begin_write().await?;
+        let current: ProviderRow = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM providers WHERE id = $1 AND deleted_at IS NULL"
+        ))
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound)?;
+        if change
+            .expected_version
+            .is_some_and(|v| v != current.version)
+        {
+            return Err(StoreError::Stale);
+        }
+        if let Some(name) = &change.name {
+            ensure_name_free(&mut tx, name, &id).await?;
+        }
+        if let Some(hosts) = &change.hosts {
+            replace_hosts(&mut tx, hosts, &id).await?;
+        }
+        let now = row::now();
+        let (auth_type, credentials, key_id, credentials_at) = match change.credentials {
+            Some((auth_type, Some(c))) => (
+                auth_type.as_str().to_owned(),
+                Some(c.ciphertext),
+                Some(c.key_id),
+                Some(now),
+            ),
+            Some((auth_type, None)) => (auth_type.as_str().to_owned(), None, None, Some(now)),
+            None => (
+                current.auth_type,
+                current.credentials,
+                current.credentials_key_id,
+                current.credentials_updated_at,
+            ),
+        };
+        let row: ProviderRow = sqlx::query_as(concat!(
+            "UPDATE providers SET name = $2, hosts = $3, base_url = $4, auth_type = $5, \
+             credentials = $6, credentials_key_id = $7, credentials_updated_at = $8, config = $9, \
+             status = $10, version = version + 1, updated_at = $11 WHERE id = $1 RETURNING ",
+            columns!()
+        ))
+        .bind(&id)
+        .bind(change.name.unwrap_or(current.name))
+        .bind(change.hosts.map_or(current.hosts, |h| row::hosts_json(&h)))
+        .bind(change.base_url.unwrap_or(current.base_url))
+        .bind(auth_type)
+        .bind(credentials)
+        .bind(key_id)
+        .bind(credentials_at)
+        .bind(
+            change
+                .config
+                .map_or(current.config, |c| row::config_json(&c)),
+        )
+        .bind(
+            change
+                .status
+                .map_or(current.status, |s| s.as_str().to_owned()),
+        )
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(row::map_write_error)?;
+        let record = row.into_record()?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn delete_provider(&self, id: ProviderId) -> Result<(), StoreError> {
+        let id = id.to_string();
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query(
+            "UPDATE providers SET deleted_at = $2, updated_at = $2, version = version + 1, \
+             credentials_updated_at = CASE WHEN credentials IS NULL \
+                 THEN credentials_updated_at ELSE $2 END, \
+             credentials = NULL, credentials_key_id = NULL \
+             WHERE id = $1 AND deleted_at IS NULL",
+        )
+        .bind(&id)
+        .bind(row::now())
+        .execute(&mut *tx)
+        .await?;
+        if deleted.rows_affected() == 0 {
+            return Err(StoreError::NotFound);
+        }
+        sqlx::query("DELETE FROM provider_hosts WHERE provider_id = $1")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn live_providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let rows: Vec<ProviderRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM providers WHERE deleted_at IS NULL ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        row::into_records(rows)
+    }
+
+    async fn registry_revision(&self) -> Result<i64, StoreError> {
+        sqlx::query_scalar("SELECT registry_revision FROM hub_meta WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(row::missing_meta_row)
+    }
+}

@@ -1,0 +1,833 @@
+//! The store suite, written once against `dyn Store` and run on both backends, each test on a
+//! fresh database (a temp-dir SQLite file; a new PostgreSQL database from
+//! [`testing::fresh_postgres`], skipped locally when PostgreSQL is down).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use sqlx::{PgPool, SqlitePool};
+use ulid::Ulid;
+
+use super::postgres::PgStore;
+use super::sqlite::SqliteStore;
+use super::*;
+use crate::provider::BreakerPolicy;
+use crate::testing::{self, TestDb};
+
+/// A store under test plus raw access to its database, for writing rows the store never would.
+struct Harness {
+    store: Arc<dyn Store>,
+    raw: Raw,
+    url: String,
+    // Dropped last (fields drop in order): remove the database once the pools above are gone.
+    _dir: Option<tempfile::TempDir>,
+    _pg: Option<TestDb>,
+}
+
+enum Raw {
+    Sqlite(SqlitePool),
+    Pg(PgPool),
+}
+
+impl Harness {
+    async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // A nested path: connect creates the missing directories.
+        let url = testing::fresh_sqlite_url(&dir.path().join("state/db"));
+        let store = SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        Self {
+            raw: Raw::Sqlite(store.pool().clone()),
+            store: Arc::new(store),
+            url,
+            _dir: Some(dir),
+            _pg: None,
+        }
+    }
+
+    async fn postgres() -> Option<Self> {
+        let db = testing::fresh_postgres().await?;
+        let store = PgStore::connect(db.url()).await.unwrap();
+        store.migrate().await.unwrap();
+        Some(Self {
+            raw: Raw::Pg(store.pool().clone()),
+            store: Arc::new(store),
+            url: db.url().to_owned(),
+            _dir: None,
+            _pg: Some(db),
+        })
+    }
+
+    async fn exec(&self, sql: &str) {
+        let affected = match &self.raw {
+            Raw::Sqlite(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+            Raw::Pg(pool) => sqlx::query(sql)
+                .execute(pool)
+                .await
+                .unwrap()
+                .rows_affected(),
+        };
+        assert!(affected > 0, "{sql} changed nothing");
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        match &self.raw {
+            Raw::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            Raw::Pg(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+}
+
+/// Runs each listed suite function on both backends: `store:` ones take the `Arc<dyn Store>`,
+/// `harness:` ones also need raw SQL.
+macro_rules! suite {
+    (store: [$($s:ident),* $(,)?], harness: [$($h:ident),* $(,)?] $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $s() {
+                    let h = super::Harness::sqlite().await;
+                    super::$s(h.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $h() {
+                    let h = super::Harness::sqlite().await;
+                    super::$h(&h).await;
+                }
+            )*
+        }
+        mod on_postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $s() {
+                    let Some(h) = super::Harness::postgres().await else { return };
+                    super::$s(h.store.clone()).await;
+                }
+            )*
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $h() {
+                    let Some(h) = super::Harness::postgres().await else { return };
+                    super::$h(&h).await;
+                }
+            )*
+        }
+    };
+}
+
+suite! {
+    store: [
+        round_trip_keeps_every_field,
+        duplicate_host_is_a_conflict_naming_the_owner,
+        duplicate_name_is_a_conflict,
+        wildcard_and_exact_hosts_are_distinct,
+        update_changes_only_the_given_fields,
+        update_replaces_hosts_atomically,
+        update_with_old_version_is_stale,
+        writes_to_missing_or_deleted_providers_are_not_found,
+        registry_revision_moves_on_every_write_and_only_then,
+        pagination_is_stable_under_concurrent_inserts,
+        list_filters_by_status_and_literal_name_substring,
+        migrate_is_idempotent,
+    ],
+    harness: [
+        soft_delete_hides_frees_and_wipes,
+        corrupt_config_is_an_error_not_a_panic,
+    ],
+}
+
+fn host(h: &str) -> HostPattern {
+    HostPattern::parse(h).unwrap()
+}
+
+fn sealed(tag: u8) -> SealedCredentials {
+    SealedCredentials {
+        key_id: format!("key-{tag}"),
+        ciphertext: vec![0, tag, 0xff, 0x80, 7],
+    }
+}
+
+fn insert(name: &str, hosts: &[&str]) -> ProviderInsert {
+    ProviderInsert {
+        id: Ulid::new(),
+        name: name.to_owned(),
+        hosts: hosts.iter().map(|h| host(h)).collect(),
+        base_url: format!("https://{name}.example.com/v1"),
+        auth_type: AuthType::Bearer,
+        credentials: Some(sealed(1)),
+        config: ProviderConfig::default(),
+        status: ProviderStatus::Active,
+    }
+}
+
+/// `ProviderRecord` has no `PartialEq`; its `Debug` shows everything but the sealed bytes.
+fn assert_same(a: &ProviderRecord, b: &ProviderRecord) {
+    assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    assert_eq!(a.credentials, b.credentials);
+}
+
+fn expect_conflict(result: Result<ProviderRecord, StoreError>) -> (String, String) {
+    match result {
+        Err(StoreError::Conflict { field, message }) => (field, message),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+async fn round_trip_keeps_every_field(store: Arc<dyn Store>) {
+    let mut new = insert("stripe", &["api.stripe.com", "*.stripe.com"]);
+    new.status = ProviderStatus::Disabled;
+    new.config = ProviderConfig {
+        timeout_ms: 2_000,
+        rate_limit_per_sec: Some(7),
+        daily_quota: Some(10_000_000_000),
+        idempotency_header: Some("Idempotency-Key".into()),
+        breaker: BreakerPolicy {
+            failure_threshold: 3,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let created = store.create_provider(new.clone()).await.unwrap();
+    assert_eq!(created.id, new.id);
+    assert_eq!(created.name, "stripe");
+    assert_eq!(created.hosts, new.hosts);
+    assert_eq!(created.base_url, new.base_url);
+    assert_eq!(created.auth_type, AuthType::Bearer);
+    assert_eq!(created.credentials, Some(sealed(1)));
+    assert_eq!(created.config, new.config);
+    assert_eq!(created.status, ProviderStatus::Disabled);
+    assert_eq!(created.version, 1);
+    assert_eq!(created.updated_at, created.created_at);
+    assert_eq!(created.credentials_updated_at, Some(created.created_at));
+    assert!((Utc::now() - created.created_at).num_seconds().abs() < 60);
+
+    let got = store.get_provider(new.id).await.unwrap().unwrap();
+    assert_same(&got, &created);
+
+    let mut plain = insert("plain", &["plain.example.com"]);
+    plain.auth_type = AuthType::None;
+    plain.credentials = None;
+    let plain = store.create_provider(plain).await.unwrap();
+    assert_eq!(plain.credentials, None);
+    assert_eq!(plain.credentials_updated_at, None);
+
+    let page = store
+        .list_providers(&ProviderQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 2);
+    assert_same(&page[0], &created);
+    assert_same(&page[1], &plain);
+    let live = store.live_providers().await.unwrap();
+    assert_eq!(live.len(), 2);
+    assert_same(&live[0], &created);
+
+    assert!(store.get_provider(Ulid::new()).await.unwrap().is_none());
+    store.ping().await.unwrap();
+}
+
+async fn duplicate_host_is_a_conflict_naming_the_owner(store: Arc<dyn Store>) {
+    let stripe = store
+        .create_provider(insert("stripe", &["api.stripe.com", "*.stripe.com"]))
+        .await
+        .unwrap();
+    let revision = store.registry_revision().await.unwrap();
+
+    let other = insert("other", &["other.example.com", "*.stripe.com"]);
+    let (field, message) = expect_conflict(store.create_provider(other.clone()).await);
+    assert_eq!(field, "hosts[1]");
+    assert_eq!(
+        message,
+        format!(
+            "host *.stripe.com is already claimed by provider stripe ({})",
+            stripe.id
+        )
+    );
+
+    // Nothing of the failed create remains: no row, no host claim, no revision bump.
+    assert!(store.get_provider(other.id).await.unwrap().is_none());
+    assert_eq!(store.registry_revision().await.unwrap(), revision);
+    store
+        .create_provider(insert("other", &["other.example.com"]))
+        .await
+        .unwrap();
+}
+
+async fn duplicate_name_is_a_conflict(store: Arc<dyn Store>) {
+    let stripe = store
+        .create_provider(insert("stripe", &["api.stripe.com"]))
+        .await
+        .unwrap();
+    let result = store
+        .create_provider(insert("stripe", &["other.stripe.com"]))
+        .await;
+    assert_eq!(result.as_ref().unwrap_err().kind(), "conflict");
+    let (field, message) = expect_conflict(result);
+    assert_eq!(field, "name");
+    assert!(message.contains(&stripe.id.to_string()), "{message}");
+    // The host of the failed create is still free.
+    store
+        .create_provider(insert("stripe-eu", &["other.stripe.com"]))
+        .await
+        .unwrap();
+}
+
+async fn wildcard_and_exact_hosts_are_distinct(store: Arc<dyn Store>) {
+    store
+        .create_provider(insert("apex", &["x.com"]))
+        .await
+        .unwrap();
+    let wild = store
+        .create_provider(insert("wild", &["*.x.com"]))
+        .await
+        .unwrap();
+    store
+        .create_provider(insert("api", &["api.x.com"]))
+        .await
+        .unwrap();
+    let (field, message) =
+        expect_conflict(store.create_provider(insert("again", &["*.X.com"])).await);
+    assert_eq!(field, "hosts[0]");
+    assert!(
+        message.contains(&format!("wild ({})", wild.id)),
+        "{message}"
+    );
+}
+
+async fn soft_delete_hides_frees_and_wipes(h: &Harness) {
+    let store = &h.store;
+    let gone = store
+        .create_provider(insert("stripe", &["api.stripe.com", "*.stripe.com"]))
+        .await
+        .unwrap();
+    store.delete_provider(gone.id).await.unwrap();
+
+    assert!(store.get_provider(gone.id).await.unwrap().is_none());
+    let all = ProviderQuery {
+        limit: 100,
+        ..Default::default()
+    };
+    assert!(store.list_providers(&all).await.unwrap().is_empty());
+    assert!(store.live_providers().await.unwrap().is_empty());
+
+    let id = gone.id;
+    let kept_wiped = h
+        .count(&format!(
+            "SELECT COUNT(*) FROM providers WHERE id = '{id}' AND deleted_at IS NOT NULL \
+             AND credentials IS NULL AND credentials_key_id IS NULL"
+        ))
+        .await;
+    assert_eq!(
+        kept_wiped, 1,
+        "the row stays for audit, without credentials"
+    );
+    let hosts = h
+        .count(&format!(
+            "SELECT COUNT(*) FROM provider_hosts WHERE provider_id = '{id}'"
+        ))
+        .await;
+    assert_eq!(hosts, 0);
+
+    // Name and hosts are free again.
+    let reborn = store
+        .create_provider(insert("stripe", &["*.stripe.com", "api.stripe.com"]))
+        .await
+        .unwrap();
+    assert_ne!(reborn.id, gone.id);
+    assert!(matches!(
+        store.delete_provider(gone.id).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
+    let created = store
+        .create_provider(insert("stripe", &["api.stripe.com"]))
+        .await
+        .unwrap();
+
+    let moved = store
+        .update_provider(
+            created.id,
+            ProviderChange {
+                base_url: Some("https://eu.stripe.com".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.base_url, "https://eu.stripe.com");
+    assert_eq!(moved.version, 2);
+    assert!(moved.updated_at >= created.updated_at);
+    let unchanged = ProviderRecord {
+        base_url: created.base_url.clone(),
+        version: created.version,
+        updated_at: created.updated_at,
+        ..moved.clone()
+    };
+    assert_same(&unchanged, &created);
+
+    let config = ProviderConfig {
+        max_attempts: 2,
+        ..Default::default()
+    };
+    let paused = store
+        .update_provider(
+            created.id,
+            ProviderChange {
+                status: Some(ProviderStatus::Disabled),
+                config: Some(config.clone()),
+                name: Some("stripe-eu".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            paused.status,
+            &paused.config,
+            paused.name.as_str(),
+            paused.version
+        ),
+        (ProviderStatus::Disabled, &config, "stripe-eu", 3)
+    );
+    assert_eq!(paused.credentials, Some(sealed(1)));
+    assert_eq!(
+        paused.credentials_updated_at,
+        created.credentials_updated_at
+    );
+
+    let rekeyed = store
+        .update_provider(
+            created.id,
+            ProviderChange {
+                credentials: Some((AuthType::Header, Some(sealed(2)))),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(rekeyed.auth_type, AuthType::Header);
+    assert_eq!(rekeyed.credentials, Some(sealed(2)));
+    assert!(rekeyed.credentials_updated_at >= created.credentials_updated_at);
+    assert_eq!(rekeyed.config, config);
+
+    let cleared = store
+        .update_provider(
+            created.id,
+            ProviderChange {
+                credentials: Some((AuthType::None, None)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (cleared.auth_type, cleared.credentials),
+        (AuthType::None, None)
+    );
+
+    // Even an empty change is a write: the version moves.
+    let touched = store
+        .update_provider(created.id, ProviderChange::default())
+        .await
+        .unwrap();
+    assert_eq!(touched.version, 6);
+    assert_same(
+        &store.get_provider(created.id).await.unwrap().unwrap(),
+        &touched,
+    );
+}
+
+async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
+    let a = store
+        .create_provider(insert("a", &["a1.com", "a2.com"]))
+        .await
+        .unwrap();
+    let b = store
+        .create_provider(insert("b", &["b1.com"]))
+        .await
+        .unwrap();
+
+    let a2 = store
+        .update_provider(
+            a.id,
+            ProviderChange {
+                hosts: Some(vec![host("a2.com"), host("*.a3.com")]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(a2.hosts, vec![host("a2.com"), host("*.a3.com")]);
+    // The dropped host is free, the kept and new ones are claimed.
+    store
+        .create_provider(insert("c", &["a1.com"]))
+        .await
+        .unwrap();
+    let (field, message) = expect_conflict(
+        store
+            .update_provider(
+                b.id,
+                ProviderChange {
+                    hosts: Some(vec![host("b2.com"), host("*.a3.com")]),
+                    base_url: Some("https://changed.example.com".into()),
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+    assert_eq!(field, "hosts[1]");
+    assert!(
+        message.contains(&format!("provider a ({})", a.id)),
+        "{message}"
+    );
+    // The failed update changed nothing, b2.com included.
+    assert_same(&store.get_provider(b.id).await.unwrap().unwrap(), &b);
+    store
+        .create_provider(insert("d", &["b2.com"]))
+        .await
+        .unwrap();
+
+    let (field, _) = expect_conflict(
+        store
+            .update_provider(
+                b.id,
+                ProviderChange {
+                    name: Some("a".into()),
+                    ..Default::default()
+                },
+            )
+            .await,
+    );
+    assert_eq!(field, "name");
+
+    // A provider never conflicts with itself.
+    store
+        .update_provider(
+            a.id,
+            ProviderChange {
+                name: Some("a".into()),
+                hosts: Some(vec![host("*.a3.com"), host("a2.com")]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn update_with_old_version_is_stale(store: Arc<dyn Store>) {
+    let p = store
+        .create_provider(insert("p", &["p.com"]))
+        .await
+        .unwrap();
+    let at = |v: i64| ProviderChange {
+        base_url: Some(format!("https://p.com/{v}")),
+        expected_version: Some(v),
+        ..Default::default()
+    };
+    assert_eq!(store.update_provider(p.id, at(1)).await.unwrap().version, 2);
+    let stale = store.update_provider(p.id, at(1)).await;
+    assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
+    let now = store.get_provider(p.id).await.unwrap().unwrap();
+    assert_eq!((now.version, now.base_url.as_str()), (2, "https://p.com/1"));
+    assert_eq!(store.update_provider(p.id, at(2)).await.unwrap().version, 3);
+}
+
+async fn writes_to_missing_or_deleted_providers_are_not_found(store: Arc<dyn Store>) {
+    let missing = Ulid::new();
+    let r = store
+        .update_provider(missing, ProviderChange::default())
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    assert!(matches!(
+        store.delete_provider(missing).await,
+        Err(StoreError::NotFound)
+    ));
+
+    let p = store
+        .create_provider(insert("p", &["p.com"]))
+        .await
+        .unwrap();
+    store.delete_provider(p.id).await.unwrap();
+    let versioned = ProviderChange {
+        expected_version: Some(p.version),
+        status: Some(ProviderStatus::Disabled),
+        ..Default::default()
+    };
+    let r = store.update_provider(p.id, versioned).await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+}
+
+async fn registry_revision_moves_on_every_write_and_only_then(store: Arc<dyn Store>) {
+    let mut last = store.registry_revision().await.unwrap();
+    let mut moved = async |what: &str| {
+        let now = store.registry_revision().await.unwrap();
+        assert!(now > last, "{what}: revision {now} after {last}");
+        last = now;
+    };
+
+    let p = store
+        .create_provider(insert("p", &["p.com"]))
+        .await
+        .unwrap();
+    moved("create").await;
+    store
+        .update_provider(p.id, ProviderChange::default())
+        .await
+        .unwrap();
+    moved("update").await;
+    let q = store
+        .create_provider(insert("q", &["q.com"]))
+        .await
+        .unwrap();
+    moved("second create").await;
+    store.delete_provider(q.id).await.unwrap();
+    moved("delete").await;
+
+    // Reads and failed writes leave it alone.
+    let before = store.registry_revision().await.unwrap();
+    store.get_provider(p.id).await.unwrap();
+    store.live_providers().await.unwrap();
+    store
+        .create_provider(insert("p", &["x.com"]))
+        .await
+        .unwrap_err();
+    store.delete_provider(q.id).await.unwrap_err();
+    let stale = ProviderChange {
+        expected_version: Some(1),
+        ..Default::default()
+    };
+    store.update_provider(p.id, stale).await.unwrap_err();
+    assert_eq!(store.registry_revision().await.unwrap(), before);
+}
+
+async fn pagination_is_stable_under_concurrent_inserts(store: Arc<dyn Store>) {
+    let mut existing = HashSet::new();
+    for i in 0..40 {
+        let p = store
+            .create_provider(insert(&format!("p{i:03}"), &[&format!("p{i}.com")]))
+            .await
+            .unwrap();
+        existing.insert(p.id);
+    }
+
+    let writer = tokio::spawn({
+        let store = store.clone();
+        async move {
+            for i in 0..40 {
+                store
+                    .create_provider(insert(&format!("q{i:03}"), &[&format!("q{i}.com")]))
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    });
+
+    let mut seen: Vec<ProviderId> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_providers(&ProviderQuery {
+                after,
+                limit: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.len() <= 7);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.iter().map(|p| p.id));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    writer.await.unwrap();
+
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "ids out of order or repeated"
+    );
+    let seen: HashSet<_> = seen.into_iter().collect();
+    assert!(
+        existing.is_subset(&seen),
+        "a page skipped a provider that existed at the start"
+    );
+    assert_eq!(store.live_providers().await.unwrap().len(), 80);
+}
+
+async fn list_filters_by_status_and_literal_name_substring(store: Arc<dyn Store>) {
+    for (name, status) in [
+        ("alpha_1", ProviderStatus::Active),
+        ("alphax1", ProviderStatus::Disabled),
+        ("beta", ProviderStatus::Active),
+    ] {
+        let mut p = insert(name, &[&format!("{name}.com")]);
+        p.status = status;
+        store.create_provider(p).await.unwrap();
+    }
+    let names = async |status, name_contains: Option<&str>, limit| {
+        let query = ProviderQuery {
+            status,
+            name_contains: name_contains.map(str::to_owned),
+            after: None,
+            limit,
+        };
+        let page = store.list_providers(&query).await.unwrap();
+        let mut names: Vec<String> = page.into_iter().map(|p| p.name).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names(Some(ProviderStatus::Active), None, 10).await,
+        ["alpha_1", "beta"]
+    );
+    assert_eq!(
+        names(Some(ProviderStatus::Disabled), None, 10).await,
+        ["alphax1"]
+    );
+    assert_eq!(names(None, Some("_"), 10).await, ["alpha_1"]);
+    assert!(names(None, Some("%"), 10).await.is_empty());
+    assert_eq!(names(None, Some("alpha"), 10).await, ["alpha_1", "alphax1"]);
+    assert_eq!(
+        names(Some(ProviderStatus::Active), Some("alpha"), 10).await,
+        ["alpha_1"]
+    );
+    // The limit is clamped to 1..=MAX_PAGE_SIZE.
+    assert_eq!(names(None, None, 0).await.len(), 1);
+    assert_eq!(names(None, None, u32::MAX).await.len(), 3);
+}
+
+async fn corrupt_config_is_an_error_not_a_panic(h: &Harness) {
+    let store = &h.store;
+    let p = store
+        .create_provider(insert("p", &["p.com"]))
+        .await
+        .unwrap();
+    let id = p.id;
+    h.exec(&format!(
+        r#"UPDATE providers SET config = '{{"timeoutMs": "soon"}}' WHERE id = '{id}'"#
+    ))
+    .await;
+
+    let corrupt = |r: Result<_, StoreError>| match r {
+        Err(StoreError::Corrupt { id: bad, detail }) => {
+            assert_eq!(bad, id.to_string());
+            assert!(detail.contains("config"), "{detail}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    };
+    corrupt(store.get_provider(id).await.map(|_| ()));
+    corrupt(store.live_providers().await.map(|_| ()));
+    corrupt(
+        store
+            .list_providers(&ProviderQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+    );
+
+    // Writing a whole new config repairs the row.
+    store
+        .update_provider(
+            id,
+            ProviderChange {
+                config: Some(ProviderConfig::default()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(store.get_provider(id).await.unwrap().is_some());
+}
+
+async fn migrate_is_idempotent(store: Arc<dyn Store>) {
+    let p = store
+        .create_provider(insert("p", &["p.com"]))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    assert!(store.get_provider(p.id).await.unwrap().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notifies_registry_changes() {
+    let Some(h) = Harness::postgres().await else {
+        return;
+    };
+    let mut listener = sqlx::postgres::PgListener::connect(&h.url).await.unwrap();
+    listener.listen(REGISTRY_CHANNEL).await.unwrap();
+
+    h.store
+        .create_provider(insert("p", &["p.com"]))
+        .await
+        .unwrap();
+    let revision = h.store.registry_revision().await.unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("no notification within 5 s")
+        .unwrap();
+    assert_eq!(note.channel(), REGISTRY_CHANNEL);
+    assert_eq!(note.payload(), revision.to_string());
+}
+
+#[tokio::test]
+async fn connect_rejects_unknown_schemes() {
+    let err = connect("mysql://localhost/hub").await.err().unwrap();
+    assert_eq!(err.kind(), "unsupported_url");
+}
+
+#[tokio::test]
+async fn unreachable_postgres_fails_fast() {
+    let started = std::time::Instant::now();
+    let err = PgStore::connect("postgres://postgres@127.0.0.1:1/hub")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), "database");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
+    let h = Harness::sqlite().await;
+    let Raw::Sqlite(pool) = &h.raw else {
+        unreachable!()
+    };
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(foreign_keys, 1);
+}
+
+#[tokio::test]
+async fn sqlite_in_memory_url_works() {
+    let store = connect("sqlite::memory:").await.unwrap();
+    store.migrate().await.unwrap();
+    let p = store
+        .create_provider(insert("p", &["p.com"]))
+        .await
+        .unwrap();
+    assert!(store.get_provider(p.id).await.unwrap().is_some());
+}

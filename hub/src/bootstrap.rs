@@ -1,0 +1,181 @@
+//! Opening the hub's parts from its configuration: data directory, master keys, CA, store.
+//! Logs where everything is, and never a secret.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hub_admin::AdminState;
+use hub_core::ca::{HubCa, write_private_file};
+use hub_core::config::HubConfig;
+use hub_core::secret::SecretString;
+use hub_core::store::{self, Store};
+use hub_core::vault::{KeySource, Vault};
+
+/// File holding the generated bootstrap admin token in the data dir (embedded default only).
+pub const DEV_ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// The opened parts every service shares.
+pub struct Hub {
+    /// Configuration in force.
+    pub config: HubConfig,
+    /// Registry (and later DLQ) store.
+    pub store: Arc<dyn Store>,
+    /// Credential key ring.
+    pub vault: Arc<Vault>,
+    /// The hub CA.
+    pub ca: Arc<HubCa>,
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        tracing::info!(path = %dir.display(), "data directory created");
+    }
+    Ok(())
+}
+
+impl Hub {
+    /// Opens everything; applies migrations when `migrate` is set.
+    pub async fn open(config: HubConfig, migrate: bool) -> anyhow::Result<Self> {
+        ensure_data_dir(&config.data_dir)?;
+        let env_keys = std::env::var("HUB_MASTER_KEYS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(SecretString::from);
+        let (vault, source) = Vault::load(
+            env_keys,
+            config.vault.keys_file.as_deref(),
+            &config.data_dir,
+        )
+        .context("cannot load master keys")?;
+        match &source {
+            KeySource::GeneratedDev { path } => tracing::warn!(
+                path = %path.display(),
+                "GENERATED A DEVELOPMENT MASTER KEY: fine for a laptop, not for production. \
+                 Losing this file loses every stored credential; set HUB_MASTER_KEYS in production"
+            ),
+            KeySource::DevFile { path } => tracing::warn!(
+                path = %path.display(),
+                "using the development master key; set HUB_MASTER_KEYS in production"
+            ),
+            KeySource::Env => tracing::info!("master keys from HUB_MASTER_KEYS"),
+            KeySource::File { path } => {
+                tracing::info!(path = %path.display(), "master keys from file")
+            }
+        }
+        tracing::info!(
+            active_key = vault.active_key_id(),
+            keys = vault.key_ids().len(),
+            "vault ready"
+        );
+
+        let (ca_cert, ca_key) = (config.ca_cert_path(), config.ca_key_path());
+        let (ca, generated) =
+            HubCa::load_or_generate(&ca_cert, &ca_key).context("cannot load the hub CA")?;
+        if generated {
+            tracing::warn!(cert = %ca_cert.display(), key = %ca_key.display(),
+                "generated a new hub CA: modules must trust this certificate");
+        } else {
+            tracing::info!(cert = %ca_cert.display(), "hub CA loaded");
+        }
+
+        let url = config.database_url();
+        let store = store::connect(&url)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
+        if migrate {
+            store.migrate().await.context("migrations failed")?;
+        }
+        tracing::info!(
+            database = %redact_url(&url),
+            backend = store.backend(),
+            shared_state = if config.redis.url.is_some() { "redis" } else { "in-process" },
+            data_dir = %config.data_dir.display(),
+            "store ready"
+        );
+        Ok(Self {
+            config,
+            store,
+            vault: Arc::new(vault),
+            ca: Arc::new(ca),
+        })
+    }
+
+    /// The bootstrap admin token: `HUB_ADMIN_TOKEN`, else `admin.token_file`, else (embedded
+    /// default) a token generated into the data dir, 0600.
+    pub fn admin_token(&self) -> anyhow::Result<SecretString> {
+        if let Ok(t) = std::env::var("HUB_ADMIN_TOKEN")
+            && !t.trim().is_empty()
+        {
+            return Ok(SecretString::from(t.trim().to_owned()));
+        }
+        if let Some(path) = &self.config.admin.token_file {
+            let t = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read admin token file {}", path.display()))?;
+            return Ok(SecretString::from(t.trim().to_owned()));
+        }
+        let path = self.config.data_dir.join(DEV_ADMIN_TOKEN_FILE);
+        if path.exists() {
+            let t = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            tracing::warn!(path = %path.display(), "using the development admin token; set HUB_ADMIN_TOKEN in production");
+            return Ok(SecretString::from(t.trim().to_owned()));
+        }
+        use rand::RngCore;
+        let mut raw = [0u8; 24];
+        rand::rng().fill_bytes(&mut raw);
+        let token = format!("hub_{}", hex::encode(raw));
+        write_private_file(&path, token.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::warn!(path = %path.display(), "generated a development admin token (read it from this file)");
+        Ok(SecretString::from(token))
+    }
+
+    /// The admin service's shared state.
+    pub fn admin_state(&self) -> anyhow::Result<AdminState> {
+        Ok(AdminState {
+            store: self.store.clone(),
+            vault: self.vault.clone(),
+            ca_pem: Arc::from(self.ca.cert_pem()),
+            admin_token: self.admin_token()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(
+            redact_url("postgres://u:pw@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("sqlite://./data/hub.db?mode=rwc"),
+            "sqlite://./data/hub.db?mode=rwc"
+        );
+    }
+}

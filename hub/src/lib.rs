@@ -1,0 +1,210 @@
+//! The one `hub` command: `up` (proxy and admin in one process, the embedded default),
+//! `proxy` and `admin` (the two services as deployed separately), `migrate`, `rotate-keys`,
+//! `keys generate`.
+
+mod bootstrap;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use hub_core::config::{HubConfig, LogFormat};
+use hub_proxy::{ProxyOptions, ProxyServer, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use bootstrap::Hub;
+
+/// Integration Hub: the platform's single point of exit to third-party APIs.
+#[derive(Debug, Parser)]
+#[command(name = "hub", version, about)]
+pub struct Cli {
+    /// Configuration file (default: `config/hub.yaml` when it exists, else built-in defaults).
+    #[arg(long, global = true, env = "HUB_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Proxy and admin in one process; applies migrations. The embedded default for a laptop.
+    Up,
+    /// The egress proxy alone (production).
+    Proxy,
+    /// The admin API alone (production).
+    Admin,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Re-encrypt every stored credential under the active master key.
+    RotateKeys,
+    /// Print a new master key entry (`id:base64`) for HUB_MASTER_KEYS.
+    GenerateKey {
+        /// Key id, e.g. `k2026`.
+        id: String,
+    },
+}
+
+/// Runs a parsed command line; the exit code says how it went.
+pub fn run(cli: Cli) -> ExitCode {
+    if let Command::GenerateKey { id } = &cli.command {
+        return match hub_core::vault::Vault::generate_spec_entry(id) {
+            Ok(entry) => {
+                println!("{}", entry.expose());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hub: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match HubConfig::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hub: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("hub: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_command(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "hub failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &HubConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn run_command(command: Command, config: HubConfig) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => {
+            let hub = Hub::open(config, true).await?;
+            tracing::info!(backend = hub.store.backend(), "migrations applied");
+            Ok(())
+        }
+        Command::RotateKeys => {
+            let hub = Hub::open(config, false).await?;
+            let report = hub_core::vault::rotate_keys(hub.store.as_ref(), &hub.vault).await?;
+            tracing::info!(
+                ?report,
+                active_key = hub.vault.active_key_id(),
+                "key rotation finished"
+            );
+            Ok(())
+        }
+        Command::Up => serve(Hub::open(config, true).await?, true, true).await,
+        Command::Proxy => serve(Hub::open(config, false).await?, true, false).await,
+        Command::Admin => serve(Hub::open(config, false).await?, false, true).await,
+        Command::GenerateKey { .. } => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// Runs the selected services until SIGINT/SIGTERM.
+async fn serve(hub: Hub, proxy: bool, admin: bool) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    if proxy {
+        let listener = TcpListener::bind(hub.config.proxy.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on proxy address {}", hub.config.proxy.listen)
+            })?;
+        let server = start_proxy(&hub, stop_rx.clone()).await?;
+        tracing::info!(listen = %listener.local_addr()?, "proxy listening (HTTP_PROXY / HTTPS_PROXY)");
+        tasks.spawn(server.serve(listener, stop_rx.clone()));
+    }
+    if admin {
+        let listener = TcpListener::bind(hub.config.admin.listen)
+            .await
+            .with_context(|| {
+                format!("cannot listen on admin address {}", hub.config.admin.listen)
+            })?;
+        tracing::info!(listen = %listener.local_addr()?, "admin API listening");
+        let state = hub.admin_state()?;
+        let rx = stop_rx.clone();
+        tasks.spawn(async move {
+            if let Err(e) = hub_admin::serve(listener, state, rx).await {
+                tracing::error!(error = %e, "admin server failed");
+            }
+        });
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out after 30 s");
+    }
+    Ok(())
+}
+
+/// Loads the registry, starts its refresher and builds the proxy.
+pub async fn start_proxy(
+    hub: &Hub,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<ProxyServer>> {
+    let registry = Arc::new(Registry::new(hub.store.clone(), hub.vault.clone()));
+    registry
+        .refresh()
+        .await
+        .context("cannot load the provider registry")?;
+    let period = Duration::from_millis(hub.config.proxy.registry_poll_ms);
+    tokio::spawn(registry.clone().run_refresher(period, stop));
+    let opts = ProxyOptions {
+        upstream_ca_file: hub.config.proxy.upstream_ca_file.clone(),
+        data_dir: hub.config.data_dir.clone(),
+        leaf_cache_size: hub.config.proxy.leaf_cache_size,
+        leaf_validity: Duration::from_secs(u64::from(hub.config.proxy.leaf_validity_hours) * 3600),
+    };
+    ProxyServer::new(registry, hub.ca.clone(), &opts)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,20 @@
+//! The Integration Hub egress proxy, built on Pingora.
+//!
+//! - [`serve`]: ingress — accept loop, CONNECT tunnels with TLS interception, plain HTTP.
+//! - [`pipeline`]: the one `ProxyHttp` implementation and its per-request `RequestCtx`.
+//! - [`registry`]: the in-memory provider snapshot and its refresher.
+//! - [`escape`]: egress — async DNS and the destination safety check.
+//! - [`inject`], [`hygiene`]: credential injection and header hygiene.
+//! - [`problem`]: the hub's own `application/problem+json` answers.
+
+pub mod escape;
+pub mod hygiene;
+pub mod inject;
+pub mod metrics;
+pub mod pipeline;
+pub mod problem;
+pub mod registry;
+pub mod serve;
+
+pub use registry::Registry;
+pub use serve::{ProxyOptions, ProxyServer};

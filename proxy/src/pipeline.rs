@@ -1,0 +1,444 @@
+//! The one `ProxyHttp` implementation. Each hook is thin and calls one module: routing
+//! ([`crate::registry`]), egress ([`crate::escape`]), hygiene and credential injection
+//! ([`crate::hygiene`], [`crate::inject`]), and the access log. All per-request state lives in
+//! [`RequestCtx`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hub_core::provider::{Auth, ProviderStatus, normalize_host, split_host_port};
+use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::escape::{EgressError, Resolver};
+use crate::hygiene::{self, REQUEST_ID};
+use crate::inject;
+use crate::problem::Problem;
+use crate::registry::{Provider, Registry};
+
+/// The target of the CONNECT tunnel a request arrived through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelTarget {
+    /// Normalized host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: Option<String>,
+    tunnel: Option<TunnelTarget>,
+    provider: Option<Arc<Provider>>,
+    upstream_addr: Option<SocketAddr>,
+    /// Path and query as the caller sent them (origin-form).
+    path_and_query: String,
+    idempotency_key: Option<String>,
+    upstream_started: Option<Instant>,
+    upstream_time: Option<Duration>,
+    attempts: u32,
+    problem_code: Option<&'static str>,
+}
+
+/// The hub's proxy logic.
+pub struct HubProxy {
+    registry: Arc<Registry>,
+    resolver: Resolver,
+}
+
+impl HubProxy {
+    /// A proxy routing through `registry`.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self {
+            registry,
+            resolver: Resolver::default(),
+        }
+    }
+}
+
+/// Where a request wants to go, as the caller addressed it.
+struct Target {
+    host: String,
+    port: u16,
+    path_and_query: String,
+}
+
+fn target_of(req: &RequestHeader, tunnel: Option<&TunnelTarget>) -> Result<Target, Problem> {
+    let raw = std::str::from_utf8(req.raw_path())
+        .map_err(|_| Problem::bad_request("request target is not valid UTF-8"))?;
+    if let Some(t) = tunnel {
+        let host_header = req
+            .headers
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Problem::bad_request("missing Host header"))?;
+        let (h, p) = split_host_port(host_header)
+            .ok_or_else(|| Problem::bad_request("malformed Host header"))?;
+        if normalize_host(&h) != t.host || p.is_some_and(|p| p != t.port) {
+            return Err(Problem::new(
+                421,
+                "misdirected_request",
+                "Misdirected request",
+                format!(
+                    "Host {host_header} does not match the tunnel target {}:{}",
+                    t.host, t.port
+                ),
+            ));
+        }
+        if !raw.starts_with('/') {
+            return Err(Problem::bad_request(
+                "requests inside a tunnel must use origin-form",
+            ));
+        }
+        return Ok(Target {
+            host: t.host.clone(),
+            port: t.port,
+            path_and_query: raw.to_owned(),
+        });
+    }
+    match raw_target_authority(raw.as_bytes()) {
+        RawTargetAuthority::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } => {
+            if !scheme.eq_ignore_ascii_case(b"http") {
+                return Err(Problem::bad_request(
+                    "absolute-form requests must use http://; use CONNECT for https",
+                ));
+            }
+            let authority = std::str::from_utf8(authority).unwrap_or_default();
+            let (h, p) = split_host_port(authority)
+                .filter(|(h, _)| !h.is_empty())
+                .ok_or_else(|| Problem::bad_request("malformed authority in request target"))?;
+            let path = std::str::from_utf8(path_and_query).unwrap_or_default();
+            Ok(Target {
+                host: normalize_host(&h),
+                port: p.unwrap_or(80),
+                path_and_query: if path.is_empty() {
+                    "/".into()
+                } else {
+                    path.to_owned()
+                },
+            })
+        }
+        RawTargetAuthority::None => Err(Problem::bad_request(
+            "this is an egress proxy: send absolute-form requests (HTTP_PROXY) or CONNECT (HTTPS_PROXY)",
+        )),
+        RawTargetAuthority::AmbiguousAuthority => Err(Problem::bad_request(
+            "ambiguous authority in request target",
+        )),
+    }
+}
+
+/// Routing decision for a host and port: the provider or the problem to answer.
+pub fn route(
+    registry: &Registry,
+    host: &str,
+    port: u16,
+    tunnel: bool,
+) -> Result<Arc<Provider>, Problem> {
+    let snap = registry.snapshot();
+    let p = snap
+        .lookup(host)
+        .ok_or_else(|| Problem::unknown_provider(host))?;
+    if p.status == ProviderStatus::Disabled {
+        return Err(Problem::provider_disabled(&p.name));
+    }
+    if !p.accepts_port(port, tunnel) {
+        return Err(Problem::forbidden_port(host, port));
+    }
+    Ok(p.clone())
+}
+
+fn egress_problem(e: &EgressError, provider: &str) -> Problem {
+    match e {
+        EgressError::Forbidden { .. } => Problem::new(
+            403,
+            "forbidden_destination",
+            "Forbidden destination",
+            format!("provider {provider} resolves to a private, loopback or link-local address"),
+        ),
+        EgressError::Resolve { host, .. } => Problem::new(
+            502,
+            "upstream_dns_failed",
+            "Upstream name resolution failed",
+            format!("cannot resolve {host} for provider {provider}"),
+        ),
+    }
+}
+
+impl HubProxy {
+    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Problem> {
+        let target = target_of(session.req_header(), ctx.tunnel.as_ref())?;
+        let provider = route(
+            &self.registry,
+            &target.host,
+            target.port,
+            ctx.tunnel.is_some(),
+        )?;
+        if provider.auth.is_none() {
+            return Err(Problem::new(
+                503,
+                "credentials_unavailable",
+                "Credentials unavailable",
+                format!(
+                    "the hub cannot decrypt the credentials of provider {}",
+                    provider.name
+                ),
+            ));
+        }
+        let addr = self
+            .resolver
+            .resolve(
+                &provider.base.host,
+                provider.base.port,
+                provider.config.allow_private_network,
+            )
+            .await
+            .map_err(|e| egress_problem(&e, &provider.name))?;
+        ctx.upstream_addr = Some(addr);
+        ctx.path_and_query = target.path_and_query;
+        ctx.provider = Some(provider);
+        Ok(())
+    }
+
+    fn log_path(ctx: &RequestCtx) -> String {
+        match ctx.provider.as_ref().and_then(|p| p.auth.as_ref()) {
+            Some(Auth::Query { name, .. }) => inject::redact_query(&ctx.path_and_query, name),
+            _ => ctx.path_and_query.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for HubProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            request_id: None,
+            tunnel: None,
+            provider: None,
+            upstream_addr: None,
+            path_and_query: String::new(),
+            idempotency_key: None,
+            upstream_started: None,
+            upstream_time: None,
+            attempts: 0,
+            problem_code: None,
+        }
+    }
+
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(t) = prev.downcast::<TunnelTarget>() {
+            ctx.tunnel = Some(*t);
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let rid = hygiene::request_id(session.req_header());
+        ctx.request_id = Some(rid);
+        match self.admit(session, ctx).await {
+            Ok(()) => Ok(false),
+            Err(problem) => {
+                ctx.problem_code = Some(problem.code);
+                problem.send(session, ctx.request_id.as_deref()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let (Some(p), Some(addr)) = (ctx.provider.as_ref(), ctx.upstream_addr) else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        let mut peer = HttpPeer::new(addr, p.base.tls, p.base.host.clone());
+        let timeout = Duration::from_millis(p.config.timeout_ms.into());
+        peer.options.connection_timeout = Some(timeout);
+        peer.options.total_connection_timeout = Some(timeout);
+        peer.options.read_timeout = Some(timeout);
+        peer.options.write_timeout = Some(timeout);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        ctx.attempts += 1;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(p) = ctx.provider.clone() else {
+            return Error::e_explain(ErrorType::InternalError, "no route decided");
+        };
+        hygiene::strip_hop_by_hop(up);
+        let (path, query) = match ctx.path_and_query.split_once('?') {
+            Some((path, q)) => (path, Some(q)),
+            None => (ctx.path_and_query.as_str(), None),
+        };
+        let mut target = format!("{}{}", p.base.path_prefix, path);
+        match (p.auth.as_ref(), query) {
+            (Some(Auth::Query { name, value }), q) => {
+                target.push('?');
+                target.push_str(&inject::rewrite_query(q, name, value.expose()));
+            }
+            (_, Some(q)) => {
+                target.push('?');
+                target.push_str(q);
+            }
+            (_, None) => {}
+        }
+        up.set_raw_path(target.as_bytes())?;
+        let default_port = if p.base.tls { 443 } else { 80 };
+        let host = if p.base.port == default_port {
+            p.base.host.clone()
+        } else if p.base.host.contains(':') {
+            format!("[{}]:{}", p.base.host, p.base.port)
+        } else {
+            format!("{}:{}", p.base.host, p.base.port)
+        };
+        up.insert_header("host", host)?;
+        if let Some(auth) = p.auth.as_ref() {
+            inject::inject_headers(up, auth)?;
+        }
+        if let Some(rid) = &ctx.request_id {
+            up.insert_header(REQUEST_ID, rid.as_str())?;
+        }
+        if let Some(h) = &p.config.idempotency_header {
+            let key = match up.headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
+                Some(k) => k.to_owned(),
+                None => {
+                    let k = ctx
+                        .idempotency_key
+                        .clone()
+                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                    up.insert_header(h.to_ascii_lowercase(), k.as_str())?;
+                    k
+                }
+            };
+            ctx.idempotency_key = Some(key);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(start) = ctx.upstream_started {
+            ctx.upstream_time = Some(start.elapsed());
+        }
+        if let Some(rid) = &ctx.request_id {
+            resp.insert_header(REQUEST_ID, rid.as_str())?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        use ErrorType::*;
+        let provider = ctx
+            .provider
+            .as_ref()
+            .map_or("-", |p| p.name.as_str())
+            .to_owned();
+        let problem = match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout => Some(Problem::new(
+                504,
+                "upstream_timeout",
+                "Upstream timeout",
+                format!("provider {provider} did not answer in time"),
+            )),
+            HTTPStatus(code) if *code >= 400 => Some(Problem::new(
+                *code,
+                "bad_request",
+                "Bad request",
+                "the request could not be processed",
+            )),
+            _ => match e.esource() {
+                ErrorSource::Upstream => Some(Problem::new(
+                    502,
+                    "upstream_unreachable",
+                    "Upstream unreachable",
+                    format!("cannot reach provider {provider}: {}", e.etype().as_str()),
+                )),
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => None,
+                    _ => Some(Problem::bad_request("malformed request")),
+                },
+                ErrorSource::Internal | ErrorSource::Unset => Some(Problem::new(
+                    500,
+                    "internal_error",
+                    "Internal error",
+                    "the hub failed to process the request",
+                )),
+            },
+        };
+        let code = match problem {
+            Some(p) => {
+                ctx.problem_code = Some(p.code);
+                if let Err(err) = p.send(session, ctx.request_id.as_deref()).await {
+                    tracing::debug!(error = %err, "could not send error response");
+                }
+                p.status
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let req = session.req_header();
+        tracing::info!(
+            target: "hub::access",
+            request_id = ctx.request_id.as_deref().unwrap_or("-"),
+            provider = ctx.provider.as_ref().map_or("-", |p| p.name.as_str()),
+            method = req.method.as_str(),
+            path = %Self::log_path(ctx),
+            tunnel = ctx.tunnel.is_some(),
+            status,
+            attempts = ctx.attempts,
+            code = ctx.problem_code.unwrap_or(""),
+            error = e.map_or(String::new(), |e| e.etype().as_str().to_owned()),
+            upstream_ms = ctx.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1e3),
+            total_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            bytes_in = session.body_bytes_read(),
+            bytes_out = session.body_bytes_sent(),
+            "call"
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! Ingress: the proxy's accept loop. Pingora has no CONNECT endpoint of its own, so each
+//! connection is classified here: a CONNECT head is answered by the hub (route check, `200`,
+//! TLS termination with a minted leaf) and the decrypted stream is handed to the shared Pingora
+//! `HttpProxy` request by request (keep-alive), with the tunnel target as connection context;
+//! anything else is rewound and handed to the same `HttpProxy` as plain HTTP (absolute-form).
+
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hub_core::ca::HubCa;
+use hub_core::provider::{normalize_host, split_host_port};
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::proxy::{HttpProxy, http_proxy};
+use pingora::server::configuration::ServerConf;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use tls::LeafResolver;
+
+use crate::metrics::OPEN_TUNNELS;
+use crate::pipeline::{HubProxy, TunnelTarget, route};
+use crate::problem::Problem;
+use crate::registry::Registry;
+
+/// Largest CONNECT head accepted.
+pub const MAX_CONNECT_HEAD: usize = 16 * 1024;
+/// Time allowed for a client to send its first bytes / its CONNECT head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for the TLS handshake inside a tunnel.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle keep-alive time on a connection, seconds.
+pub const KEEPALIVE_SECS: u64 = 60;
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Extra PEM roots trusted for upstream TLS on top of the system roots.
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Where derived files (the combined root bundle) go.
+    pub data_dir: PathBuf,
+    /// Bound on cached leaves.
+    pub leaf_cache_size: usize,
+    /// Leaf lifetime.
+    pub leaf_validity: Duration,
+}
+
+/// The running proxy's shared parts.
+pub struct ProxyServer {
+    app: Arc<HttpProxy<HubProxy>>,
+    acceptor: Acceptor,
+    registry: Arc<Registry>,
+    resolver: Arc<LeafResolver>,
+}
+
+/// Writes system roots plus `extra` into one PEM bundle under `data_dir` (Pingora's connector
+/// takes one CA file that replaces the system roots, so the union is built here).
+fn combined_roots(extra: &Path, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    use base64::Engine;
+    let mut pem = String::new();
+    let native = pingora::tls::load_native_certs().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot load system root certificates");
+        Vec::new()
+    });
+    for cert in native {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(chunk).expect("base64 is ascii"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    let extra_pem = std::fs::read_to_string(extra)
+        .map_err(|e| anyhow::anyhow!("cannot read upstream CA file {}: {e}", extra.display()))?;
+    if !extra_pem.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!(
+            "upstream CA file {} holds no PEM certificate",
+            extra.display()
+        );
+    }
+    pem.push_str(&extra_pem);
+    std::fs::create_dir_all(data_dir)?;
+    let out = data_dir.join("upstream-roots.pem");
+    std::fs::write(&out, pem)?;
+    Ok(out)
+}
+
+impl ProxyServer {
+    /// Builds the proxy over `registry`, minting leaves from `ca`.
+    pub fn new(
+        registry: Arc<Registry>,
+        ca: Arc<HubCa>,
+        opts: &ProxyOptions,
+    ) -> anyhow::Result<Arc<Self>> {
+        let mut conf = ServerConf::default();
+        if let Some(extra) = &opts.upstream_ca_file {
+            conf.ca_file = Some(combined_roots(extra, &opts.data_dir)?.display().to_string());
+        }
+        // Retries are the hub's own policy, not Pingora's.
+        conf.max_retries = 0;
+        let conf = Arc::new(conf);
+        let app = Arc::new(http_proxy(&conf, HubProxy::new(registry.clone())));
+        let resolver = Arc::new(LeafResolver::new(
+            ca,
+            registry.clone(),
+            opts.leaf_cache_size,
+            opts.leaf_validity,
+        ));
+        let acceptor = Acceptor::from_server_config(tls::server_config(resolver.clone())?);
+        Ok(Arc::new(Self {
+            app,
+            acceptor,
+            registry,
+            resolver,
+        }))
+    }
+
+    /// The leaf resolver (cache statistics).
+    pub fn leaves(&self) -> &LeafResolver {
+        &self.resolver
+    }
+
+    /// Accepts connections until `shutdown` flips to `true`.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = shutdown.changed() => return,
+            };
+            match accepted {
+                Ok((tcp, peer)) => {
+                    let this = self.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move { this.handle(tcp, peer, shutdown).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    async fn handle(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let _ = tcp.set_nodelay(true);
+        let mut stream = L4Stream::from(tcp);
+        let mut buf = Vec::with_capacity(1024);
+        // Enough bytes to tell CONNECT from anything else.
+        let read_prefix = async {
+            let mut chunk = [0u8; 4096];
+            while buf.len() < 8 && !buf.contains(&b'\n') {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            Ok::<_, std::io::Error>(())
+        };
+        match tokio::time::timeout(HEAD_TIMEOUT, read_prefix).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        if !buf.starts_with(b"CONNECT ") {
+            stream.rewind(&buf);
+            ServerApp::process_new(&self.app, Box::new(stream), &shutdown).await;
+            return;
+        }
+        let (target, head_len) = match self.read_connect_head(&mut stream, &mut buf).await {
+            Ok(t) => t,
+            Err(Some(problem)) => {
+                let _ = stream.write_all(&problem.to_http1(None)).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Err(None) => return,
+        };
+        if let Err(problem) = route(&self.registry, &target.host, target.port, true) {
+            tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
+                code = problem.code, status = problem.status, "connect refused");
+            let _ = stream.write_all(&problem.to_http1(None)).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        if stream
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if buf.len() > head_len {
+            stream.rewind(&buf[head_len..]);
+        }
+        let tls = match tokio::time::timeout(
+            TLS_HANDSHAKE_TIMEOUT,
+            self.acceptor.tls_handshake(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, host = %target.host, error = %e, "TLS handshake inside tunnel failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, host = %target.host, "TLS handshake inside tunnel timed out");
+                return;
+            }
+        };
+        OPEN_TUNNELS.fetch_add(1, Ordering::Relaxed);
+        let mut session = ServerSession::new_http1(Box::new(tls));
+        session.set_keepalive(Some(KEEPALIVE_SECS));
+        loop {
+            session.set_connection_user_context(Some(Box::new(target.clone())));
+            let Some(reused) = self.app.process_new_http(session, &shutdown).await else {
+                break;
+            };
+            let (stream, settings) = reused.consume();
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
+        OPEN_TUNNELS.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Reads the rest of a CONNECT head into `buf`; returns the target and the head's length.
+    /// `Err(Some(problem))` answers the client; `Err(None)` just closes.
+    async fn read_connect_head(
+        &self,
+        stream: &mut L4Stream,
+        buf: &mut Vec<u8>,
+    ) -> Result<(TunnelTarget, usize), Option<Problem>> {
+        let read = async {
+            let mut chunk = [0u8; 4096];
+            loop {
+                let mut headers = [httparse::EMPTY_HEADER; 64];
+                let mut req = httparse::Request::new(&mut headers);
+                match req.parse(buf) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let target = req.path.unwrap_or_default().to_owned();
+                        return Ok((target, len));
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(e) => {
+                        return Err(Some(Problem::bad_request(format!(
+                            "malformed CONNECT request: {e}"
+                        ))));
+                    }
+                }
+                if buf.len() >= MAX_CONNECT_HEAD {
+                    return Err(Some(Problem::new(
+                        431,
+                        "headers_too_large",
+                        "Request header fields too large",
+                        "CONNECT head exceeds 16 KiB",
+                    )));
+                }
+                let n = stream.read(&mut chunk).await.map_err(|_| None)?;
+                if n == 0 {
+                    return Err(None);
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let (raw_target, len) = tokio::time::timeout(HEAD_TIMEOUT, read)
+            .await
+            .map_err(|_| None)??;
+        let (host, port) = split_host_port(&raw_target)
+            .filter(|(h, _)| !h.is_empty())
+            .ok_or_else(|| Some(Problem::bad_request("CONNECT target must be host:port")))?;
+        let Some(port) = port else {
+            return Err(Some(Problem::bad_request(
+                "CONNECT target must include a port",
+            )));
+        };
+        Ok((
+            TunnelTarget {
+                host: normalize_host(&host),
+                port,
+            },
+            len,
+        ))
+    }
+}

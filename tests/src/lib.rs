@@ -1,0 +1,10 @@
+//! End-to-end test support: fake providers (real HTTP/HTTPS servers on loopback that record what
+//! they receive and can be told to fail, stall or throttle), a test CA, a hub started in-process
+//! on ephemeral ports, and a log capture every test can search for secrets.
+
+pub mod fake;
+pub mod harness;
+pub mod logs;
+
+pub use fake::{FakeProvider, Mode, Recorded};
+pub use harness::{Backend, TestHub, TestPki};
