@@ -7,11 +7,14 @@
 //! [`SealedCredentials::key_id`].
 //!
 //! The ring holds several keys; the first one (the active key) seals, all of them open. Rotating
-//! is: put a new key first, restart, run [`rotate_keys`], then drop the old key.
+//! from A to B: deploy `[A, B]` everywhere (every instance can open B), then `[B, A]` (B seals),
+//! run [`rotate_keys`], and once it reports no failures deploy `[B]`.
 //!
-//! - [`spec`](self::spec): the `HUB_MASTER_KEYS` format (`id:base64key`, comma or newline separated).
-//! - [`load`](self::load): where the ring comes from (env, key file, or a generated dev key).
-//! - [`rotate`](self::rotate): re-sealing stored credentials under the active key.
+//! - `spec`: the `HUB_MASTER_KEYS` format read by [`Vault::from_spec`] (`id:base64key`, comma or
+//!   newline separated, active first).
+//! - `load`: where the ring comes from ([`Vault::load`], [`KeySource`]): env, key file, or a
+//!   generated dev key.
+//! - `rotate`: re-sealing stored credentials under the active key ([`rotate_keys`]).
 
 mod load;
 mod rotate;
@@ -120,7 +123,8 @@ pub fn credentials_aad(provider_id: ProviderId) -> Vec<u8> {
     aad
 }
 
-/// One key of the ring. The raw bytes are gone once the cipher is keyed.
+/// One key of the ring. The raw key bytes are wiped once the cipher is keyed (the cipher's own
+/// key schedule is not: that needs the `aes` crate's `zeroize` feature).
 #[derive(Clone)]
 struct RingKey {
     id: String,

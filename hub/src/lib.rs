@@ -91,9 +91,20 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// Pingora's own DEBUG/TRACE lines print whole upstream request heads, which carry injected
+/// query-string credentials: its crates are capped at `info` whatever `log.level` asks for.
+const SECRET_SAFE_CAPS: &str =
+    "pingora=info,pingora_core=info,pingora_proxy=info,pingora_http=info";
+
+/// The tracing filter for `level` (falls back to `info` when it does not parse), with the caps
+/// that keep credentials out of third-party debug output.
+pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    tracing_subscriber::EnvFilter::try_new(format!("{level},{SECRET_SAFE_CAPS}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("info,{SECRET_SAFE_CAPS}")))
+}
+
 fn init_logging(config: &HubConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = log_filter(&config.log.level);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

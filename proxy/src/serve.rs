@@ -105,8 +105,9 @@ impl ProxyServer {
         if let Some(extra) = &opts.upstream_ca_file {
             conf.ca_file = Some(combined_roots(extra, &opts.data_dir)?.display().to_string());
         }
-        // Retries are the hub's own policy, not Pingora's.
-        conf.max_retries = 0;
+        // Pingora's `max_retries` counts tries, the first included: 1 = no Pingora-level retry.
+        // Retries are the hub's own policy (resilience), not Pingora's.
+        conf.max_retries = 1;
         let conf = Arc::new(conf);
         let app = Arc::new(http_proxy(&conf, HubProxy::new(registry.clone())));
         let resolver = Arc::new(LeafResolver::new(

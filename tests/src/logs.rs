@@ -11,6 +11,9 @@ struct Sink(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if std::env::var_os("HUB_TEST_LOG_STDERR").is_some() {
+            let _ = std::io::stderr().write_all(buf);
+        }
         self.0.lock().unwrap().extend_from_slice(buf);
         Ok(buf.len())
     }
@@ -19,7 +22,8 @@ impl Write for Sink {
     }
 }
 
-/// Installs the capturing subscriber (once per process; later calls are no-ops).
+/// Installs the capturing subscriber (once per process; later calls are no-ops). Set
+/// `HUB_TEST_LOG_STDERR=1` to also see the lines on stderr.
 pub fn init() {
     BUFFER.get_or_init(|| {
         let buf = Arc::new(Mutex::new(Vec::new()));
@@ -27,7 +31,7 @@ pub fn init() {
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_env_filter(hub::log_filter("debug"))
             .with_writer(move || sink.clone())
             .try_init();
         buf
