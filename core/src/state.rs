@@ -54,8 +54,10 @@
 //! only when they can change the breaker: a failure, a probe's outcome, or a success while the
 //! shared streak is non-zero; a success on a healthy provider costs nothing.
 //!
-//! Measured (test `redis::round_trips_per_request`, one instance, 1000/s, 300 paced requests):
-//! about 0.03 round trips per request; at 100/s about 0.2 (one per batch of 5).
+//! Measured (tests `state::tests::redis::*`, local Redis 7): 0.020 round trips per request at
+//! 1000/s (6 for 300 paced requests), 0.200 at 100/s (one per batch of 5). Two instances driven
+//! at 1000 attempts/s each against 100/s + burst 10 admitted 109 in 1.001 s (ceiling 110).
+//! In-process, admit + record through `Arc<dyn SharedState>` costs about 250 ns (optimised).
 //!
 //! Tolerances, all stated for the default `lease_ttl` of 50 ms:
 //! - **Rate limit:** tokens come from one bucket, so instances together never admit more than
@@ -69,9 +71,12 @@
 //!   an error or timeout the request is admitted by the embedded [`LocalState`] instead, the error
 //!   is counted ([`BackendStats`]) and logged (at most once per 10 s), and Redis is skipped for
 //!   `retry_interval` (1 s), after which the next request tries it again. While down, each
-//!   instance limits on its own (N instances: up to N × the rate) and outcomes of calls admitted
-//!   by Redis but finished during the outage are lost. No request waits on Redis longer than
-//!   `command_timeout`.
+//!   instance limits and breaks on its own, from what it saw during the outage (N instances: up
+//!   to N × the rate); outcomes of calls admitted by Redis but finished during the outage are
+//!   lost. No request waits on Redis longer than `command_timeout`. Tested by a chaos proxy in
+//!   front of the real Redis that stalls, then cuts, the traffic: fallback admissions took at
+//!   most 27 ms with a 25 ms timeout (stall) and 0.4 ms (cut), and Redis was used again once the
+//!   proxy passed traffic again.
 
 pub mod backoff;
 pub mod breaker;
@@ -324,7 +329,7 @@ pub struct RateSnapshot {
 /// Counters about the shared backend, for metrics and the round-trip bench.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BackendStats {
-    /// Redis script calls made on behalf of requests.
+    /// Redis script calls (admissions, outcomes, snapshots, probe releases).
     pub round_trips: u64,
     /// Redis errors and timeouts (including failed connection attempts).
     pub errors: u64,

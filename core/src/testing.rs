@@ -231,4 +231,11 @@ mod tests {
             "{a}"
         );
     }
+
+    #[tokio::test]
+    async fn redis_probe_answers_or_skips() {
+        if let Some(url) = redis_url().await {
+            assert!(url.starts_with("redis://"), "{url}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use hub_admin::AdminState;
 use hub_core::ca::{HubCa, write_private_file};
 use hub_core::config::HubConfig;
 use hub_core::secret::SecretString;
+use hub_core::state::{LocalState, RedisOptions, RedisState, SharedState};
 use hub_core::store::{self, Store};
 use hub_core::vault::{KeySource, Vault};
 
@@ -149,6 +150,20 @@ impl Hub {
             .with_context(|| format!("cannot write {}", path.display()))?;
         tracing::warn!(path = %path.display(), "generated a development admin token (read it from this file)");
         Ok(SecretString::from(token))
+    }
+
+    /// Breaker and rate-limit state: Redis when `redis.url` is set, else in-process.
+    pub async fn shared_state(&self) -> anyhow::Result<Arc<dyn SharedState>> {
+        match &self.config.redis.url {
+            Some(url) => {
+                let state = RedisState::connect(url.as_str(), RedisOptions::default())
+                    .await
+                    .with_context(|| format!("cannot use Redis at {}", redact_url(url)))?;
+                tracing::info!(redis = %redact_url(url), "shared state in Redis");
+                Ok(Arc::new(state))
+            }
+            None => Ok(Arc::new(LocalState::new())),
+        }
     }
 
     /// The admin service's shared state.

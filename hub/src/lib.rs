@@ -196,13 +196,30 @@ pub async fn start_proxy(
         .context("cannot load the provider registry")?;
     let period = Duration::from_millis(hub.config.proxy.registry_poll_ms);
     tokio::spawn(registry.clone().run_refresher(period, stop));
+    let state = hub.shared_state().await?;
+    let (exhausted_tx, exhausted_rx) =
+        tokio::sync::mpsc::channel(hub_proxy::forward::EXHAUSTED_QUEUE);
+    tokio::spawn(log_exhausted(exhausted_rx));
     let opts = ProxyOptions {
+        state,
+        jitter: Arc::new(hub_core::state::RandomJitter),
+        hub_default_rate: hub.config.defaults.rate_limit_per_sec,
+        replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
+        exhausted: Some(exhausted_tx),
         upstream_ca_file: hub.config.proxy.upstream_ca_file.clone(),
         data_dir: hub.config.data_dir.clone(),
         leaf_cache_size: hub.config.proxy.leaf_cache_size,
         leaf_validity: Duration::from_secs(u64::from(hub.config.proxy.leaf_validity_hours) * 3600),
     };
     ProxyServer::new(registry, hub.ca.clone(), &opts)
+}
+
+/// Until the DLQ lands, exhausted calls are only logged (without secrets) by the forwarder;
+/// this drains the queue so it never fills.
+async fn log_exhausted(mut rx: tokio::sync::mpsc::Receiver<hub_proxy::forward::ExhaustedCall>) {
+    while let Some(call) = rx.recv().await {
+        tracing::debug!(request_id = %call.request_id, provider = %call.provider, "exhausted call drained");
+    }
 }
 
 async fn shutdown_signal() {

@@ -4,10 +4,13 @@
 //! - [`pipeline`]: the one `ProxyHttp` implementation and its per-request `RequestCtx`.
 //! - [`registry`]: the in-memory provider snapshot and its refresher.
 //! - [`escape`]: egress — async DNS and the destination safety check.
+//! - [`forward`]: the attempt loop — admission (rate limit + breaker), timeouts, retries with
+//!   backoff inside the call's budget, replay, hand-off of exhausted calls.
 //! - [`inject`], [`hygiene`]: credential injection and header hygiene.
 //! - [`problem`]: the hub's own `application/problem+json` answers.
 
 pub mod escape;
+pub mod forward;
 pub mod hygiene;
 pub mod inject;
 pub mod metrics;

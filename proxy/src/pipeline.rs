@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hub_core::provider::{Auth, ProviderStatus, normalize_host, split_host_port};
+use pingora::http::RequestHeader;
 use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
-use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::escape::{EgressError, Resolver};
-use crate::hygiene::{self, REQUEST_ID};
+use crate::forward::Forwarder;
+use crate::hygiene;
 use crate::inject;
 use crate::problem::Problem;
 use crate::registry::{Provider, Registry};
@@ -50,14 +51,16 @@ pub struct RequestCtx {
 pub struct HubProxy {
     registry: Arc<Registry>,
     resolver: Resolver,
+    forwarder: Arc<Forwarder>,
 }
 
 impl HubProxy {
-    /// A proxy routing through `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
+    /// A proxy routing through `registry` and sending calls with `forwarder`.
+    pub fn new(registry: Arc<Registry>, forwarder: Arc<Forwarder>) -> Self {
         Self {
             registry,
             resolver: Resolver::default(),
+            forwarder,
         }
     }
 }
@@ -254,110 +257,48 @@ impl ProxyHttp for HubProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let rid = hygiene::request_id(session.req_header());
-        ctx.request_id = Some(rid);
-        match self.admit(session, ctx).await {
-            Ok(()) => Ok(false),
-            Err(problem) => {
-                ctx.problem_code = Some(problem.code);
-                problem.send(session, ctx.request_id.as_deref()).await?;
-                Ok(true)
+        ctx.request_id = Some(rid.clone());
+        let outcome = match self.admit(session, ctx).await {
+            Ok(()) => {
+                let (Some(provider), Some(addr)) = (ctx.provider.clone(), ctx.upstream_addr) else {
+                    return Error::e_explain(ErrorType::InternalError, "no route decided");
+                };
+                ctx.upstream_started = Some(Instant::now());
+                let r = self
+                    .forwarder
+                    .call(
+                        session,
+                        &provider,
+                        addr,
+                        &ctx.path_and_query,
+                        &rid,
+                        &mut ctx.idempotency_key,
+                        &mut ctx.attempts,
+                    )
+                    .await;
+                ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+                r.map(|_| ())
             }
+            Err(problem) => Err(problem),
+        };
+        if let Err(problem) = outcome {
+            ctx.problem_code = Some(problem.code);
+            problem.send(session, Some(&rid)).await?;
         }
+        // The response has been written: Pingora's own upstream phases are not used.
+        Ok(true)
     }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
-        let (Some(p), Some(addr)) = (ctx.provider.as_ref(), ctx.upstream_addr) else {
-            return Error::e_explain(ErrorType::InternalError, "no route decided");
-        };
-        let mut peer = HttpPeer::new(addr, p.base.tls, p.base.host.clone());
-        let timeout = Duration::from_millis(p.config.timeout_ms.into());
-        peer.options.connection_timeout = Some(timeout);
-        peer.options.total_connection_timeout = Some(timeout);
-        peer.options.read_timeout = Some(timeout);
-        peer.options.write_timeout = Some(timeout);
-        peer.options.verify_cert = true;
-        peer.options.verify_hostname = true;
-        ctx.attempts += 1;
-        ctx.upstream_started = Some(Instant::now());
-        Ok(Box::new(peer))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        _session: &mut Session,
-        up: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        let Some(p) = ctx.provider.clone() else {
-            return Error::e_explain(ErrorType::InternalError, "no route decided");
-        };
-        hygiene::strip_hop_by_hop(up);
-        let (path, query) = match ctx.path_and_query.split_once('?') {
-            Some((path, q)) => (path, Some(q)),
-            None => (ctx.path_and_query.as_str(), None),
-        };
-        let mut target = format!("{}{}", p.base.path_prefix, path);
-        match (p.auth.as_ref(), query) {
-            (Some(Auth::Query { name, value }), q) => {
-                target.push('?');
-                target.push_str(&inject::rewrite_query(q, name, value.expose()));
-            }
-            (_, Some(q)) => {
-                target.push('?');
-                target.push_str(q);
-            }
-            (_, None) => {}
-        }
-        up.set_raw_path(target.as_bytes())?;
-        let default_port = if p.base.tls { 443 } else { 80 };
-        let host = if p.base.port == default_port {
-            p.base.host.clone()
-        } else if p.base.host.contains(':') {
-            format!("[{}]:{}", p.base.host, p.base.port)
-        } else {
-            format!("{}:{}", p.base.host, p.base.port)
-        };
-        up.insert_header("host", host)?;
-        if let Some(auth) = p.auth.as_ref() {
-            inject::inject_headers(up, auth)?;
-        }
-        if let Some(rid) = &ctx.request_id {
-            up.insert_header(REQUEST_ID, rid.as_str())?;
-        }
-        if let Some(h) = &p.config.idempotency_header {
-            let key = match up.headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
-                Some(k) => k.to_owned(),
-                None => {
-                    let k = ctx
-                        .idempotency_key
-                        .clone()
-                        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-                    up.insert_header(h.to_ascii_lowercase(), k.as_str())?;
-                    k
-                }
-            };
-            ctx.idempotency_key = Some(key);
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        if let Some(start) = ctx.upstream_started {
-            ctx.upstream_time = Some(start.elapsed());
-        }
-        if let Some(rid) = &ctx.request_id {
-            resp.insert_header(REQUEST_ID, rid.as_str())?;
-        }
-        Ok(())
+        // Never reached: request_filter answers every request (the forwarder runs the attempts).
+        Error::e_explain(
+            ErrorType::InternalError,
+            "upstream_peer is not used by the hub",
+        )
     }
 
     async fn fail_to_proxy(

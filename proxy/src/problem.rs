@@ -18,6 +18,8 @@ pub struct Problem {
     pub detail: String,
     /// Seconds for `Retry-After`, when a retry later may succeed.
     pub retry_after: Option<u64>,
+    /// Adds `X-Circuit-Breaker-Open: true` (the seed's marker for a breaker rejection).
+    pub circuit_open: bool,
 }
 
 impl Problem {
@@ -34,6 +36,7 @@ impl Problem {
             title,
             detail: detail.into(),
             retry_after: None,
+            circuit_open: false,
         }
     }
 
@@ -106,6 +109,9 @@ impl Problem {
         if let Some(s) = self.retry_after {
             out.push_str(&format!("retry-after: {s}\r\n"));
         }
+        if self.circuit_open {
+            out.push_str("x-circuit-breaker-open: true\r\n");
+        }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&body);
@@ -127,6 +133,9 @@ impl Problem {
         }
         if let Some(s) = self.retry_after {
             resp.insert_header("retry-after", s.to_string())?;
+        }
+        if self.circuit_open {
+            resp.insert_header("x-circuit-breaker-open", "true")?;
         }
         session.set_keepalive(None);
         session.write_response_header(Box::new(resp), false).await?;

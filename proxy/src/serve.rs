@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use hub_core::ca::HubCa;
 use hub_core::provider::{normalize_host, split_host_port};
+use hub_core::state::{Jitter, SharedState};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 
 pub use tls::LeafResolver;
 
+use crate::forward::{ExhaustedCall, Forwarder, ForwarderOptions};
 use crate::metrics::OPEN_TUNNELS;
 use crate::pipeline::{HubProxy, TunnelTarget, route};
 use crate::problem::Problem;
@@ -41,8 +43,18 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_SECS: u64 = 60;
 
 /// Proxy settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProxyOptions {
+    /// Shared breaker and rate-limit state (in-process or Redis).
+    pub state: Arc<dyn SharedState>,
+    /// Backoff jitter (the real random one in production; fixed in tests).
+    pub jitter: Arc<dyn Jitter>,
+    /// The rate limit of providers that set none (`INTEGRATION_RATE_LIMIT_PER_SEC`).
+    pub hub_default_rate: u32,
+    /// Largest request body kept for replay across attempts.
+    pub replay_limit: usize,
+    /// Where exhausted calls go (the DLQ writer).
+    pub exhausted: Option<tokio::sync::mpsc::Sender<ExhaustedCall>>,
     /// Extra PEM roots trusted for upstream TLS on top of the system roots.
     pub upstream_ca_file: Option<PathBuf>,
     /// Where derived files (the combined root bundle) go.
@@ -109,7 +121,20 @@ impl ProxyServer {
         // Retries are the hub's own policy (resilience), not Pingora's.
         conf.max_retries = 1;
         let conf = Arc::new(conf);
-        let app = Arc::new(http_proxy(&conf, HubProxy::new(registry.clone())));
+        let forwarder = Arc::new(Forwarder::new(
+            &conf,
+            ForwarderOptions {
+                state: opts.state.clone(),
+                jitter: opts.jitter.clone(),
+                hub_default_rate: opts.hub_default_rate,
+                replay_limit: opts.replay_limit,
+                exhausted: opts.exhausted.clone(),
+            },
+        ));
+        let app = Arc::new(http_proxy(
+            &conf,
+            HubProxy::new(registry.clone(), forwarder),
+        ));
         let resolver = Arc::new(LeafResolver::new(
             ca,
             registry.clone(),

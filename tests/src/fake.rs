@@ -59,8 +59,12 @@ impl Recorded {
 #[derive(Default)]
 struct Shared {
     requests: Vec<Recorded>,
+    /// When each request arrived.
+    arrivals: Vec<std::time::Instant>,
     connections: usize,
     mode: Option<Mode>,
+    /// Answers used first, one per request, before `mode` applies again.
+    script: std::collections::VecDeque<Mode>,
 }
 
 /// A running fake provider.
@@ -127,6 +131,16 @@ impl FakeProvider {
         self.shared.lock().unwrap().mode = Some(mode);
     }
 
+    /// Answers the next requests with `modes`, one each, then falls back to the mode.
+    pub fn script(&self, modes: impl IntoIterator<Item = Mode>) {
+        self.shared.lock().unwrap().script.extend(modes);
+    }
+
+    /// When each request arrived.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.shared.lock().unwrap().arrivals.clone()
+    }
+
     /// Everything received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.shared.lock().unwrap().requests.clone()
@@ -188,7 +202,11 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
         let mode = {
             let mut sh = shared.lock().unwrap();
             sh.requests.push(rec);
-            sh.mode.clone().unwrap_or(Mode::Ok)
+            sh.arrivals.push(std::time::Instant::now());
+            match sh.script.pop_front() {
+                Some(m) => m,
+                None => sh.mode.clone().unwrap_or(Mode::Ok),
+            }
         };
         let (status, extra) = match mode {
             Mode::Ok => (200, String::new()),

@@ -96,6 +96,9 @@ pub struct TestHub {
     /// The proxy.
     pub server: Arc<ProxyServer>,
     stop: watch::Sender<bool>,
+    /// Calls the forwarder gave up on (what the DLQ will persist).
+    pub exhausted:
+        tokio::sync::Mutex<tokio::sync::mpsc::Receiver<hub_proxy::forward::ExhaustedCall>>,
     _pg: Option<testing::TestDb>,
     _dir: tempfile::TempDir,
 }
@@ -104,8 +107,18 @@ pub struct TestHub {
 pub const TEST_MASTER_KEYS: &str = "test1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 impl TestHub {
-    /// Starts a hub; `None` when the backend is unavailable outside CI (the test is skipped).
+    /// Starts a hub with in-process state; `None` when the backend is unavailable outside CI
+    /// (the test is skipped).
     pub async fn start(backend: Backend, pki: &TestPki) -> Option<Self> {
+        Self::start_with(backend, pki, Arc::new(hub_core::state::LocalState::new())).await
+    }
+
+    /// Starts a hub over the given shared state. Backoff jitter is zero (deterministic waits).
+    pub async fn start_with(
+        backend: Backend,
+        pki: &TestPki,
+        state: Arc<dyn hub_core::state::SharedState>,
+    ) -> Option<Self> {
         crate::logs::init();
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = match backend {
@@ -130,7 +143,13 @@ impl TestHub {
                 .clone()
                 .run_refresher(Duration::from_millis(100), stop_rx.clone()),
         );
+        let (exhausted_tx, exhausted_rx) = tokio::sync::mpsc::channel(64);
         let opts = ProxyOptions {
+            state,
+            jitter: Arc::new(|_max: u64| 0i64),
+            hub_default_rate: 100,
+            replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
+            exhausted: Some(exhausted_tx),
             upstream_ca_file: Some(pki.ca_file.clone()),
             data_dir: dir.path().to_owned(),
             leaf_cache_size: 100,
@@ -148,6 +167,7 @@ impl TestHub {
             registry,
             server,
             stop,
+            exhausted: tokio::sync::Mutex::new(exhausted_rx),
             _pg: pg,
             _dir: dir,
         })

@@ -2,6 +2,7 @@
 //! they receive and can be told to fail, stall or throttle), a test CA, a hub started in-process
 //! on ephemeral ports, and a log capture every test can search for secrets.
 
+pub mod client;
 pub mod fake;
 pub mod harness;
 pub mod logs;

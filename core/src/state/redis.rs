@@ -2,21 +2,19 @@
 //! tokens, Lua scripts for every shared change, and the in-process [`LocalState`] as fallback
 //! while Redis is slow or down. The design and its tolerances are in the [`crate::state`] docs.
 
+mod link;
 mod mirror;
 mod scripts;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, IntoConnectionInfo, Script};
+use ::redis::{Client, IntoConnectionInfo};
 use async_trait::async_trait;
-use tokio::time::Instant;
 
+use self::link::Link;
 use self::mirror::{Decision, Fetched, Mirror, Rejection};
-use self::scripts::Scripts;
 use super::breaker::Ticket;
 use super::clock::{Clock, utc};
 use super::{
@@ -25,9 +23,6 @@ use super::{
 };
 use crate::provider::{BreakerPolicy, ProviderId};
 use crate::state::LocalState;
-
-/// How often a Redis problem is logged at most.
-const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Tuning for [`RedisState`]; the defaults suit production.
 #[derive(Debug, Clone)]
@@ -66,173 +61,52 @@ pub struct RedisState {
 }
 
 struct Inner {
-    opts: RedisOptions,
+    link: Arc<Link>,
     clock: Clock,
-    scripts: Scripts,
-    conn: OnceLock<ConnectionManager>,
     local: LocalState,
     mirrors: RwLock<HashMap<ProviderId, Arc<Mutex<Mirror>>>>,
-    epoch: Instant,
-    down_until_ms: AtomicU64,
-    last_warn_ms: AtomicU64,
-    round_trips: AtomicU64,
-    errors: AtomicU64,
-    fallbacks: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisState")
-            .field("prefix", &self.inner.opts.prefix)
-            .field("connected", &self.inner.conn.get().is_some())
+            .field("prefix", &self.inner.link.opts.prefix)
+            .field("connected", &self.is_connected())
             .field("stats", &self.stats())
             .finish()
     }
 }
 
 impl RedisState {
-    /// Connects to `target` (a `redis://` URL or connection info), waiting up to `connect_timeout` for the first connection. If Redis is
-    /// not there, the state starts on its local fallback and keeps connecting in the background.
-    /// Fails only on an invalid URL. Needs a tokio runtime.
+    /// Connects to `target` (a `redis://` URL or connection info), waiting up to
+    /// `connect_timeout` for the first connection. If Redis is not there, the state starts on
+    /// its local fallback and keeps connecting in the background. Fails only on an invalid
+    /// target. Needs a tokio runtime.
     pub async fn connect(
         target: impl IntoConnectionInfo,
         opts: RedisOptions,
     ) -> Result<Self, StateError> {
         let client = Client::open(target).map_err(StateError::InvalidUrl)?;
-        let inner = Arc::new(Inner {
+        let inner = Inner {
+            link: Link::connect(client, opts).await,
             clock: Clock::system(),
-            scripts: Scripts::new(),
-            conn: OnceLock::new(),
             local: LocalState::new(),
             mirrors: RwLock::default(),
-            epoch: Instant::now(),
-            down_until_ms: AtomicU64::new(0),
-            last_warn_ms: AtomicU64::new(0),
-            round_trips: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            fallbacks: AtomicU64::new(0),
-            opts,
-        });
-        if let Err(e) = inner.try_connect(&client).await {
-            inner.failed(&e);
-            tokio::spawn(reconnect(Arc::downgrade(&inner), client));
-        }
-        Ok(Self { inner })
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Whether a Redis connection has been established (it reconnects by itself after that).
     pub fn is_connected(&self) -> bool {
-        self.inner.conn.get().is_some()
-    }
-}
-
-/// Retries the first connection every `retry_interval` until it succeeds or the state is gone.
-async fn reconnect(inner: Weak<Inner>, client: Client) {
-    loop {
-        let Some(interval) = inner.upgrade().map(|i| i.opts.retry_interval) else {
-            return;
-        };
-        tokio::time::sleep(interval).await;
-        let Some(state) = inner.upgrade() else {
-            return;
-        };
-        match state.try_connect(&client).await {
-            Ok(()) => return,
-            Err(e) => state.failed(&e),
-        }
+        self.inner.link.is_connected()
     }
 }
 
 impl Inner {
-    async fn try_connect(&self, client: &Client) -> Result<(), StateError> {
-        let timeout = self.opts.connect_timeout;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(timeout)
-            .set_number_of_retries(1)
-            .set_max_delay(1_000);
-        let connecting = async {
-            let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
-            for script in [
-                &self.scripts.admit,
-                &self.scripts.outcome,
-                &self.scripts.snapshot,
-            ] {
-                script.load_async(&mut conn).await?;
-            }
-            Ok::<_, ::redis::RedisError>(conn)
-        };
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| StateError::Timeout(timeout))??;
-        let _ = self.conn.set(conn);
-        tracing::info!(prefix = %self.opts.prefix, "shared state: connected to redis");
-        Ok(())
-    }
-
-    fn ms_since_start(&self) -> u64 {
-        u64::try_from(self.clock.now().duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// A connection, unless none exists yet or Redis failed within `retry_interval`.
-    fn available(&self) -> Option<ConnectionManager> {
-        let conn = self.conn.get()?;
-        (self.ms_since_start() >= self.down_until_ms.load(Ordering::Relaxed)).then(|| conn.clone())
-    }
-
-    /// Counts an error, skips Redis for `retry_interval`, logs at most every [`WARN_EVERY`].
-    fn failed(&self, error: &StateError) {
-        let errors = self.errors.fetch_add(1, Ordering::Relaxed) + 1;
-        let now = self.ms_since_start();
-        let retry = u64::try_from(self.opts.retry_interval.as_millis()).unwrap_or(u64::MAX);
-        self.down_until_ms
-            .store(now.saturating_add(retry), Ordering::Relaxed);
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        let every = u64::try_from(WARN_EVERY.as_millis()).unwrap_or(u64::MAX);
-        if (last == 0 || now.saturating_sub(last) >= every)
-            && self
-                .last_warn_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(
-                error = %error,
-                kind = error.kind(),
-                errors,
-                "shared state: redis unavailable, using local state"
-            );
-        }
-    }
-
-    /// One script call, bounded by `command_timeout`.
-    async fn call(
-        &self,
-        mut conn: ConnectionManager,
-        script: &Script,
-        keys: &[String],
-        args: &[String],
-    ) -> Result<Vec<i64>, StateError> {
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let mut invocation = script.prepare_invoke();
-        for k in keys {
-            invocation.key(k);
-        }
-        for a in args {
-            invocation.arg(a);
-        }
-        let timeout = self.opts.command_timeout;
-        let result = tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await;
-        let result = match result {
-            Ok(r) => r.map_err(StateError::from),
-            Err(_) => Err(StateError::Timeout(timeout)),
-        };
-        if let Err(e) = &result {
-            self.failed(e);
-        }
-        result
-    }
-
     fn keys(&self, provider: ProviderId, which: &[&str]) -> Vec<String> {
-        let prefix = &self.opts.prefix;
+        let prefix = &self.link.opts.prefix;
         which
             .iter()
             .map(|w| format!("{prefix}{{{provider}}}:{w}"))
@@ -253,34 +127,39 @@ impl Inner {
     }
 
     fn fallback(&self, provider: ProviderId, policy: &Policy) -> Admission {
-        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        self.link.fell_back();
         self.local.admit_now(provider, policy)
     }
 
     /// Tokens to lease per `ADMIT`: about `lease_ttl` worth of the rate.
     fn batch(&self, policy: &Policy) -> u32 {
-        let per_lease = u128::from(policy.rate_per_sec) * self.opts.lease_ttl.as_millis() / 1000;
+        let per_lease =
+            u128::from(policy.rate_per_sec) * self.link.opts.lease_ttl.as_millis() / 1000;
         u32::try_from(per_lease)
             .unwrap_or(u32::MAX)
-            .clamp(1, self.opts.max_batch.max(1))
+            .clamp(1, self.link.opts.max_batch.max(1))
     }
 
     async fn admit(self: &Arc<Self>, provider: ProviderId, policy: &Policy) -> Admission {
-        let Some(conn) = self.available() else {
+        let Some(conn) = self.link.available() else {
             return self.fallback(provider, policy);
         };
         let mirror = self.mirror(provider);
-        let decision =
-            lock(&mirror).decide(self.clock.now(), self.opts.lease_ttl, self.batch(policy));
+        let decision = lock(&mirror).decide(
+            self.clock.now(),
+            self.link.opts.lease_ttl,
+            self.batch(policy),
+        );
         let (want, refund) = match decision {
             Decision::Admit { epoch } => return self.permit(provider, policy, epoch),
             Decision::Reject(r) => return rejection(r),
             Decision::Fetch { want, refund } => (want, refund),
         };
+        let _inflight = FetchDone(&mirror);
         let token = rand::random::<u64>();
         let args = [
-            policy.rate_per_sec.to_string(),
-            policy.burst.to_string(),
+            policy.rate_per_sec.max(1).to_string(),
+            policy.burst.max(1).to_string(),
             policy.daily_quota.unwrap_or(0).to_string(),
             policy.breaker.open_ms.to_string(),
             want.to_string(),
@@ -288,14 +167,15 @@ impl Inner {
             token.to_string(),
         ];
         let keys = self.keys(provider, &["br", "rl", "q"]);
-        let reply = self.call(conn, &self.scripts.admit, &keys, &args).await;
-        let parsed = reply.and_then(|v| scripts::parse_admit(&v));
+        let reply = self
+            .link
+            .call(conn, &self.link.scripts.admit, &keys, &args)
+            .await;
+        let parsed =
+            reply.and_then(|v| scripts::parse_admit(&v).inspect_err(|e| self.link.failed(e)));
         let (reply, view) = match parsed {
             Ok(p) => p,
-            Err(_) => {
-                lock(&mirror).fetch_failed();
-                return self.fallback(provider, policy);
-            }
+            Err(_) => return self.fallback(provider, policy),
         };
         let fetched = lock(&mirror).fetched(self.clock.now(), reply, view);
         match fetched {
@@ -335,7 +215,7 @@ impl Inner {
         ticket: Ticket,
         kind: Kind,
     ) {
-        let Some(conn) = self.available() else {
+        let Some(conn) = self.link.available() else {
             return;
         };
         let (epoch, probe) = match ticket {
@@ -351,8 +231,13 @@ impl Inner {
             policy.open_ms.to_string(),
         ];
         let keys = self.keys(provider, &["br"]);
-        let reply = self.call(conn, &self.scripts.outcome, &keys, &args).await;
-        if let Ok(view) = reply.and_then(|v| scripts::parse_outcome(&v)) {
+        let reply = self
+            .link
+            .call(conn, &self.link.scripts.outcome, &keys, &args)
+            .await;
+        let parsed =
+            reply.and_then(|v| scripts::parse_outcome(&v).inspect_err(|e| self.link.failed(e)));
+        if let Ok(view) = parsed {
             lock(&self.mirror(provider)).observe(self.clock.now(), view);
         }
     }
@@ -378,12 +263,18 @@ impl Inner {
     }
 
     async fn snapshot(&self, provider: ProviderId, policy: &Policy) -> Snapshot {
-        let Some(conn) = self.available() else {
+        let Some(conn) = self.link.available() else {
             return self.local.snapshot_now(provider, policy);
         };
         let keys = self.keys(provider, &["br", "rl", "q"]);
-        let args = [policy.rate_per_sec.to_string(), policy.burst.to_string()];
-        let reply = self.call(conn, &self.scripts.snapshot, &keys, &args).await;
+        let args = [
+            policy.rate_per_sec.max(1).to_string(),
+            policy.burst.max(1).to_string(),
+        ];
+        let reply = self
+            .link
+            .call(conn, &self.link.scripts.snapshot, &keys, &args)
+            .await;
         let snapshot = reply.and_then(|v| match v.as_slice() {
             [sc, f, at, until, available, used] => Ok(Snapshot {
                 breaker: BreakerSnapshot {
@@ -436,6 +327,15 @@ fn rejection(r: Rejection) -> Admission {
     }
 }
 
+/// Ends a fetch however the admission ends, cancellation included.
+struct FetchDone<'a>(&'a Mutex<Mirror>);
+
+impl Drop for FetchDone<'_> {
+    fn drop(&mut self) {
+        lock(self.0).fetch_done();
+    }
+}
+
 fn lock(m: &Mutex<Mirror>) -> MutexGuard<'_, Mirror> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -455,10 +355,6 @@ impl SharedState for RedisState {
     }
 
     fn stats(&self) -> BackendStats {
-        BackendStats {
-            round_trips: self.inner.round_trips.load(Ordering::Relaxed),
-            errors: self.inner.errors.load(Ordering::Relaxed),
-            fallbacks: self.inner.fallbacks.load(Ordering::Relaxed),
-        }
+        self.inner.link.stats()
     }
 }

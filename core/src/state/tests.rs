@@ -22,6 +22,8 @@ struct Harness {
     slack: Duration,
     /// Redis view staleness bound; `settle` waits it out.
     lease_ttl: Duration,
+    /// Redis URL and key prefix, to delete the test's keys afterwards.
+    redis: Option<(String, String)>,
 }
 
 impl Harness {
@@ -31,6 +33,7 @@ impl Harness {
             paused: true,
             slack: Duration::ZERO,
             lease_ttl: Duration::ZERO,
+            redis: None,
         }
     }
 
@@ -38,14 +41,26 @@ impl Harness {
         let url = redis_url().await?;
         let opts = test_options();
         let lease_ttl = opts.lease_ttl;
+        let prefix = opts.prefix.clone();
         let state = RedisState::connect(url.as_str(), opts).await.unwrap();
-        assert!(state.is_connected(), "redis answered PING but RedisState did not connect");
+        assert!(
+            state.is_connected(),
+            "redis answered PING but RedisState did not connect"
+        );
         Some(Self {
             state: Arc::new(state),
             paused: false,
             slack: Duration::from_millis(150),
             lease_ttl,
+            redis: Some((url, prefix)),
         })
+    }
+
+    /// Deletes the test's Redis keys (they would expire anyway).
+    async fn cleanup(&self) {
+        if let Some((url, prefix)) = &self.redis {
+            delete_keys(url, prefix).await;
+        }
     }
 
     /// Lets `d` pass.
@@ -114,11 +129,73 @@ fn test_options() -> RedisOptions {
     }
 }
 
+/// Deletes every key under `prefix`.
+async fn delete_keys(url: &str, prefix: &str) {
+    let client = ::redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = ::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            ::redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Permit>();
+    check::<Admission>();
+    check::<super::LocalState>();
+    check::<RedisState>();
+    check::<Arc<dyn SharedState>>();
+}
+
+/// Prints the in-process cost of admit + record through `Arc<dyn SharedState>`, as the proxy
+/// calls it. The bound is loose because tests run unoptimised; see the module docs for release.
+#[tokio::test]
+async fn local_admit_and_record_cost() {
+    let state: Arc<dyn SharedState> = Arc::new(super::LocalState::new());
+    let p = Policy {
+        rate_per_sec: 1_000_000,
+        burst: 1_000_000,
+        ..breaker_policy(5, 30_000, 60_000)
+    };
+    let n = 100_000u32;
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        let Admission::Admitted(permit) = state.admit(PROVIDER, &p).await else {
+            panic!("within the rate")
+        };
+        state.record(permit, super::Outcome::Success).await;
+    }
+    let per = started.elapsed() / n;
+    eprintln!("LocalState admit+record via Arc<dyn SharedState>: {per:?} per request");
+    assert!(per < Duration::from_micros(50), "{per:?}");
+}
+
 /// The test Redis (`HUB_TEST_REDIS_URL`, default `redis://127.0.0.1:6379`), or `None` after
 /// printing SKIPPED. With `CI=true` an unreachable Redis fails the test instead.
 async fn redis_url() -> Option<String> {
-    let url = std::env::var("HUB_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let url =
+        std::env::var("HUB_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
     let ping = async {
         let client = ::redis::Client::open(url.as_str())?;
         let mut conn = client.get_multiplexed_async_connection().await?;

@@ -93,7 +93,6 @@ impl Mirror {
 
     /// Folds in an `ADMIT` reply for a fetch started by [`Mirror::decide`].
     pub fn fetched(&mut self, now: Instant, reply: AdmitReply, view: BreakerView) -> Fetched {
-        self.inflight = self.inflight.saturating_sub(1);
         self.synced_at = Some(now);
         self.observe(now, view);
         match reply {
@@ -118,8 +117,9 @@ impl Mirror {
         }
     }
 
-    /// A fetch failed: its refund is lost (those tokens stay spent), nothing else changes.
-    pub fn fetch_failed(&mut self) {
+    /// A fetch started by [`Mirror::decide`] is over (answered, failed or cancelled). A failed
+    /// fetch's refund is lost: those tokens stay spent.
+    pub fn fetch_done(&mut self) {
         self.inflight = self.inflight.saturating_sub(1);
     }
 
@@ -135,5 +135,110 @@ impl Mirror {
         self.failures > 0
             && self.epoch == epoch
             && self.state.is_none_or(|(s, _)| s == CircuitState::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::{Instant, advance};
+
+    use super::{Decision, Fetched, Mirror, Rejection};
+    use crate::state::CircuitState;
+    use crate::state::redis::scripts::{AdmitReply, BreakerView};
+
+    const TTL: Duration = Duration::from_millis(50);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn view(state: CircuitState, remaining: Duration) -> BreakerView {
+        BreakerView {
+            state,
+            failures: 0,
+            epoch: 7,
+            remaining,
+        }
+    }
+
+    fn closed() -> BreakerView {
+        view(CircuitState::Closed, Duration::ZERO)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lease_admits_locally_while_fresh_then_refunds() {
+        let mut m = Mirror::default();
+        assert_eq!(
+            m.decide(Instant::now(), TTL, 5),
+            Decision::Fetch { want: 5, refund: 0 }
+        );
+        let granted = AdmitReply::Granted {
+            granted: 5,
+            probe: false,
+        };
+        assert_eq!(
+            m.fetched(Instant::now(), granted, closed()),
+            Fetched::Admit { epoch: 7 }
+        );
+        m.fetch_done();
+        for _ in 0..2 {
+            assert_eq!(
+                m.decide(Instant::now(), TTL, 5),
+                Decision::Admit { epoch: 7 }
+            );
+        }
+        advance(TTL).await;
+        assert_eq!(
+            m.decide(Instant::now(), TTL, 5),
+            Decision::Fetch { want: 5, refund: 2 }
+        );
+        assert_eq!(
+            m.decide(Instant::now(), TTL, 5),
+            Decision::Fetch { want: 1, refund: 0 }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_is_cached_until_its_end_half_open_only_while_fresh() {
+        let mut m = Mirror::default();
+        let _ = m.decide(Instant::now(), TTL, 5);
+        let open = AdmitReply::CircuitOpen(ms(200));
+        m.fetched(Instant::now(), open, view(CircuitState::Open, ms(200)));
+        m.fetch_done();
+        advance(ms(150)).await;
+        let reject = Decision::Reject(Rejection::CircuitOpen(ms(50)));
+        assert_eq!(m.decide(Instant::now(), TTL, 5), reject);
+        advance(ms(50)).await;
+        assert!(matches!(
+            m.decide(Instant::now(), TTL, 5),
+            Decision::Fetch { .. }
+        ));
+        m.fetched(Instant::now(), open, view(CircuitState::HalfOpen, ms(200)));
+        m.fetch_done();
+        let reject = Decision::Reject(Rejection::CircuitOpen(ms(200)));
+        assert_eq!(m.decide(Instant::now(), TTL, 5), reject);
+        advance(TTL).await;
+        assert!(
+            matches!(m.decide(Instant::now(), TTL, 5), Decision::Fetch { .. }),
+            "another instance's probe may have closed it: ask again"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_is_cached_for_its_retry_after() {
+        let mut m = Mirror::default();
+        let _ = m.decide(Instant::now(), TTL, 5);
+        m.fetched(Instant::now(), AdmitReply::RateLimited(ms(30)), closed());
+        m.fetch_done();
+        advance(ms(10)).await;
+        let reject = Decision::Reject(Rejection::RateLimited(ms(20)));
+        assert_eq!(m.decide(Instant::now(), TTL, 5), reject);
+        advance(ms(20)).await;
+        assert!(matches!(
+            m.decide(Instant::now(), TTL, 5),
+            Decision::Fetch { .. }
+        ));
     }
 }

@@ -166,6 +166,10 @@ impl Scripts {
             snapshot: Script::new(SNAPSHOT),
         }
     }
+
+    pub fn all(&self) -> [&Script; 3] {
+        [&self.admit, &self.outcome, &self.snapshot]
+    }
 }
 
 /// The breaker as a script reported it.

@@ -22,7 +22,11 @@ fn seed_schedule_is_1_2_4_8_seconds() {
     let none = fixed(0);
     let waits: Vec<_> = (2..=5).map(|n| b.wait_before(n, &none)).collect();
     assert_eq!(waits, [ms(1_000), ms(2_000), ms(4_000), ms(8_000)]);
-    assert_eq!(b.wait_before(1, &none), Duration::ZERO, "no wait before the first attempt");
+    assert_eq!(
+        b.wait_before(1, &none),
+        Duration::ZERO,
+        "no wait before the first attempt"
+    );
 }
 
 #[test]
@@ -40,7 +44,10 @@ fn jitter_is_bounded_to_plus_minus_500_ms() {
     for n in 2..=5 {
         let w = b.wait_before(n, &RandomJitter);
         let nominal = b.nominal(n);
-        assert!(w >= nominal - ms(500) && w <= nominal + ms(500), "{w:?} around {nominal:?}");
+        assert!(
+            w >= nominal - ms(500) && w <= nominal + ms(500),
+            "{w:?} around {nominal:?}"
+        );
     }
 }
 
@@ -141,11 +148,25 @@ async fn attempt_timeout_is_capped_by_the_budget_and_callers_may_only_lower_it()
 #[test]
 fn classification() {
     use AttemptEnd::*;
-    for end in [ConnectFailed, Timeout, ConnectionLost, Status(500), Status(503), Status(429)] {
+    for end in [
+        ConnectFailed,
+        Timeout,
+        ConnectionLost,
+        Status(500),
+        Status(503),
+        Status(429),
+    ] {
         assert!(end.is_retryable(), "{end:?}");
         assert!(may_retry(end, "GET", false, true), "{end:?}");
     }
-    for end in [Status(400), Status(401), Status(404), Status(409), Status(200), Status(302)] {
+    for end in [
+        Status(400),
+        Status(401),
+        Status(404),
+        Status(409),
+        Status(200),
+        Status(302),
+    ] {
         assert!(!end.is_retryable(), "{end:?}");
         assert!(!may_retry(end, "GET", true, false), "{end:?}");
     }

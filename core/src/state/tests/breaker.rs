@@ -77,7 +77,10 @@ async fn neutral_4xx_ends_the_streak_without_counting() {
     for _ in 0..4 {
         attempt(&mut b, Failure);
     }
-    assert!(is_closed(&b), "4xx is the provider working: no failure, streak over");
+    assert!(
+        is_closed(&b),
+        "4xx is the provider working: no failure, streak over"
+    );
     for _ in 0..20 {
         attempt(&mut b, Neutral);
     }
@@ -121,7 +124,11 @@ async fn after_open_ms_exactly_one_probe_then_the_open_answer() {
     let probe = b.admit(now, &POLICY).unwrap();
     assert!(matches!(probe, Ticket::Probe { .. }));
     for _ in 0..49 {
-        assert_eq!(b.admit(now, &POLICY), Err(secs(60)), "probe lease remaining");
+        assert_eq!(
+            b.admit(now, &POLICY),
+            Err(secs(60)),
+            "probe lease remaining"
+        );
     }
     assert!(matches!(b.state(), State::HalfOpen { .. }));
 }
@@ -154,7 +161,10 @@ async fn probe_failure_reopens_for_another_open_ms() {
     assert_eq!(b.check(Instant::now()), Err(secs(60)));
     assert_eq!(b.failures(), 6);
     advance(secs(60)).await;
-    assert!(matches!(b.admit(Instant::now(), &POLICY), Ok(Ticket::Probe { .. })));
+    assert!(matches!(
+        b.admit(Instant::now(), &POLICY),
+        Ok(Ticket::Probe { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
-//! A TCP proxy in front of the test Redis that can stall traffic on demand (after crates.io's
-//! `ChaosProxy`): Redis "goes slow" for one test without touching the Redis others share.
+//! A TCP proxy in front of the test Redis that stalls or cuts traffic on demand (after
+//! crates.io's `ChaosProxy`): Redis "goes slow" or "goes away" for one test without touching
+//! the Redis other tests share.
 
 use std::net::SocketAddr;
 
@@ -8,20 +9,34 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-/// Forwards connections to `upstream`; while stalled, holds every byte in both directions.
+/// What the proxy does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Forward everything.
+    Pass,
+    /// Hold every byte, both directions, until the mode changes.
+    Stall,
+    /// Close every connection and refuse new ones (Redis stopped).
+    Cut,
+}
+
+/// Forwards connections to `upstream` according to its [`Mode`].
 pub(super) struct ChaosProxy {
     addr: SocketAddr,
-    stalled: watch::Sender<bool>,
+    mode: watch::Sender<Mode>,
 }
 
 impl ChaosProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (stalled, _) = watch::channel(false);
-        let rx = stalled.subscribe();
+        let (mode, _) = watch::channel(Mode::Pass);
+        let rx = mode.subscribe();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if *rx.borrow() == Mode::Cut {
+                    continue; // dropped: the client sees the connection close
+                }
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
@@ -31,30 +46,33 @@ impl ChaosProxy {
                 tokio::spawn(pump(sr, cw, rx.clone()));
             }
         });
-        Self { addr, stalled }
+        Self { addr, mode }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    pub fn stall(&self) {
-        self.stalled.send_replace(true);
-    }
-
-    pub fn resume(&self) {
-        self.stalled.send_replace(false);
+    pub fn set(&self, mode: Mode) {
+        self.mode.send_replace(mode);
     }
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut stalled: watch::Receiver<bool>) {
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
     let mut buf = vec![0; 16 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = mode.wait_for(|m| *m == Mode::Cut) => return,
         };
-        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+        let go_on = match mode.wait_for(|m| *m != Mode::Stall).await {
+            Ok(m) => *m == Mode::Pass,
+            Err(_) => false,
+        };
+        if !go_on || to.write_all(&buf[..n]).await.is_err() {
             return;
         }
     }

@@ -27,7 +27,11 @@ async fn burst_then_one_token_per_interval() {
     b.try_take(Instant::now(), 10, 3).unwrap();
     assert_eq!(b.try_take(Instant::now(), 10, 3), Err(ms(100)));
     advance(ms(1_000)).await;
-    assert_eq!(b.available(Instant::now(), 10, 3), 3, "refills to the burst, not beyond");
+    assert_eq!(
+        b.available(Instant::now(), 10, 3),
+        3,
+        "refills to the burst, not beyond"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -74,5 +78,8 @@ fn policy_defaults_to_the_hub_rate_and_a_second_of_burst() {
     config.burst = Some(5);
     config.daily_quota = Some(1_000);
     let p = Policy::from_config(&config, 100);
-    assert_eq!((p.rate_per_sec, p.burst, p.daily_quota), (20, 5, Some(1_000)));
+    assert_eq!(
+        (p.rate_per_sec, p.burst, p.daily_quota),
+        (20, 5, Some(1_000))
+    );
 }

@@ -5,8 +5,8 @@ use std::time::Duration;
 use ::redis::{Client, ConnectionAddr};
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 
-use super::chaos::ChaosProxy;
-use super::{PROVIDER, breaker_policy, redis_url, test_options};
+use super::chaos::{ChaosProxy, Mode};
+use super::{PROVIDER, breaker_policy, delete_keys, redis_url, test_options};
 use crate::state::Outcome::{Failure, Success};
 use crate::state::{Admission, CircuitState, Policy, RedisOptions, RedisState, SharedState};
 
@@ -15,12 +15,16 @@ fn ms(n: u64) -> Duration {
 }
 
 /// Two instances sharing one Redis and one key prefix.
-async fn pair() -> Option<(RedisState, RedisState, RedisOptions)> {
+async fn pair() -> Option<(RedisState, RedisState, RedisOptions, String)> {
     let url = redis_url().await?;
     let opts = test_options();
-    let a = RedisState::connect(url.as_str(), opts.clone()).await.unwrap();
-    let b = RedisState::connect(url.as_str(), opts.clone()).await.unwrap();
-    Some((a, b, opts))
+    let a = RedisState::connect(url.as_str(), opts.clone())
+        .await
+        .unwrap();
+    let b = RedisState::connect(url.as_str(), opts.clone())
+        .await
+        .unwrap();
+    Some((a, b, opts, url))
 }
 
 async fn fail(s: &RedisState, p: &Policy, n: usize) {
@@ -34,13 +38,20 @@ async fn fail(s: &RedisState, p: &Policy, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opened_on_one_instance_rejects_on_the_other() {
-    let Some((a, b, opts)) = pair().await else { return };
+    let Some((a, b, opts, url)) = pair().await else {
+        return;
+    };
     let p = breaker_policy(3, 10_000, 500);
     // b is warm: it holds a fresh view and leased tokens.
-    let Admission::Admitted(permit) = b.admit(PROVIDER, &p).await else { panic!() };
+    let Admission::Admitted(permit) = b.admit(PROVIDER, &p).await else {
+        panic!()
+    };
     b.record(permit, Success).await;
     fail(&a, &p, 3).await;
-    assert!(matches!(a.admit(PROVIDER, &p).await, Admission::CircuitOpen { .. }));
+    assert!(matches!(
+        a.admit(PROVIDER, &p).await,
+        Admission::CircuitOpen { .. }
+    ));
     // Within lease_ttl b may still spend its lease (the stated tolerance); after it, never.
     sleep(opts.lease_ttl + ms(10)).await;
     match b.admit(PROVIDER, &p).await {
@@ -48,12 +59,18 @@ async fn breaker_opened_on_one_instance_rejects_on_the_other() {
         other => panic!("b must see the open circuit, got {other:?}"),
     }
     let snap = b.snapshot(PROVIDER, &p).await.breaker;
-    assert_eq!((snap.state, snap.consecutive_failures), (CircuitState::Open, 3));
+    assert_eq!(
+        (snap.state, snap.consecutive_failures),
+        (CircuitState::Open, 3)
+    );
+    delete_keys(&url, &opts.prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_admits_one_probe_across_instances_and_its_success_closes_both() {
-    let Some((a, b, opts)) = pair().await else { return };
+    let Some((a, b, opts, url)) = pair().await else {
+        return;
+    };
     let p = breaker_policy(3, 10_000, 300);
     fail(&a, &p, 3).await;
     sleep(ms(300)).await;
@@ -76,13 +93,19 @@ async fn half_open_admits_one_probe_across_instances_and_its_success_closes_both
     owner.record(probe, Success).await;
     sleep(opts.lease_ttl * 2).await;
     for s in [&a, &b] {
-        assert!(matches!(s.admit(PROVIDER, &p).await, Admission::Admitted(_)));
+        assert!(matches!(
+            s.admit(PROVIDER, &p).await,
+            Admission::Admitted(_)
+        ));
     }
+    delete_keys(&url, &opts.prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_limit_is_global_within_tolerance() {
-    let Some((a, b, _)) = pair().await else { return };
+    let Some((a, b, opts, url)) = pair().await else {
+        return;
+    };
     let p = Policy {
         rate_per_sec: 100,
         burst: 10,
@@ -115,16 +138,21 @@ async fn rate_limit_is_global_within_tolerance() {
     let elapsed = start.elapsed().as_secs_f64();
     let total: u32 = per_instance.iter().sum();
     let ceiling = 10.0 + 100.0 * elapsed;
-    eprintln!("two instances admitted {per_instance:?} = {total} in {elapsed:.3} s (ceiling {ceiling:.0})");
+    eprintln!(
+        "two instances admitted {per_instance:?} = {total} in {elapsed:.3} s (ceiling {ceiling:.0})"
+    );
     assert!(f64::from(total) <= ceiling + 1.0, "{total} > {ceiling}");
     assert!(f64::from(total) >= 0.8 * 110.0, "{total} < 80% of 110");
+    delete_keys(&url, &opts.prefix).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_trips_per_request() {
     let Some(url) = redis_url().await else { return };
     for (rate, requests, every, bound) in [(1_000, 300, ms(1), 0.1), (100, 100, ms(10), 0.35)] {
-        let s = RedisState::connect(url.as_str(), test_options()).await.unwrap();
+        let opts = test_options();
+        let prefix = opts.prefix.clone();
+        let s = RedisState::connect(url.as_str(), opts).await.unwrap();
         let p = Policy {
             rate_per_sec: rate,
             burst: rate,
@@ -140,9 +168,13 @@ async fn round_trips_per_request() {
         }
         let stats = s.stats();
         let per_request = stats.round_trips as f64 / f64::from(requests);
-        eprintln!("{rate}/s: {} round trips for {requests} requests = {per_request:.3} per request", stats.round_trips);
+        eprintln!(
+            "{rate}/s: {} round trips for {requests} requests = {per_request:.3} per request",
+            stats.round_trips
+        );
         assert!(per_request <= bound, "{per_request} > {bound}");
         assert_eq!((stats.errors, stats.fallbacks), (0, 0));
+        delete_keys(&url, &prefix).await;
     }
 }
 
@@ -157,7 +189,9 @@ async fn redis_down_admits_locally_within_milliseconds() {
         ..test_options()
     };
     let started = Instant::now();
-    let s = RedisState::connect(format!("redis://127.0.0.1:{port}"), opts).await.unwrap();
+    let s = RedisState::connect(format!("redis://127.0.0.1:{port}"), opts)
+        .await
+        .unwrap();
     assert!(started.elapsed() < ms(1_000));
     assert!(!s.is_connected());
     let p = breaker_policy(5, 30_000, 60_000);
@@ -165,7 +199,9 @@ async fn redis_down_admits_locally_within_milliseconds() {
         let t = Instant::now();
         let admission = s.admit(PROVIDER, &p).await;
         assert!(t.elapsed() < ms(5), "admission took {:?}", t.elapsed());
-        let Admission::Admitted(permit) = admission else { panic!("{admission:?}") };
+        let Admission::Admitted(permit) = admission else {
+            panic!("{admission:?}")
+        };
         s.record(permit, Success).await;
     }
     let stats = s.stats();
@@ -173,21 +209,44 @@ async fn redis_down_admits_locally_within_milliseconds() {
     assert_eq!((stats.fallbacks, stats.round_trips), (20, 0));
     // The local fallback still protects the provider.
     for _ in 0..5 {
-        let Admission::Admitted(permit) = s.admit(PROVIDER, &p).await else { panic!() };
+        let Admission::Admitted(permit) = s.admit(PROVIDER, &p).await else {
+            panic!()
+        };
         s.record(permit, Failure).await;
     }
-    assert!(matches!(s.admit(PROVIDER, &p).await, Admission::CircuitOpen { .. }));
+    assert!(matches!(
+        s.admit(PROVIDER, &p).await,
+        Admission::CircuitOpen { .. }
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_redis_falls_back_within_the_timeout_and_comes_back() {
+    outage(Mode::Stall).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopped_redis_falls_back_at_once_and_reconnects() {
+    outage(Mode::Cut).await;
+}
+
+/// Healthy, then `mode` for 30 requests (each answered within the command timeout by the local
+/// fallback, none lost), then healthy again: requests go back to Redis.
+async fn outage(mode: Mode) {
     let Some(url) = redis_url().await else { return };
-    let info = Client::open(url.as_str()).unwrap().get_connection_info().clone();
+    let info = Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .clone();
     let ConnectionAddr::Tcp(host, port) = &info.addr else {
         eprintln!("SKIPPED: test Redis is not on TCP");
         return;
     };
-    let upstream = tokio::net::lookup_host((host.as_str(), *port)).await.unwrap().next().unwrap();
+    let upstream = tokio::net::lookup_host((host.as_str(), *port))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
     let proxy = ChaosProxy::start(upstream).await;
     let mut via = info.clone();
     via.addr = ConnectionAddr::Tcp("127.0.0.1".to_owned(), proxy.addr().port());
@@ -200,7 +259,9 @@ async fn stalled_redis_falls_back_within_the_timeout_and_comes_back() {
     let p = breaker_policy(5, 30_000, 60_000);
     let admit = async |s: &RedisState| {
         let t = Instant::now();
-        let Admission::Admitted(permit) = s.admit(PROVIDER, &p).await else { panic!() };
+        let Admission::Admitted(permit) = s.admit(PROVIDER, &p).await else {
+            panic!()
+        };
         let took = t.elapsed();
         s.record(permit, Success).await;
         took
@@ -208,29 +269,44 @@ async fn stalled_redis_falls_back_within_the_timeout_and_comes_back() {
     for _ in 0..10 {
         admit(&s).await;
     }
-    assert!(s.stats().round_trips >= 1 && s.stats().fallbacks == 0, "{:?}", s.stats());
+    assert!(
+        s.stats().round_trips >= 1 && s.stats().fallbacks == 0,
+        "{:?}",
+        s.stats()
+    );
 
-    proxy.stall();
+    proxy.set(mode);
     sleep(opts.lease_ttl + ms(10)).await;
     let mut worst = Duration::ZERO;
     for _ in 0..30 {
         worst = worst.max(admit(&s).await);
     }
     let stats = s.stats();
-    eprintln!("stalled: worst admission {worst:?}, {stats:?}");
-    assert!(worst < opts.command_timeout + ms(50), "worst admission {worst:?}");
+    eprintln!("{mode:?}: worst admission {worst:?}, {stats:?}");
+    assert!(
+        worst < opts.command_timeout + ms(50),
+        "worst admission {worst:?}"
+    );
     assert!(stats.errors >= 1 && stats.fallbacks == 30, "{stats:?}");
 
-    proxy.resume();
-    let deadline = Instant::now() + ms(3_000);
+    proxy.set(Mode::Pass);
+    let deadline = Instant::now() + ms(5_000);
     loop {
-        assert!(Instant::now() < deadline, "never went back to Redis: {:?}", s.stats());
+        assert!(
+            Instant::now() < deadline,
+            "never went back to Redis: {:?}",
+            s.stats()
+        );
         sleep(ms(50)).await;
         let before = s.stats();
         admit(&s).await;
         let after = s.stats();
-        if after.fallbacks == before.fallbacks && after.round_trips > before.round_trips {
+        if after.fallbacks == before.fallbacks
+            && after.errors == before.errors
+            && after.round_trips > before.round_trips
+        {
             break;
         }
     }
+    delete_keys(&url, &opts.prefix).await;
 }

@@ -42,7 +42,14 @@ async fn open(h: &Harness, p: &Policy) {
 async fn opens_after_threshold_and_rejects_with_remaining_time(h: &Harness) {
     let p = policy();
     attempts(h, &p, Failure, 2).await;
-    assert_eq!(h.state.snapshot(PROVIDER, &p).await.breaker.consecutive_failures, 2);
+    assert_eq!(
+        h.state
+            .snapshot(PROVIDER, &p)
+            .await
+            .breaker
+            .consecutive_failures,
+        2
+    );
     attempts(h, &p, Failure, 1).await;
     h.assert_near(open_for(&h.admit(&p).await), ms(OPEN_MS));
     h.pass(ms(120)).await;
@@ -59,12 +66,18 @@ async fn success_and_neutral_reset_the_streak(h: &Harness) {
         attempts(h, &p, Failure, 2).await;
         attempts(h, &p, reset, 1).await;
         attempts(h, &p, Failure, 2).await;
-        assert!(matches!(h.admit(&p).await, Admission::Admitted(_)), "{reset:?}");
+        assert!(
+            matches!(h.admit(&p).await, Admission::Admitted(_)),
+            "{reset:?}"
+        );
         attempts(h, &p, Success, 1).await;
     }
     attempts(h, &p, Neutral, 10).await;
     let snap = h.state.snapshot(PROVIDER, &p).await.breaker;
-    assert_eq!((snap.state, snap.consecutive_failures), (CircuitState::Closed, 0));
+    assert_eq!(
+        (snap.state, snap.consecutive_failures),
+        (CircuitState::Closed, 0)
+    );
 }
 
 async fn failures_spread_beyond_the_window_do_not_open(h: &Harness) {
@@ -121,9 +134,15 @@ async fn probe_success_or_neutral_closes(h: &Harness) {
         h.state.record(probe, outcome).await;
         h.settle().await;
         let snap = h.state.snapshot(PROVIDER, &p).await.breaker;
-        assert_eq!((snap.state, snap.consecutive_failures), (CircuitState::Closed, 0));
+        assert_eq!(
+            (snap.state, snap.consecutive_failures),
+            (CircuitState::Closed, 0)
+        );
         attempts(h, &p, Failure, 2).await;
-        assert!(matches!(h.admit(&p).await, Admission::Admitted(_)), "count reset");
+        assert!(
+            matches!(h.admit(&p).await, Admission::Admitted(_)),
+            "count reset"
+        );
         attempts(h, &p, Success, 1).await;
     }
 }
@@ -148,7 +167,10 @@ async fn dropped_probe_frees_the_slot(h: &Harness) {
     drop(probe);
     h.settle().await;
     let next = h.permit(&p).await;
-    assert!(next.is_probe(), "the next admission probes at once, not after the lease");
+    assert!(
+        next.is_probe(),
+        "the next admission probes at once, not after the lease"
+    );
     h.state.record(next, Success).await;
 }
 
@@ -217,7 +239,10 @@ async fn daily_quota_exhausts_until_utc_midnight(h: &Harness) {
         other => panic!("expected quota exhausted, got {other:?}"),
     };
     let expected = crate::state::clock::until_next_utc_day(crate::state::Clock::system().unix_ms());
-    assert!(retry_after.abs_diff(expected) < ms(2_000), "{retry_after:?} vs {expected:?}");
+    assert!(
+        retry_after.abs_diff(expected) < ms(2_000),
+        "{retry_after:?} vs {expected:?}"
+    );
     let rate = h.state.snapshot(PROVIDER, &p).await.rate;
     assert_eq!((rate.used_today, rate.daily_quota), (3, Some(3)));
 }
@@ -233,14 +258,20 @@ async fn rate_limit_is_checked_before_the_probe_is_claimed(h: &Harness) {
     h.pass(ms(OPEN_MS)).await;
     assert!(matches!(h.admit(&p).await, Admission::RateLimited { .. }));
     h.pass(ms(400)).await;
-    assert!(h.permit(&p).await.is_probe(), "the rejected call did not take the probe");
+    assert!(
+        h.permit(&p).await.is_probe(),
+        "the rejected call did not take the probe"
+    );
 }
 
 async fn providers_are_independent(h: &Harness) {
     let p = policy();
     open(h, &p).await;
     let other = ulid::Ulid::from_parts(2, 2);
-    assert!(matches!(h.state.admit(other, &p).await, Admission::Admitted(_)));
+    assert!(matches!(
+        h.state.admit(other, &p).await,
+        Admission::Admitted(_)
+    ));
 }
 
 macro_rules! suite {
@@ -259,6 +290,7 @@ macro_rules! suite {
                 async fn $name() {
                     if let Some(h) = super::Harness::redis().await {
                         super::$name(&h).await;
+                        h.cleanup().await;
                     }
                 }
             )*

@@ -1,0 +1,653 @@
+//! Escape: sending one call to its provider under the provider's policy.
+//!
+//! Pingora 0.9 retries only connect errors and replays at most 64 KiB of body, while the hub
+//! must retry 5xx/429 responses with backoff inside a total budget and replay bodies up to a
+//! configurable size. So the hub runs the attempt loop itself, on Pingora's upstream connector
+//! (pooled connections, TLS) and client sessions: every attempt is admitted by the shared state
+//! (rate limit + breaker), bounded by the per-attempt timeout and the call's deadline, and its
+//! outcome recorded. Only the final attempt's response is streamed to the caller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use hub_core::provider::Auth;
+use hub_core::state::retry::may_retry;
+use hub_core::state::{
+    Admission, AttemptEnd, Jitter, Outcome, Policy, RetryPlan, SharedState, Stop,
+};
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::hygiene::{self, REQUEST_ID};
+use crate::inject;
+use crate::problem::Problem;
+use crate::registry::Provider;
+
+/// Default largest request body kept for replay (bigger bodies are sent once, streamed).
+pub const DEFAULT_REPLAY_LIMIT: usize = 1024 * 1024;
+/// Request header a caller may use to ask for a smaller total budget, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "x-hub-timeout-ms";
+/// Bound on the queue of exhausted calls waiting for the dead-letter writer.
+pub const EXHAUSTED_QUEUE: usize = 1024;
+/// How long a pooled upstream connection may idle.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Length of the upstream response excerpt kept for a failed call.
+const EXCERPT_LEN: usize = 512;
+
+/// A call whose attempts (or budget) ran out: what the DLQ needs to keep and replay it.
+/// Never holds a credential: headers are the caller's minus credentials and hop-by-hop.
+#[derive(Debug, Clone)]
+pub struct ExhaustedCall {
+    /// Provider id.
+    pub provider_id: ulid::Ulid,
+    /// Provider name.
+    pub provider: String,
+    /// Method.
+    pub method: String,
+    /// Path and query as the caller sent it (auth query values redacted).
+    pub path: String,
+    /// The caller's headers minus credentials and hop-by-hop.
+    pub headers: Vec<(String, String)>,
+    /// The body, when it was kept whole.
+    pub body: Option<Bytes>,
+    /// Idempotency key used for every attempt.
+    pub idempotency_key: Option<String>,
+    /// Request id.
+    pub request_id: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Last upstream status, if the provider answered.
+    pub last_status: Option<u16>,
+    /// Error kind of the last attempt (`status`, `timeout`, `connect_failed`, …).
+    pub last_error: &'static str,
+    /// Why retries stopped.
+    pub stop: &'static str,
+    /// Start of the last upstream response body.
+    pub excerpt: String,
+}
+
+/// The request body as read for replay.
+enum Body {
+    /// Whole (possibly empty): replayable.
+    Full(Bytes),
+    /// Larger than the replay limit: this prefix, the rest still on the downstream connection.
+    Streaming(Bytes),
+}
+
+/// Sends calls under each provider's policy.
+pub struct Forwarder {
+    connector: Connector,
+    state: Arc<dyn SharedState>,
+    jitter: Arc<dyn Jitter>,
+    hub_default_rate: u32,
+    replay_limit: usize,
+    exhausted: Option<mpsc::Sender<ExhaustedCall>>,
+}
+
+/// Settings for a [`Forwarder`].
+pub struct ForwarderOptions {
+    /// Shared breaker + rate-limit state.
+    pub state: Arc<dyn SharedState>,
+    /// Backoff jitter source (injectable for tests).
+    pub jitter: Arc<dyn Jitter>,
+    /// `INTEGRATION_RATE_LIMIT_PER_SEC`.
+    pub hub_default_rate: u32,
+    /// Largest replayable body.
+    pub replay_limit: usize,
+    /// Where exhausted calls go (the DLQ writer); `None` = logged only.
+    pub exhausted: Option<mpsc::Sender<ExhaustedCall>>,
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+fn rate_limited(provider: &str, retry_after: Duration, quota: bool) -> Problem {
+    let mut p = if quota {
+        Problem::new(
+            429,
+            "quota_exhausted",
+            "Daily quota exhausted",
+            format!("the daily quota of provider {provider} is used up"),
+        )
+    } else {
+        Problem::new(
+            429,
+            "rate_limited",
+            "Rate limited",
+            format!("the hub's rate limit for provider {provider} is reached"),
+        )
+    };
+    p.retry_after = Some(ceil_secs(retry_after).max(1));
+    p
+}
+
+fn circuit_open(provider: &str, retry_after: Duration) -> Problem {
+    let mut p = Problem::new(
+        503,
+        "circuit_open",
+        "Circuit open",
+        format!("provider {provider} is failing; the hub is not calling it for now"),
+    );
+    p.retry_after = Some(ceil_secs(retry_after).max(1));
+    p.circuit_open = true;
+    p
+}
+
+/// Classifies a Pingora error from one attempt; `bool` = whether bytes may have reached the provider.
+fn classify(e: &Error, header_written: bool) -> AttemptEnd {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            AttemptEnd::Timeout
+        }
+        _ if !header_written => AttemptEnd::ConnectFailed,
+        _ => AttemptEnd::ConnectionLost,
+    }
+}
+
+fn end_kind(end: AttemptEnd) -> &'static str {
+    match end {
+        AttemptEnd::Status(_) => "status",
+        AttemptEnd::ConnectFailed => "connect_failed",
+        AttemptEnd::Timeout => "timeout",
+        AttemptEnd::ConnectionLost => "connection_lost",
+    }
+}
+
+/// What one attempt produced.
+struct Attempt {
+    end: AttemptEnd,
+    bytes_sent: bool,
+    upstream: Option<UpstreamSession>,
+}
+
+impl Forwarder {
+    /// A forwarder over Pingora's connector configured by `conf`.
+    pub fn new(conf: &pingora::server::configuration::ServerConf, opts: ForwarderOptions) -> Self {
+        use pingora::connectors::ConnectorOptions;
+        Self {
+            connector: Connector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            state: opts.state,
+            jitter: opts.jitter,
+            hub_default_rate: opts.hub_default_rate,
+            replay_limit: opts.replay_limit,
+            exhausted: opts.exhausted,
+        }
+    }
+
+    /// The shared state (for health and metrics).
+    pub fn state(&self) -> &Arc<dyn SharedState> {
+        &self.state
+    }
+
+    /// Runs the call and writes the response to `session`. `Err` is a problem to answer instead.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn call(
+        &self,
+        session: &mut Session,
+        provider: &Arc<Provider>,
+        addr: SocketAddr,
+        path_and_query: &str,
+        request_id: &str,
+        idempotency_key: &mut Option<String>,
+        attempts_out: &mut u32,
+    ) -> Result<Option<u16>, Problem> {
+        let policy = Policy::from_config(&provider.config, self.hub_default_rate);
+        let mut plan = RetryPlan::new(&provider.config, Instant::now());
+        if let Some(ms) = session
+            .req_header()
+            .headers
+            .get(TIMEOUT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            plan = plan.limit_total(Duration::from_millis(ms.max(1)));
+        }
+        // The first admission comes before the body is read: a refused call costs nothing.
+        let mut permit = Some(self.admit_first(provider, &policy).await?);
+        let mut header = upstream_header(
+            session.req_header(),
+            provider,
+            path_and_query,
+            request_id,
+            idempotency_key,
+        )
+        .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
+        let body = self.read_body(session).await?;
+        if let Body::Full(b) = &body {
+            header.remove_header("transfer-encoding");
+            if !b.is_empty() || header.headers.contains_key("content-length") {
+                let _ = header.insert_header("content-length", b.len().to_string());
+            }
+        }
+        let method = header.method.as_str().to_owned();
+        let peer = peer_for(provider, addr);
+        let mut attempts = 0u32;
+        let mut last: Option<(AttemptEnd, String)> = None;
+        let stop = loop {
+            let permit_now = match permit.take() {
+                Some(p) => p,
+                None => match self.state.admit(provider.id, &policy).await {
+                    Admission::Admitted(p) => p,
+                    Admission::RateLimited { retry_after }
+                    | Admission::QuotaExhausted { retry_after } => {
+                        if retry_after + plan.attempt_timeout(Instant::now())
+                            <= plan.remaining(Instant::now())
+                        {
+                            tokio::time::sleep(retry_after).await;
+                            continue;
+                        }
+                        break Stop::BudgetExhausted.kind();
+                    }
+                    Admission::CircuitOpen { retry_after } => {
+                        let (end, _) = last.clone().expect("a retry follows an attempt");
+                        self.hand_off(
+                            session,
+                            provider,
+                            path_and_query,
+                            request_id,
+                            idempotency_key,
+                            attempts,
+                            end,
+                            "circuit_open",
+                            &body,
+                            "",
+                        );
+                        return Err(circuit_open(&provider.name, retry_after));
+                    }
+                },
+            };
+            attempts += 1;
+            *attempts_out = attempts;
+            let timeout = plan.attempt_timeout(Instant::now());
+            let attempt =
+                match tokio::time::timeout(timeout, self.attempt(session, &peer, &header, &body))
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(_) => Attempt {
+                        end: AttemptEnd::Timeout,
+                        bytes_sent: true,
+                        upstream: None,
+                    },
+                };
+            let outcome = attempt.end.outcome();
+            self.state.record(permit_now, outcome).await;
+            let replayable = matches!(body, Body::Full(_));
+            let retry = replayable
+                && may_retry(
+                    attempt.end,
+                    &method,
+                    idempotency_key.is_some(),
+                    attempt.bytes_sent,
+                );
+            if !retry
+                && outcome != Outcome::Failure
+                && let Some(up) = attempt.upstream
+            {
+                // A final answer from a working provider (incl. a 4xx): the caller gets it as is.
+                return self.relay(session, up, &peer, request_id).await.map(Some);
+            }
+            let retry_after = attempt.upstream.as_ref().and_then(retry_after_of);
+            let excerpt = match attempt.upstream {
+                Some(mut up) => excerpt_of(&mut up).await,
+                None => String::new(),
+            };
+            last = Some((attempt.end, excerpt));
+            if !retry {
+                break "not_retryable";
+            }
+            match plan.next_wait(attempts, Instant::now(), retry_after, self.jitter.as_ref()) {
+                Ok(wait) => tokio::time::sleep(wait).await,
+                Err(stop) => break stop.kind(),
+            }
+        };
+        let (end, excerpt) = last.unwrap_or((AttemptEnd::Timeout, String::new()));
+        self.hand_off(
+            session,
+            provider,
+            path_and_query,
+            request_id,
+            idempotency_key,
+            attempts,
+            end,
+            stop,
+            &body,
+            &excerpt,
+        );
+        Err(exhausted_problem(&provider.name, end, attempts, stop))
+    }
+
+    async fn admit_first(
+        &self,
+        provider: &Provider,
+        policy: &Policy,
+    ) -> Result<hub_core::state::Permit, Problem> {
+        match self.state.admit(provider.id, policy).await {
+            Admission::Admitted(p) => Ok(p),
+            Admission::RateLimited { retry_after } => {
+                Err(rate_limited(&provider.name, retry_after, false))
+            }
+            Admission::QuotaExhausted { retry_after } => {
+                Err(rate_limited(&provider.name, retry_after, true))
+            }
+            Admission::CircuitOpen { retry_after } => {
+                Err(circuit_open(&provider.name, retry_after))
+            }
+        }
+    }
+
+    async fn read_body(&self, session: &mut Session) -> Result<Body, Problem> {
+        let mut buf = BytesMut::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() > self.replay_limit {
+                        return Ok(Body::Streaming(buf.freeze()));
+                    }
+                }
+                Ok(None) => return Ok(Body::Full(buf.freeze())),
+                Err(_) => return Err(Problem::bad_request("could not read the request body")),
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        header: &RequestHeader,
+        body: &Body,
+    ) -> Attempt {
+        let mut up = match self.connector.get_http_session(peer).await {
+            Ok((s, _reused)) => s,
+            Err(e) => {
+                tracing::debug!(error = %e.etype().as_str(), "upstream connect failed");
+                return Attempt {
+                    end: classify(&e, false),
+                    bytes_sent: false,
+                    upstream: None,
+                };
+            }
+        };
+        if let Err(e) = up.write_request_header(Box::new(header.clone())).await {
+            return Attempt {
+                end: classify(&e, false),
+                bytes_sent: false,
+                upstream: None,
+            };
+        }
+        let sent = async {
+            match body {
+                Body::Full(b) => {
+                    if !b.is_empty() {
+                        up.write_request_body(b.clone(), true).await?;
+                    }
+                }
+                Body::Streaming(prefix) => {
+                    up.write_request_body(prefix.clone(), false).await?;
+                    while let Some(chunk) = session.read_request_body().await? {
+                        up.write_request_body(chunk, false).await?;
+                    }
+                }
+            }
+            up.finish_request_body().await?;
+            up.read_response_header().await
+        };
+        match sent.await {
+            Ok(()) => {
+                let status = up.response_header().map_or(502, |h| h.status.as_u16());
+                Attempt {
+                    end: AttemptEnd::Status(status),
+                    bytes_sent: true,
+                    upstream: Some(up),
+                }
+            }
+            Err(e) => Attempt {
+                end: classify(&e, true),
+                bytes_sent: true,
+                upstream: None,
+            },
+        }
+    }
+
+    /// Streams the upstream response to the caller; returns its status.
+    async fn relay(
+        &self,
+        session: &mut Session,
+        mut up: UpstreamSession,
+        peer: &HttpPeer,
+        request_id: &str,
+    ) -> Result<u16, Problem> {
+        let mut resp: ResponseHeader = match up.response_header() {
+            Some(h) => h.clone(),
+            None => {
+                return Err(Problem::new(
+                    502,
+                    "upstream_unreachable",
+                    "Upstream unreachable",
+                    "no response header",
+                ));
+            }
+        };
+        let status = resp.status.as_u16();
+        for h in hygiene::HOP_BY_HOP {
+            resp.remove_header(*h);
+        }
+        let _ = resp.insert_header(REQUEST_ID, request_id);
+        let write = async {
+            session.write_response_header(Box::new(resp), false).await?;
+            while let Some(chunk) = up.read_response_body().await? {
+                session.write_response_body(Some(chunk), false).await?;
+            }
+            session.write_response_body(None, true).await?;
+            Ok::<_, Box<Error>>(())
+        };
+        match write.await {
+            Ok(()) => {
+                if up.response_done() {
+                    self.connector
+                        .release_http_session(up, peer, Some(POOL_IDLE))
+                        .await;
+                }
+                Ok(status)
+            }
+            Err(e) => {
+                // Headers are out: the caller sees a truncated response; nothing more to say.
+                tracing::debug!(error = %e.etype().as_str(), "relay to caller interrupted");
+                session.set_keepalive(None);
+                Ok(status)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn hand_off(
+        &self,
+        session: &Session,
+        provider: &Provider,
+        path_and_query: &str,
+        request_id: &str,
+        idempotency_key: &Option<String>,
+        attempts: u32,
+        end: AttemptEnd,
+        stop: &'static str,
+        body: &Body,
+        excerpt: &str,
+    ) {
+        let req = session.req_header();
+        let call = ExhaustedCall {
+            provider_id: provider.id,
+            provider: provider.name.clone(),
+            method: req.method.as_str().to_owned(),
+            path: match &provider.auth {
+                Some(Auth::Query { name, .. }) => inject::redact_query(path_and_query, name),
+                _ => path_and_query.to_owned(),
+            },
+            headers: caller_headers(req, provider),
+            body: match body {
+                Body::Full(b) => Some(b.clone()),
+                Body::Streaming(_) => None,
+            },
+            idempotency_key: idempotency_key.clone(),
+            request_id: request_id.to_owned(),
+            attempts,
+            last_status: match end {
+                AttemptEnd::Status(s) => Some(s),
+                _ => None,
+            },
+            last_error: end_kind(end),
+            stop,
+            excerpt: excerpt.to_owned(),
+        };
+        tracing::warn!(target: "hub::exhausted", request_id, provider = %call.provider, attempts,
+            last_error = call.last_error, last_status = ?call.last_status, stop, "call failed after retries");
+        if let Some(tx) = &self.exhausted
+            && tx.try_send(call).is_err()
+        {
+            tracing::error!(
+                request_id,
+                "dead-letter queue full: exhausted call not recorded"
+            );
+        }
+    }
+}
+
+fn exhausted_problem(provider: &str, end: AttemptEnd, attempts: u32, stop: &str) -> Problem {
+    let what = match end {
+        AttemptEnd::Status(s) => format!("last status {s}"),
+        other => end_kind(other).replace('_', " "),
+    };
+    let detail = format!("provider {provider} failed after {attempts} attempt(s) ({what}; {stop})");
+    if end == AttemptEnd::Timeout {
+        Problem::new(504, "upstream_timeout", "Upstream timeout", detail)
+    } else {
+        Problem::new(502, "upstream_failed", "Upstream failed", detail)
+    }
+}
+
+fn retry_after_of(up: &UpstreamSession) -> Option<Duration> {
+    let v = up
+        .response_header()?
+        .headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+async fn excerpt_of(up: &mut UpstreamSession) -> String {
+    let read = async {
+        let mut out = Vec::new();
+        while out.len() < EXCERPT_LEN {
+            match up.read_response_body().await {
+                Ok(Some(b)) => out.extend_from_slice(&b),
+                _ => break,
+            }
+        }
+        out.truncate(EXCERPT_LEN);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    tokio::time::timeout(Duration::from_millis(200), read)
+        .await
+        .unwrap_or_default()
+}
+
+/// The caller's headers minus credentials (whatever the provider's scheme uses, plus the usual
+/// ones) and hop-by-hop.
+fn caller_headers(req: &RequestHeader, provider: &Provider) -> Vec<(String, String)> {
+    let auth_header = match &provider.auth {
+        Some(Auth::Header { name, .. }) => Some(name.to_ascii_lowercase()),
+        _ => None,
+    };
+    req.headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.as_str();
+            !hygiene::HOP_BY_HOP.contains(&k)
+                && !matches!(k, "authorization" | "cookie" | "x-api-key")
+                && auth_header.as_deref() != Some(k)
+        })
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect()
+}
+
+fn peer_for(provider: &Provider, addr: SocketAddr) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+    let timeout = Duration::from_millis(provider.config.timeout_ms.into());
+    peer.options.connection_timeout = Some(timeout);
+    peer.options.total_connection_timeout = Some(timeout);
+    peer.options.read_timeout = Some(timeout);
+    peer.options.write_timeout = Some(timeout);
+    peer.options.verify_cert = true;
+    peer.options.verify_hostname = true;
+    peer
+}
+
+/// The request as the provider gets it: origin-form under the base path, Host of the base URL,
+/// hop-by-hop out, credentials in, request id and idempotency key set.
+pub fn upstream_header(
+    caller: &RequestHeader,
+    p: &Provider,
+    path_and_query: &str,
+    request_id: &str,
+    idempotency_key: &mut Option<String>,
+) -> pingora::Result<RequestHeader> {
+    let mut up = caller.clone();
+    hygiene::strip_hop_by_hop(&mut up);
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, q)) => (path, Some(q)),
+        None => (path_and_query, None),
+    };
+    let mut target = format!("{}{}", p.base.path_prefix, path);
+    match (p.auth.as_ref(), query) {
+        (Some(Auth::Query { name, value }), q) => {
+            target.push('?');
+            target.push_str(&inject::rewrite_query(q, name, value.expose()));
+        }
+        (_, Some(q)) => {
+            target.push('?');
+            target.push_str(q);
+        }
+        (_, None) => {}
+    }
+    up.set_raw_path(target.as_bytes())?;
+    let default_port = if p.base.tls { 443 } else { 80 };
+    let host = if p.base.port == default_port {
+        p.base.host.clone()
+    } else if p.base.host.contains(':') {
+        format!("[{}]:{}", p.base.host, p.base.port)
+    } else {
+        format!("{}:{}", p.base.host, p.base.port)
+    };
+    up.insert_header("host", host)?;
+    if let Some(auth) = p.auth.as_ref() {
+        inject::inject_headers(&mut up, auth)?;
+    }
+    up.insert_header(REQUEST_ID, request_id)?;
+    up.remove_header(TIMEOUT_HEADER);
+    if let Some(h) = &p.config.idempotency_header {
+        let key = match up.headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
+            Some(k) => k.to_owned(),
+            None => {
+                let k = idempotency_key
+                    .clone()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                up.insert_header(h.to_ascii_lowercase(), k.as_str())?;
+                k
+            }
+        };
+        *idempotency_key = Some(key);
+    }
+    Ok(up)
+}
