@@ -213,7 +213,7 @@ impl Store for SqliteStore {
             " FROM providers WHERE deleted_at IS NULL \
              AND ($1 IS NULL OR status = $1) \
              AND ($2 IS NULL OR instr(name, $2) > 0) \
-             AND ($3 IS NULL OR id >= $3) \
+             AND ($3 IS NULL OR id > $3) \
              ORDER BY id LIMIT $4"
         ))
         .bind(query.status.map(|s| s.as_str()))
