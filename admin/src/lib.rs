@@ -1,57 +1,115 @@
-//! The Integration Hub admin service: the operators' REST API (providers, health, DLQ, jobs),
-//! plus `/healthz`, `/readyz` and the hub CA certificate.
+//! The Integration Hub admin service: the operators' REST API under `/api/v1/integrations`
+//! (providers, health, explicit calls, API tokens, the audit trail; the DLQ and jobs land with
+//! their issue), plus `/healthz`, `/readyz`, the hub CA certificate and the OpenAPI document.
+//!
+//! - [`routes`]: the route table (one constant drives the router, the docs and the drift test)
+//!   and the handlers, one module per resource.
+//! - [`auth`]: bearer tokens, roles, the per-route access check.
+//! - [`error`]: [`ApiError`], answered as `application/problem+json`.
+//! - [`extract`]: request extractors that turn bad input into 4xx problems, never 5xx.
+//! - [`openapi`]: the contract, `api/openapi.yaml`, served as is.
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+#[cfg(test)]
+mod testkit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use hub_core::secret::SecretString;
+use hub_core::state::SharedState;
 use hub_core::store::Store;
 use hub_core::vault::Vault;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// What every handler shares.
+pub use error::ApiError;
+pub use routes::{ROUTES, Route, router};
+
+/// Largest request body accepted (413 above it).
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// A problem setting up the admin service.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The proxy URL for `POST /call` is unusable.
+    #[error("invalid admin proxy url {url:?}: {message}")]
+    ProxyUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The Redis URL does not parse.
+    #[error("invalid redis url: {0}")]
+    RedisUrl(#[source] redis::RedisError),
+}
+
+/// What every handler shares. Cheap to clone (handles and `Arc`s).
 #[derive(Clone)]
 pub struct AdminState {
-    /// Registry and DLQ persistence.
-    pub store: Arc<dyn Store>,
-    /// Credential encryption.
-    pub vault: Arc<Vault>,
-    /// The hub CA certificate (PEM) modules must trust.
-    pub ca_pem: Arc<str>,
-    /// The bootstrap admin token.
-    pub admin_token: SecretString,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) vault: Arc<Vault>,
+    pub(crate) ca_pem: Arc<str>,
+    /// SHA-256 of the bootstrap token (the token itself is not kept).
+    pub(crate) bootstrap_hash: Option<[u8; 32]>,
+    pub(crate) shared_state: Option<Arc<dyn SharedState>>,
+    pub(crate) default_rate_limit: u32,
+    pub(crate) redis: Option<redis::Client>,
+    pub(crate) proxy: Option<routes::call::ProxyClient>,
 }
 
-/// The admin router.
-pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/api/v1/integrations/ca.pem", get(ca_pem))
-        .with_state(state)
-}
-
-async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
-    match s.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(e) => {
-            tracing::warn!(error = %e, kind = e.kind(), "readiness: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable")
+impl AdminState {
+    /// The state for a store, vault, CA certificate (PEM) and bootstrap admin token (an empty
+    /// token authenticates nothing). `POST /call` answers 503 until [`Self::with_proxy`], health
+    /// reports no breaker until [`Self::with_shared_state`].
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        ca_pem: impl Into<Arc<str>>,
+        admin_token: &SecretString,
+    ) -> Self {
+        Self {
+            store,
+            vault,
+            ca_pem: ca_pem.into(),
+            bootstrap_hash: auth::bootstrap_hash(admin_token),
+            shared_state: None,
+            default_rate_limit: hub_core::provider::DEFAULT_RATE_LIMIT_PER_SEC,
+            redis: None,
+            proxy: None,
         }
     }
-}
 
-async fn ca_pem(State(s): State<AdminState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "application/x-pem-file")],
-        s.ca_pem.to_string(),
-    )
+    /// The breaker and rate-limit state the proxy writes. Give it only when it is really the
+    /// proxy's: the same in-process object (`hub up`) or Redis-backed. An admin service running
+    /// apart from an in-process proxy cannot see its breakers and should report none.
+    pub fn with_shared_state(mut self, state: Arc<dyn SharedState>) -> Self {
+        self.shared_state = Some(state);
+        self
+    }
+
+    /// The hub-wide default rate limit (`defaults.rate_limit_per_sec`), for health reports.
+    pub fn with_default_rate_limit(mut self, per_sec: u32) -> Self {
+        self.default_rate_limit = per_sec;
+        self
+    }
+
+    /// Redis to check in `/readyz` (when the hub is configured with one).
+    pub fn with_redis(mut self, url: &str) -> Result<Self, SetupError> {
+        self.redis = Some(redis::Client::open(url).map_err(SetupError::RedisUrl)?);
+        Ok(self)
+    }
+
+    /// The hub proxy `POST /call` goes through (`http://host:port`).
+    pub fn with_proxy(mut self, proxy_url: &str) -> Result<Self, SetupError> {
+        self.proxy = Some(routes::call::ProxyClient::new(proxy_url)?);
+        Ok(self)
+    }
 }
 
 /// Serves the admin API on `listener` until `shutdown` flips to `true`.

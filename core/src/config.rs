@@ -12,6 +12,10 @@ use serde::Deserialize;
 
 use crate::provider::DEFAULT_RATE_LIMIT_PER_SEC;
 
+mod work;
+
+pub use work::{CallbackConfig, DlqConfig, JobsConfig};
+
 /// Default data directory (SQLite file, generated keys, CA, DLQ spool).
 pub const DEFAULT_DATA_DIR: &str = "./data";
 /// Default proxy listener.
@@ -97,6 +101,10 @@ pub struct HubConfig {
     pub ca: CaConfig,
     /// Hub-wide defaults for provider policy.
     pub defaults: DefaultsConfig,
+    /// Dead-letter queue: retention, body limit, spool flushing.
+    pub dlq: DlqConfig,
+    /// The worker: DLQ replays, asynchronous jobs, callbacks, the work queue.
+    pub jobs: JobsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -132,6 +140,12 @@ pub struct AdminConfig {
     /// `admin.token_file`: a mounted file holding the bootstrap admin token. The env
     /// `HUB_ADMIN_TOKEN` wins over it. With neither, `hub up` generates one into the data dir.
     pub token_file: Option<PathBuf>,
+    /// `admin.proxy_url` (env `HUB_ADMIN_PROXY_URL`, default `http://` + `proxy.listen`, with an
+    /// unspecified address such as `0.0.0.0` replaced by loopback): the hub proxy that
+    /// `POST /api/v1/integrations/call` sends its calls through, so they take exactly the path
+    /// proxied traffic takes. Plain `http://host:port`; with `hub admin` deployed apart from the
+    /// proxy, point it at the proxy service.
+    pub proxy_url: Option<String>,
 }
 
 /// `database:` section.
@@ -217,6 +231,8 @@ impl Default for HubConfig {
             vault: VaultConfig::default(),
             ca: CaConfig::default(),
             defaults: DefaultsConfig::default(),
+            dlq: DlqConfig::default(),
+            jobs: JobsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -240,6 +256,7 @@ impl Default for AdminConfig {
         Self {
             listen: addr(DEFAULT_ADMIN_LISTEN),
             token_file: None,
+            proxy_url: None,
         }
     }
 }
@@ -320,6 +337,9 @@ impl HubConfig {
         if let Some(v) = get("HUB_ADMIN_LISTEN") {
             self.admin.listen = parse("HUB_ADMIN_LISTEN", &v)?;
         }
+        if let Some(v) = get("HUB_ADMIN_PROXY_URL") {
+            self.admin.proxy_url = Some(v.trim().to_owned());
+        }
         if let Some(v) = get("HUB_UPSTREAM_CA_FILE") {
             self.proxy.upstream_ca_file = Some(PathBuf::from(v));
         }
@@ -356,6 +376,7 @@ impl HubConfig {
         if let Some(v) = get("HUB_LOG") {
             self.log.level = v;
         }
+        work::apply_env(&mut self.dlq, &mut self.jobs, &get)?;
         Ok(())
     }
 
@@ -405,12 +426,21 @@ impl HubConfig {
         {
             return invalid("redis.url", "must start with redis:// or rediss://");
         }
+        if let Some(url) = &self.admin.proxy_url
+            && !valid_proxy_url(url)
+        {
+            return invalid(
+                "admin.proxy_url",
+                "must be http://host:port (the hub proxy's plain listener)",
+            );
+        }
         if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
             return invalid("ca.key_file", "ca.cert_file and ca.key_file go together");
         }
         if tracing_filter_is_empty(&self.log.level) {
             return invalid("log.level", "must not be empty");
         }
+        work::validate(&self.dlq, &self.jobs)?;
         Ok(())
     }
 
@@ -422,6 +452,27 @@ impl HubConfig {
                 self.data_dir.join("hub.db").display()
             )
         })
+    }
+
+    /// The proxy URL `POST /call` goes through: `admin.proxy_url`, else `http://` +
+    /// `proxy.listen` (an unspecified address becomes the loopback of its family).
+    pub fn admin_proxy_url(&self) -> String {
+        if let Some(url) = &self.admin.proxy_url {
+            return url.clone();
+        }
+        let mut listen = self.proxy.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(match listen.ip() {
+                std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        format!("http://{listen}")
+    }
+
+    /// The DLQ spool file: `<data_dir>/dlq.spool`.
+    pub fn dlq_spool_path(&self) -> PathBuf {
+        self.data_dir.join("dlq.spool")
     }
 
     /// The CA certificate path in force.
@@ -439,6 +490,17 @@ impl HubConfig {
             .clone()
             .unwrap_or_else(|| self.data_dir.join("ca-key.pem"))
     }
+}
+
+/// `http://authority[/]`: no path, query, userinfo or TLS (the proxy listener is plain HTTP).
+fn valid_proxy_url(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@', ' '])
+        && crate::provider::split_host_port(authority).is_some_and(|(h, _)| !h.is_empty())
 }
 
 fn tracing_filter_is_empty(level: &str) -> bool {

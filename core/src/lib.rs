@@ -8,10 +8,16 @@
 //! - [`vault`]: AES-256-GCM credential encryption with a key ring.
 //! - [`state`]: shared resilience state (breaker, rate limit), in-process or Redis.
 //! - [`ca`]: the hub's certificate authority (generated on first start, loaded after).
+//! - [`access`]: admin API roles, API tokens (hashed) and audit entries.
+//! - [`dlq`]: the dead-letter queue (writer, spool, replay, retention).
+//! - [`jobs`]: asynchronous calls, the work queue (database or RabbitMQ) and its worker.
 
+pub mod access;
 pub mod ca;
 pub mod catalog;
 pub mod config;
+pub mod dlq;
+pub mod jobs;
 pub mod provider;
 pub mod secret;
 pub mod state;

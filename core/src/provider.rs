@@ -228,9 +228,11 @@ pub fn parse_base_url(url: &str, allow_insecure: bool) -> Result<BaseUrl, Valida
     } else {
         return Err(err("must start with https://"));
     };
-    if rest.contains(['?', '#', '@', ' ', '\\']) {
+    if rest.contains(['?', '#', '@', '\\'])
+        || rest.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(err(
-            "must not contain userinfo, a query, a fragment or spaces",
+            "must not contain userinfo, a query, a fragment, whitespace or control characters",
         ));
     }
     let (authority, path) = match rest.find('/') {

@@ -7,6 +7,7 @@
 //! `registry_revision` in the same transaction, so a poller reads a single row to learn whether
 //! anything changed (PostgreSQL additionally `NOTIFY`s on [`REGISTRY_CHANNEL`]).
 
+mod access;
 pub mod postgres;
 mod row;
 pub mod sqlite;
@@ -17,6 +18,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::access::{
+    ApiToken, ApiTokenInsert, AuditEntry, AuditQuery, AuditRecord, TokenId, TokenQuery,
+};
 use crate::provider::{
     AuthType, HostPattern, ProviderConfig, ProviderId, ProviderRecord, ProviderStatus,
     SealedCredentials,
@@ -174,6 +178,25 @@ pub trait Store: Send + Sync + 'static {
 
     /// The global registry revision; it moves on every provider write.
     async fn registry_revision(&self) -> Result<i64, StoreError>;
+
+    /// Stores an admin API token (its hash, never the token); `Conflict` when the id or hash
+    /// exists. Token writes are not registry writes: the revision does not move.
+    async fn create_api_token(&self, new: ApiTokenInsert) -> Result<ApiToken, StoreError>;
+
+    /// The token with this hash, revoked ones included (the caller checks `revoked_at`).
+    async fn api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError>;
+
+    /// A page of tokens, revoked ones included, ordered by id.
+    async fn list_api_tokens(&self, query: &TokenQuery) -> Result<Vec<ApiToken>, StoreError>;
+
+    /// Revokes a token; revoking again keeps the first time. `NotFound` for an unknown id.
+    async fn revoke_api_token(&self, id: TokenId) -> Result<(), StoreError>;
+
+    /// Appends to the audit trail; the store assigns the (growing) id and the time.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
+
+    /// A page of the audit trail, newest first.
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://path?mode=rwc` or `postgres://…`).

@@ -1,5 +1,5 @@
 //! Test support for this crate's tests and the e2e crate (feature `test-support`): a fresh
-//! PostgreSQL database per test, a SQLite URL per test, and a Redis probe.
+//! PostgreSQL database per test, a SQLite URL per test, and Redis and RabbitMQ probes.
 //!
 //! A service that is not running skips the test locally (with a `SKIPPED:` line on stderr) and
 //! fails it loudly in CI (`CI=true`), so a broken CI database never passes as green.
@@ -14,6 +14,8 @@ use ulid::Ulid;
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Where tests find Redis when `HUB_TEST_REDIS_URL` is unset.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Where tests find RabbitMQ when `HUB_TEST_AMQP_URL` is unset.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Prefix of every database [`fresh_postgres`] creates.
 const DB_PREFIX: &str = "hub_test_";
@@ -131,6 +133,21 @@ async fn ping_redis(url: &str) -> redis::RedisResult<()> {
     Ok(())
 }
 
+/// The RabbitMQ URL from `HUB_TEST_AMQP_URL` (default [`DEFAULT_AMQP_URL`]) once a connection
+/// opens; `None` (and a `SKIPPED:` line) when it does not, unless `CI=true` (panics).
+pub async fn amqp_url() -> Option<String> {
+    let url = std::env::var("HUB_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned());
+    let probe = async {
+        let conn = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await?;
+        conn.close(200, "probe".into()).await
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(())) => Some(url),
+        Ok(Err(e)) => unavailable("RabbitMQ", "HUB_TEST_AMQP_URL", &url, &e),
+        Err(_) => unavailable("RabbitMQ", "HUB_TEST_AMQP_URL", &url, "timed out"),
+    }
+}
+
 /// Skips (or, in CI, fails) a test whose service is down.
 fn unavailable<T>(
     service: &str,
@@ -230,6 +247,13 @@ mod tests {
             a.starts_with("sqlite:///tmp/a%3Fb/hub-") && a.ends_with(".db?mode=rwc"),
             "{a}"
         );
+    }
+
+    #[tokio::test]
+    async fn amqp_probe_answers_or_skips() {
+        if let Some(url) = amqp_url().await {
+            assert!(url.starts_with("amqp"), "{url}");
+        }
     }
 
     #[tokio::test]

@@ -8,9 +8,12 @@ use anyhow::Context;
 use hub_admin::AdminState;
 use hub_core::ca::{HubCa, write_private_file};
 use hub_core::config::HubConfig;
+use hub_core::jobs::{Background, Db};
 use hub_core::secret::SecretString;
-use hub_core::state::{LocalState, RedisOptions, RedisState, SharedState};
-use hub_core::store::{self, Store};
+use hub_core::state::{Clock, LocalState, RedisOptions, RedisState, SharedState};
+use hub_core::store::postgres::PgStore;
+use hub_core::store::sqlite::SqliteStore;
+use hub_core::store::{Store, StoreError};
 use hub_core::vault::{KeySource, Vault};
 
 /// File holding the generated bootstrap admin token in the data dir (embedded default only).
@@ -26,6 +29,11 @@ pub struct Hub {
     pub vault: Arc<Vault>,
     /// The hub CA.
     pub ca: Arc<HubCa>,
+    /// DLQ and jobs: database handle, work queue, services, background task constructors.
+    pub background: Background,
+    /// Breaker and rate-limit state, opened once on first use ([`Hub::shared_state`]), so the
+    /// proxy and the admin of one process see the same object.
+    shared_state: tokio::sync::OnceCell<Arc<dyn SharedState>>,
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
@@ -39,6 +47,21 @@ pub fn redact_url(url: &str) -> String {
             None => url.to_owned(),
         },
         None => url.to_owned(),
+    }
+}
+
+/// Opens the store a URL names, and a DLQ/jobs handle on the same pool.
+async fn open_store(url: &str) -> Result<(Arc<dyn Store>, Db), StoreError> {
+    if url.starts_with("sqlite:") {
+        let s = SqliteStore::connect(url).await?;
+        let db = Db::sqlite(s.pool().clone());
+        Ok((Arc::new(s), db))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let s = PgStore::connect(url).await?;
+        let db = Db::postgres(s.pool().clone());
+        Ok((Arc::new(s), db))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
     }
 }
 
@@ -101,7 +124,7 @@ impl Hub {
         }
 
         let url = config.database_url();
-        let store = store::connect(&url)
+        let (store, db) = open_store(&url)
             .await
             .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
         if migrate {
@@ -114,11 +137,22 @@ impl Hub {
             data_dir = %config.data_dir.display(),
             "store ready"
         );
+        let vault = Arc::new(vault);
+        let background = Background::open(db, vault.clone(), &config, Clock::system())
+            .await
+            .context("cannot open the work queue (jobs.amqp_url)")?;
+        tracing::info!(
+            queue = background.queue.backend(),
+            workers = config.jobs.workers,
+            "DLQ and jobs ready"
+        );
         Ok(Self {
             config,
             store,
-            vault: Arc::new(vault),
+            vault,
             ca: Arc::new(ca),
+            background,
+            shared_state: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -152,28 +186,50 @@ impl Hub {
         Ok(SecretString::from(token))
     }
 
-    /// Breaker and rate-limit state: Redis when `redis.url` is set, else in-process.
+    /// Breaker and rate-limit state: Redis when `redis.url` is set, else in-process. Opened on
+    /// the first call; later calls return the same object.
     pub async fn shared_state(&self) -> anyhow::Result<Arc<dyn SharedState>> {
-        match &self.config.redis.url {
-            Some(url) => {
-                let state = RedisState::connect(url.as_str(), RedisOptions::default())
-                    .await
-                    .with_context(|| format!("cannot use Redis at {}", redact_url(url)))?;
-                tracing::info!(redis = %redact_url(url), "shared state in Redis");
-                Ok(Arc::new(state))
-            }
-            None => Ok(Arc::new(LocalState::new())),
-        }
+        let state = self
+            .shared_state
+            .get_or_try_init(|| async {
+                match &self.config.redis.url {
+                    Some(url) => {
+                        let state = RedisState::connect(url.as_str(), RedisOptions::default())
+                            .await
+                            .with_context(|| format!("cannot use Redis at {}", redact_url(url)))?;
+                        tracing::info!(redis = %redact_url(url), "shared state in Redis");
+                        let state: Arc<dyn SharedState> = Arc::new(state);
+                        Ok::<_, anyhow::Error>(state)
+                    }
+                    None => Ok(Arc::new(LocalState::new()) as Arc<dyn SharedState>),
+                }
+            })
+            .await?;
+        Ok(state.clone())
     }
 
-    /// The admin service's shared state.
-    pub fn admin_state(&self) -> anyhow::Result<AdminState> {
-        Ok(AdminState {
-            store: self.store.clone(),
-            vault: self.vault.clone(),
-            ca_pem: Arc::from(self.ca.cert_pem()),
-            admin_token: self.admin_token()?,
-        })
+    /// The admin service's state. `proxy_in_process`: the proxy runs in this process (`hub up`),
+    /// so its in-process breaker state is visible; an admin running alone sees breakers only
+    /// through Redis, and otherwise reports none rather than an empty state of its own.
+    pub async fn admin_state(&self, proxy_in_process: bool) -> anyhow::Result<AdminState> {
+        let proxy_url = self.config.admin_proxy_url();
+        let mut state = AdminState::new(
+            self.store.clone(),
+            self.vault.clone(),
+            self.ca.cert_pem(),
+            &self.admin_token()?,
+        )
+        .with_default_rate_limit(self.config.defaults.rate_limit_per_sec)
+        .with_proxy(&proxy_url)
+        .context("admin.proxy_url")?;
+        if let Some(url) = &self.config.redis.url {
+            state = state.with_redis(url).context("redis.url")?;
+        }
+        if proxy_in_process || self.config.redis.url.is_some() {
+            state = state.with_shared_state(self.shared_state().await?);
+        }
+        tracing::info!(proxy = %proxy_url, "POST /call goes through this proxy");
+        Ok(state)
     }
 }
 

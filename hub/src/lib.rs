@@ -112,7 +112,8 @@ fn init_logging(config: &HubConfig) {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
@@ -152,9 +153,31 @@ async fn serve(hub: Hub, proxy: bool, admin: bool) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("cannot listen on proxy address {}", hub.config.proxy.listen)
             })?;
+        let metrics_listener = TcpListener::bind(hub.config.proxy.metrics_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on metrics address {}",
+                    hub.config.proxy.metrics_listen
+                )
+            })?;
         let server = start_proxy(&hub, stop_rx.clone()).await?;
         tracing::info!(listen = %listener.local_addr()?, "proxy listening (HTTP_PROXY / HTTPS_PROXY)");
+        tracing::info!(listen = %metrics_listener.local_addr()?, "proxy metrics and probes listening (/metrics, /healthz, /readyz)");
+        tasks.spawn(
+            server
+                .clone()
+                .run_gauges(Duration::from_secs(1), stop_rx.clone()),
+        );
+        tasks.spawn(serve_proxy_ops(
+            metrics_listener,
+            server.clone(),
+            stop_rx.clone(),
+        ));
         tasks.spawn(server.serve(listener, stop_rx.clone()));
+        if hub.config.jobs.workers > 0 {
+            start_background(&hub, &mut tasks, stop_rx.clone())?;
+        }
     }
     if admin {
         let listener = TcpListener::bind(hub.config.admin.listen)
@@ -163,7 +186,7 @@ async fn serve(hub: Hub, proxy: bool, admin: bool) -> anyhow::Result<()> {
                 format!("cannot listen on admin address {}", hub.config.admin.listen)
             })?;
         tracing::info!(listen = %listener.local_addr()?, "admin API listening");
-        let state = hub.admin_state()?;
+        let state = hub.admin_state(proxy).await?;
         let rx = stop_rx.clone();
         tasks.spawn(async move {
             if let Err(e) = hub_admin::serve(listener, state, rx).await {
@@ -184,6 +207,54 @@ async fn serve(hub: Hub, proxy: bool, admin: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The proxy's admin-only listener: Prometheus `/metrics`, `/healthz`, `/readyz`.
+pub async fn serve_proxy_ops(
+    listener: TcpListener,
+    server: Arc<ProxyServer>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    hub_proxy::metrics::METRICS.render(),
+                )
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let server = server.clone();
+                async move {
+                    let (ready, body) = server.readiness().await;
+                    let code = if ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, axum::Json(body))
+                }
+            }),
+        );
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
+}
+
 /// Loads the registry, starts its refresher and builds the proxy.
 pub async fn start_proxy(
     hub: &Hub,
@@ -195,11 +266,19 @@ pub async fn start_proxy(
         .await
         .context("cannot load the provider registry")?;
     let period = Duration::from_millis(hub.config.proxy.registry_poll_ms);
-    tokio::spawn(registry.clone().run_refresher(period, stop));
+    let url = hub.config.database_url();
+    let wake = url.starts_with("postgres").then(|| {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(hub_core::store::postgres::watch_registry(url, wake.clone()));
+        wake
+    });
+    tokio::spawn(registry.clone().run_refresher(period, wake, stop));
     let state = hub.shared_state().await?;
     let (exhausted_tx, exhausted_rx) =
         tokio::sync::mpsc::channel(hub_proxy::forward::EXHAUSTED_QUEUE);
-    tokio::spawn(log_exhausted(exhausted_rx));
+    hub.background
+        .spawn_writer_for(exhausted_rx)
+        .context("cannot open the DLQ spool")?;
     let opts = ProxyOptions {
         state,
         jitter: Arc::new(hub_core::state::RandomJitter),
@@ -214,12 +293,26 @@ pub async fn start_proxy(
     ProxyServer::new(registry, hub.ca.clone(), &opts)
 }
 
-/// Until the DLQ lands, exhausted calls are only logged (without secrets) by the forwarder;
-/// this drains the queue so it never fills.
-async fn log_exhausted(mut rx: tokio::sync::mpsc::Receiver<hub_proxy::forward::ExhaustedCall>) {
-    while let Some(call) = rx.recv().await {
-        tracing::debug!(request_id = %call.request_id, provider = %call.provider, "exhausted call drained");
-    }
+/// Starts the DLQ/jobs worker (sending through this process's proxy) and the retention job.
+pub fn start_background(
+    hub: &Hub,
+    tasks: &mut tokio::task::JoinSet<()>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let proxy_url = hub.config.admin_proxy_url();
+    let worker = hub
+        .background
+        .worker(
+            hub.store.clone(),
+            &proxy_url,
+            hub.background.worker_options(),
+        )
+        .context("cannot build the worker's client for the proxy")?;
+    tasks.spawn(worker.run(stop.clone()));
+    tasks.spawn(hub.background.retention().run(stop));
+    tracing::info!(proxy = %proxy_url, queue = hub.background.queue.backend(),
+        "DLQ/jobs worker and retention job started");
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use hub_core::dlq::FailedCall;
 use hub_core::provider::Auth;
 use hub_core::state::retry::may_retry;
 use hub_core::state::{
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::hygiene::{self, REQUEST_ID};
 use crate::inject;
+use crate::metrics::METRICS;
 use crate::problem::Problem;
 use crate::registry::Provider;
 
@@ -41,38 +43,6 @@ pub const EXHAUSTED_QUEUE: usize = 1024;
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Length of the upstream response excerpt kept for a failed call.
 const EXCERPT_LEN: usize = 512;
-
-/// A call whose attempts (or budget) ran out: what the DLQ needs to keep and replay it.
-/// Never holds a credential: headers are the caller's minus credentials and hop-by-hop.
-#[derive(Debug, Clone)]
-pub struct ExhaustedCall {
-    /// Provider id.
-    pub provider_id: ulid::Ulid,
-    /// Provider name.
-    pub provider: String,
-    /// Method.
-    pub method: String,
-    /// Path and query as the caller sent it (auth query values redacted).
-    pub path: String,
-    /// The caller's headers minus credentials and hop-by-hop.
-    pub headers: Vec<(String, String)>,
-    /// The body, when it was kept whole.
-    pub body: Option<Bytes>,
-    /// Idempotency key used for every attempt.
-    pub idempotency_key: Option<String>,
-    /// Request id.
-    pub request_id: String,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Last upstream status, if the provider answered.
-    pub last_status: Option<u16>,
-    /// Error kind of the last attempt (`status`, `timeout`, `connect_failed`, …).
-    pub last_error: &'static str,
-    /// Why retries stopped.
-    pub stop: &'static str,
-    /// Start of the last upstream response body.
-    pub excerpt: String,
-}
 
 /// The request body as read for replay.
 enum Body {
@@ -89,7 +59,7 @@ pub struct Forwarder {
     jitter: Arc<dyn Jitter>,
     hub_default_rate: u32,
     replay_limit: usize,
-    exhausted: Option<mpsc::Sender<ExhaustedCall>>,
+    exhausted: Option<mpsc::Sender<FailedCall>>,
 }
 
 /// Settings for a [`Forwarder`].
@@ -103,7 +73,7 @@ pub struct ForwarderOptions {
     /// Largest replayable body.
     pub replay_limit: usize,
     /// Where exhausted calls go (the DLQ writer); `None` = logged only.
-    pub exhausted: Option<mpsc::Sender<ExhaustedCall>>,
+    pub exhausted: Option<mpsc::Sender<FailedCall>>,
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -236,7 +206,12 @@ impl Forwarder {
         let stop = loop {
             let permit_now = match permit.take() {
                 Some(p) => p,
-                None => match self.state.admit(provider.id, &policy).await {
+                None => match self
+                    .state
+                    .admit(provider.id, &policy)
+                    .await
+                    .inspect_rejection(provider)
+                {
                     Admission::Admitted(p) => p,
                     Admission::RateLimited { retry_after }
                     | Admission::QuotaExhausted { retry_after } => {
@@ -250,7 +225,7 @@ impl Forwarder {
                     }
                     Admission::CircuitOpen { retry_after } => {
                         let (end, _) = last.clone().expect("a retry follows an attempt");
-                        self.hand_off(
+                        let id = self.hand_off(
                             session,
                             provider,
                             path_and_query,
@@ -262,12 +237,18 @@ impl Forwarder {
                             &body,
                             "",
                         );
-                        return Err(circuit_open(&provider.name, retry_after));
+                        let mut problem = circuit_open(&provider.name, retry_after);
+                        problem.dlq_id = Some(id);
+                        return Err(problem);
                     }
                 },
             };
             attempts += 1;
             *attempts_out = attempts;
+            if attempts > 1 {
+                METRICS.retries.with_label_values(&[&provider.name]).inc();
+            }
+            let attempt_started = Instant::now();
             let timeout = plan.attempt_timeout(Instant::now());
             let attempt =
                 match tokio::time::timeout(timeout, self.attempt(session, &peer, &header, &body))
@@ -282,6 +263,14 @@ impl Forwarder {
                 };
             let outcome = attempt.end.outcome();
             self.state.record(permit_now, outcome).await;
+            METRICS
+                .upstream_duration
+                .with_label_values(&[&provider.name])
+                .observe(attempt_started.elapsed().as_secs_f64());
+            METRICS
+                .attempts
+                .with_label_values(&[&provider.name, outcome_label(attempt.end)])
+                .inc();
             let replayable = matches!(body, Body::Full(_));
             let retry = replayable
                 && may_retry(
@@ -312,7 +301,7 @@ impl Forwarder {
             }
         };
         let (end, excerpt) = last.unwrap_or((AttemptEnd::Timeout, String::new()));
-        self.hand_off(
+        let id = self.hand_off(
             session,
             provider,
             path_and_query,
@@ -324,7 +313,9 @@ impl Forwarder {
             &body,
             &excerpt,
         );
-        Err(exhausted_problem(&provider.name, end, attempts, stop))
+        let mut problem = exhausted_problem(&provider.name, end, attempts, stop);
+        problem.dlq_id = Some(id);
+        Err(problem)
     }
 
     async fn admit_first(
@@ -332,7 +323,12 @@ impl Forwarder {
         provider: &Provider,
         policy: &Policy,
     ) -> Result<hub_core::state::Permit, Problem> {
-        match self.state.admit(provider.id, policy).await {
+        match self
+            .state
+            .admit(provider.id, policy)
+            .await
+            .inspect_rejection(provider)
+        {
             Admission::Admitted(p) => Ok(p),
             Admission::RateLimited { retry_after } => {
                 Err(rate_limited(&provider.name, retry_after, false))
@@ -484,9 +480,10 @@ impl Forwarder {
         stop: &'static str,
         body: &Body,
         excerpt: &str,
-    ) {
+    ) -> ulid::Ulid {
         let req = session.req_header();
-        let call = ExhaustedCall {
+        let call = FailedCall {
+            id: ulid::Ulid::new(),
             provider_id: provider.id,
             provider: provider.name.clone(),
             method: req.method.as_str().to_owned(),
@@ -499,6 +496,7 @@ impl Forwarder {
                 Body::Full(b) => Some(b.clone()),
                 Body::Streaming(_) => None,
             },
+            body_truncated: matches!(body, Body::Streaming(_)),
             idempotency_key: idempotency_key.clone(),
             request_id: request_id.to_owned(),
             attempts,
@@ -509,7 +507,13 @@ impl Forwarder {
             last_error: end_kind(end),
             stop,
             excerpt: excerpt.to_owned(),
+            failed_at: chrono::Utc::now(),
         };
+        let id = call.id;
+        METRICS
+            .dlq_handoffs
+            .with_label_values(&[&provider.name])
+            .inc();
         tracing::warn!(target: "hub::exhausted", request_id, provider = %call.provider, attempts,
             last_error = call.last_error, last_status = ?call.last_status, stop, "call failed after retries");
         if let Some(tx) = &self.exhausted
@@ -520,6 +524,7 @@ impl Forwarder {
                 "dead-letter queue full: exhausted call not recorded"
             );
         }
+        id
     }
 }
 
@@ -650,4 +655,44 @@ pub fn upstream_header(
         *idempotency_key = Some(key);
     }
     Ok(up)
+}
+
+fn outcome_label(end: AttemptEnd) -> &'static str {
+    match end {
+        AttemptEnd::Status(s) if s >= 500 => "server_error",
+        AttemptEnd::Status(429) => "throttled",
+        AttemptEnd::Status(s) if s >= 400 => "client_error",
+        AttemptEnd::Status(_) => "success",
+        other => end_kind(other),
+    }
+}
+
+fn count_rejection(provider: &Provider, admission: &Admission) {
+    match admission {
+        Admission::Admitted(_) => {}
+        Admission::RateLimited { .. } | Admission::QuotaExhausted { .. } => {
+            METRICS
+                .rate_limited
+                .with_label_values(&[&provider.name])
+                .inc();
+        }
+        Admission::CircuitOpen { .. } => {
+            METRICS
+                .circuit_rejected
+                .with_label_values(&[&provider.name])
+                .inc();
+        }
+    }
+}
+
+/// Counts a rejected admission on its way through.
+trait InspectRejection {
+    fn inspect_rejection(self, provider: &Provider) -> Self;
+}
+
+impl InspectRejection for Admission {
+    fn inspect_rejection(self, provider: &Provider) -> Self {
+        count_rejection(provider, &self);
+        self
+    }
 }

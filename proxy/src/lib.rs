@@ -18,6 +18,7 @@ pub mod pipeline;
 pub mod problem;
 pub mod registry;
 pub mod serve;
+pub mod trace;
 
 pub use registry::Registry;
 pub use serve::{ProxyOptions, ProxyServer};

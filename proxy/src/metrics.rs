@@ -1,8 +1,232 @@
-//! Process-wide proxy counters (the Prometheus exposition comes with the observability work).
+//! The proxy's Prometheus metrics (`prometheus` crate), served on the admin-only metrics
+//! listener. Labels are bounded: provider names (one per registered provider), method (the
+//! standard ones, else `OTHER`), status code, outcome kind. Never paths, ids or hosts.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Leaf certificates minted.
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Leaf certificates minted (also exported as a counter).
 pub static LEAVES_MINTED: AtomicU64 = AtomicU64::new(0);
 /// CONNECT tunnels currently open.
 pub static OPEN_TUNNELS: AtomicU64 = AtomicU64::new(0);
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// Every proxy metric, registered in one registry.
+pub struct Metrics {
+    /// The registry `/metrics` gathers.
+    pub registry: Registry,
+    /// `integration_requests_total{provider,method,code}`.
+    pub requests: IntCounterVec,
+    /// `integration_request_duration_seconds{provider}`: whole call as the caller saw it.
+    pub request_duration: HistogramVec,
+    /// `integration_upstream_duration_seconds{provider}`: time spent on upstream attempts.
+    pub upstream_duration: HistogramVec,
+    /// `integration_upstream_attempts_total{provider,outcome}`.
+    pub attempts: IntCounterVec,
+    /// `integration_retries_total{provider}`.
+    pub retries: IntCounterVec,
+    /// `integration_rate_limited_total{provider}` (the hub's own limiter or quota said no).
+    pub rate_limited: IntCounterVec,
+    /// `integration_circuit_rejected_total{provider}`.
+    pub circuit_rejected: IntCounterVec,
+    /// `integration_circuit_state{provider}`: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: IntGaugeVec,
+    /// `integration_circuit_open{provider}`: 1 while not closed.
+    pub circuit_open: IntGaugeVec,
+    /// `integration_dlq_handoffs_total{provider}`: failed calls handed to the DLQ writer.
+    pub dlq_handoffs: IntCounterVec,
+    /// `integration_state_backend_errors_total`.
+    pub state_errors: IntCounter,
+    /// `integration_state_backend_round_trips_total`.
+    pub state_round_trips: IntCounter,
+    /// `integration_state_backend_fallbacks_total`.
+    pub state_fallbacks: IntCounter,
+    /// `integration_certificates_minted_total`.
+    pub certificates_minted: IntCounter,
+    /// `integration_open_tunnels`.
+    pub open_tunnels: IntGauge,
+    /// `integration_registry_providers`.
+    pub providers: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+/// Raises `counter` to `total` (a monotonic count kept elsewhere); never lowers it.
+pub fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
+fn histogram(r: &Registry, name: &str, help: &str) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+        &["provider"],
+    )
+    .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let certificates_minted = IntCounter::new(
+            "integration_certificates_minted_total",
+            "Leaf certificates minted for intercepted TLS",
+        )
+        .expect("valid metric");
+        r.register(Box::new(certificates_minted.clone()))
+            .expect("unique metric");
+        Self {
+            requests: counter(
+                &r,
+                "integration_requests_total",
+                "Calls answered, by provider, method and status code",
+                &["provider", "method", "code"],
+            ),
+            request_duration: histogram(
+                &r,
+                "integration_request_duration_seconds",
+                "Call duration as the caller saw it",
+            ),
+            upstream_duration: histogram(
+                &r,
+                "integration_upstream_duration_seconds",
+                "Time spent in upstream attempts (waits excluded)",
+            ),
+            attempts: counter(
+                &r,
+                "integration_upstream_attempts_total",
+                "Upstream attempts by outcome",
+                &["provider", "outcome"],
+            ),
+            retries: counter(
+                &r,
+                "integration_retries_total",
+                "Attempts beyond the first",
+                &["provider"],
+            ),
+            rate_limited: counter(
+                &r,
+                "integration_rate_limited_total",
+                "Calls refused by the hub's rate limit or daily quota",
+                &["provider"],
+            ),
+            circuit_rejected: counter(
+                &r,
+                "integration_circuit_rejected_total",
+                "Calls refused because the circuit was open",
+                &["provider"],
+            ),
+            circuit_state: gauge_vec(
+                &r,
+                "integration_circuit_state",
+                "Breaker state: 0 closed, 1 half-open, 2 open",
+                &["provider"],
+            ),
+            circuit_open: gauge_vec(
+                &r,
+                "integration_circuit_open",
+                "1 while the provider's circuit is not closed",
+                &["provider"],
+            ),
+            dlq_handoffs: counter(
+                &r,
+                "integration_dlq_handoffs_total",
+                "Failed calls handed to the dead-letter queue",
+                &["provider"],
+            ),
+            state_errors: plain_counter(
+                &r,
+                "integration_state_backend_errors_total",
+                "Shared-state backend (Redis) errors",
+            ),
+            state_round_trips: plain_counter(
+                &r,
+                "integration_state_backend_round_trips_total",
+                "Shared-state backend (Redis) round trips",
+            ),
+            state_fallbacks: plain_counter(
+                &r,
+                "integration_state_backend_fallbacks_total",
+                "Admissions decided locally because Redis was unavailable",
+            ),
+            certificates_minted,
+            open_tunnels: gauge(
+                &r,
+                "integration_open_tunnels",
+                "CONNECT tunnels currently open",
+            ),
+            providers: gauge(
+                &r,
+                "integration_registry_providers",
+                "Live providers in the proxy's registry snapshot",
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        catch_up(
+            &self.certificates_minted,
+            LEAVES_MINTED.load(Ordering::Relaxed),
+        );
+        self.open_tunnels
+            .set(i64::try_from(OPEN_TUNNELS.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails");
+        String::from_utf8(out).expect("exposition is UTF-8")
+    }
+}
+
+/// The process-wide proxy metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// A method label: the standard methods as they are, anything else `OTHER` (bounded).
+pub fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}

@@ -19,8 +19,11 @@ use crate::escape::{EgressError, Resolver};
 use crate::forward::Forwarder;
 use crate::hygiene;
 use crate::inject;
+use crate::metrics::{METRICS, method_label};
 use crate::problem::Problem;
 use crate::registry::{Provider, Registry};
+use crate::trace::TraceContext;
+use tracing::Instrument;
 
 /// The target of the CONNECT tunnel a request arrived through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,7 @@ pub struct RequestCtx {
     upstream_time: Option<Duration>,
     attempts: u32,
     problem_code: Option<&'static str>,
+    trace: Option<TraceContext>,
 }
 
 /// The hub's proxy logic.
@@ -237,6 +241,7 @@ impl ProxyHttp for HubProxy {
             upstream_time: None,
             attempts: 0,
             problem_code: None,
+            trace: None,
         }
     }
 
@@ -258,7 +263,20 @@ impl ProxyHttp for HubProxy {
     ) -> pingora::Result<bool> {
         let rid = hygiene::request_id(session.req_header());
         ctx.request_id = Some(rid.clone());
-        let outcome = match self.admit(session, ctx).await {
+        let trace = TraceContext::continue_or_start(
+            session
+                .req_header()
+                .headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+        // The provider sees the hub as the parent of its span.
+        session
+            .req_header_mut()
+            .insert_header("traceparent", trace.traceparent())?;
+        let span = tracing::info_span!("call", request_id = %rid, trace_id = %trace.trace_id, span_id = %trace.span_id);
+        ctx.trace = Some(trace);
+        let outcome = match self.admit(session, ctx).instrument(span.clone()).await {
             Ok(()) => {
                 let (Some(provider), Some(addr)) = (ctx.provider.clone(), ctx.upstream_addr) else {
                     return Error::e_explain(ErrorType::InternalError, "no route decided");
@@ -275,6 +293,7 @@ impl ProxyHttp for HubProxy {
                         &mut ctx.idempotency_key,
                         &mut ctx.attempts,
                     )
+                    .instrument(span)
                     .await;
                 ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
                 r.map(|_| ())
@@ -364,9 +383,31 @@ impl ProxyHttp for HubProxy {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let req = session.req_header();
+        let provider = ctx
+            .provider
+            .as_ref()
+            .map_or("unrouted", |p| p.name.as_str());
+        let total = ctx.started.elapsed();
+        if status != 0 {
+            let code = itoa_status(status);
+            METRICS
+                .requests
+                .with_label_values(&[provider, method_label(req.method.as_str()), code])
+                .inc();
+            METRICS
+                .request_duration
+                .with_label_values(&[provider])
+                .observe(total.as_secs_f64());
+        }
+        let (trace_id, span_id) = ctx
+            .trace
+            .as_ref()
+            .map_or(("", ""), |t| (t.trace_id.as_str(), t.span_id.as_str()));
         tracing::info!(
             target: "hub::access",
             request_id = ctx.request_id.as_deref().unwrap_or("-"),
+            trace_id,
+            span_id,
             provider = ctx.provider.as_ref().map_or("-", |p| p.name.as_str()),
             method = req.method.as_str(),
             path = %Self::log_path(ctx),
@@ -376,10 +417,45 @@ impl ProxyHttp for HubProxy {
             code = ctx.problem_code.unwrap_or(""),
             error = e.map_or(String::new(), |e| e.etype().as_str().to_owned()),
             upstream_ms = ctx.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1e3),
-            total_ms = ctx.started.elapsed().as_secs_f64() * 1e3,
+            total_ms = total.as_secs_f64() * 1e3,
             bytes_in = session.body_bytes_read(),
             bytes_out = session.body_bytes_sent(),
             "call"
         );
     }
+}
+
+/// Status code as a label without allocating for the common ones.
+fn itoa_status(status: u16) -> &'static str {
+    const CODES: &[(u16, &str)] = &[
+        (200, "200"),
+        (201, "201"),
+        (202, "202"),
+        (204, "204"),
+        (301, "301"),
+        (302, "302"),
+        (304, "304"),
+        (400, "400"),
+        (401, "401"),
+        (403, "403"),
+        (404, "404"),
+        (409, "409"),
+        (421, "421"),
+        (422, "422"),
+        (429, "429"),
+        (500, "500"),
+        (502, "502"),
+        (503, "503"),
+        (504, "504"),
+    ];
+    CODES.iter().find(|(c, _)| *c == status).map_or(
+        match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        },
+        |(_, s)| s,
+    )
 }

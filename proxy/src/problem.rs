@@ -20,6 +20,8 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// Adds `X-Circuit-Breaker-Open: true` (the seed's marker for a breaker rejection).
     pub circuit_open: bool,
+    /// The DLQ entry recording this failed call (`X-Hub-DLQ-Id` and `dlqId` in the body).
+    pub dlq_id: Option<ulid::Ulid>,
 }
 
 impl Problem {
@@ -37,6 +39,7 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             circuit_open: false,
+            dlq_id: None,
         }
     }
 
@@ -87,6 +90,9 @@ impl Problem {
         if let Some(id) = request_id {
             v["requestId"] = serde_json::Value::String(id.to_owned());
         }
+        if let Some(id) = self.dlq_id {
+            v["dlqId"] = serde_json::Value::String(id.to_string());
+        }
         Bytes::from(serde_json::to_vec(&v).expect("problem json serializes"))
     }
 
@@ -136,6 +142,9 @@ impl Problem {
         }
         if self.circuit_open {
             resp.insert_header("x-circuit-breaker-open", "true")?;
+        }
+        if let Some(id) = self.dlq_id {
+            resp.insert_header(hub_core::dlq::DLQ_ID_HEADER, id.to_string())?;
         }
         session.set_keepalive(None);
         session.write_response_header(Box::new(resp), false).await?;

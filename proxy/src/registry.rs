@@ -97,6 +97,11 @@ impl Snapshot {
         self.by_id.get(id)
     }
 
+    /// Every live provider.
+    pub fn providers(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.by_id.values()
+    }
+
     /// Number of live providers.
     pub fn len(&self) -> usize {
         self.by_id.len()
@@ -190,18 +195,32 @@ impl Registry {
         Some((Arc::new(p), r.hosts))
     }
 
-    /// Keeps the snapshot fresh: polls the revision every `period` until `shutdown` flips.
+    /// Whether a snapshot has been loaded (the proxy can route).
+    pub fn loaded(&self) -> bool {
+        self.current.load().revision >= 0
+    }
+
+    /// Whether the store answers.
+    pub async fn store_reachable(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+
+    /// Keeps the snapshot fresh until `shutdown` flips: checks the revision every `period`, and
+    /// at once whenever `wake` is notified (PostgreSQL `LISTEN`; polling stays as the backstop).
     pub async fn run_refresher(
         self: Arc<Self>,
         period: Duration,
+        wake: Option<Arc<tokio::sync::Notify>>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let wake = wake.unwrap_or_default();
         let mut failing = false;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
+                _ = wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
             match self.refresh().await {

@@ -27,11 +27,12 @@ use tokio::sync::watch;
 
 pub use tls::LeafResolver;
 
-use crate::forward::{ExhaustedCall, Forwarder, ForwarderOptions};
+use crate::forward::{Forwarder, ForwarderOptions};
 use crate::metrics::OPEN_TUNNELS;
 use crate::pipeline::{HubProxy, TunnelTarget, route};
 use crate::problem::Problem;
 use crate::registry::Registry;
+use hub_core::dlq::FailedCall;
 
 /// Largest CONNECT head accepted.
 pub const MAX_CONNECT_HEAD: usize = 16 * 1024;
@@ -41,6 +42,57 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle keep-alive time on a connection, seconds.
 pub const KEEPALIVE_SECS: u64 = 60;
+
+/// Connections in flight, for draining on shutdown.
+#[derive(Default)]
+struct Active {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One live connection; dropping it (also when its task is cancelled) releases it.
+struct ActiveGuard(Arc<Active>);
+
+impl Active {
+    fn enter(this: &Arc<Self>) -> ActiveGuard {
+        this.count.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(this.clone())
+    }
+
+    async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Counts an open tunnel for as long as it lives (also when its task is dropped).
+struct TunnelGuard;
+
+impl TunnelGuard {
+    fn new() -> Self {
+        OPEN_TUNNELS.fetch_add(1, Ordering::Relaxed);
+        Self
+    }
+}
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        OPEN_TUNNELS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// Proxy settings.
 #[derive(Clone)]
@@ -54,7 +106,7 @@ pub struct ProxyOptions {
     /// Largest request body kept for replay across attempts.
     pub replay_limit: usize,
     /// Where exhausted calls go (the DLQ writer).
-    pub exhausted: Option<tokio::sync::mpsc::Sender<ExhaustedCall>>,
+    pub exhausted: Option<tokio::sync::mpsc::Sender<FailedCall>>,
     /// Extra PEM roots trusted for upstream TLS on top of the system roots.
     pub upstream_ca_file: Option<PathBuf>,
     /// Where derived files (the combined root bundle) go.
@@ -68,6 +120,8 @@ pub struct ProxyOptions {
 /// The running proxy's shared parts.
 pub struct ProxyServer {
     app: Arc<HttpProxy<HubProxy>>,
+    state: Arc<dyn SharedState>,
+    hub_default_rate: u32,
     acceptor: Acceptor,
     registry: Arc<Registry>,
     resolver: Arc<LeafResolver>,
@@ -144,6 +198,8 @@ impl ProxyServer {
         let acceptor = Acceptor::from_server_config(tls::server_config(resolver.clone())?);
         Ok(Arc::new(Self {
             app,
+            state: opts.state.clone(),
+            hub_default_rate: opts.hub_default_rate,
             acceptor,
             registry,
             resolver,
@@ -155,22 +211,86 @@ impl ProxyServer {
         &self.resolver
     }
 
+    /// Readiness: the proxy can route once a registry snapshot is loaded. A store or Redis
+    /// outage does not make it unready: it keeps serving from its snapshot and local state, and
+    /// failing every replica's probe at once would turn a degraded dependency into an outage.
+    /// The body says what is degraded.
+    pub async fn readiness(&self) -> (bool, serde_json::Value) {
+        let loaded = self.registry.loaded();
+        let store = self.registry.store_reachable().await;
+        let stats = self.state.stats();
+        (
+            loaded,
+            serde_json::json!({
+                "registryLoaded": loaded,
+                "providers": self.registry.snapshot().len(),
+                "storeReachable": store,
+                "stateBackendErrors": stats.errors,
+            }),
+        )
+    }
+
+    /// Refreshes the gauges that mirror shared state (breaker state per provider, backend
+    /// counters, registry size) every `period` until `shutdown`.
+    pub async fn run_gauges(
+        self: Arc<Self>,
+        period: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        use crate::metrics::METRICS;
+        use hub_core::state::{CircuitState, Policy};
+        let mut tick = tokio::time::interval(period);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let snap = self.registry.snapshot();
+            METRICS
+                .providers
+                .set(i64::try_from(snap.len()).unwrap_or(i64::MAX));
+            for p in snap.providers() {
+                let policy = Policy::from_config(&p.config, self.hub_default_rate);
+                let s = self.state.snapshot(p.id, &policy).await;
+                let v = match s.breaker.state {
+                    CircuitState::Closed => 0,
+                    CircuitState::HalfOpen => 1,
+                    CircuitState::Open => 2,
+                };
+                METRICS.circuit_state.with_label_values(&[&p.name]).set(v);
+                METRICS
+                    .circuit_open
+                    .with_label_values(&[&p.name])
+                    .set(i64::from(v != 0));
+            }
+            let stats = self.state.stats();
+            crate::metrics::catch_up(&METRICS.state_errors, stats.errors);
+            crate::metrics::catch_up(&METRICS.state_round_trips, stats.round_trips);
+            crate::metrics::catch_up(&METRICS.state_fallbacks, stats.fallbacks);
+        }
+    }
+
     /// Accepts connections until `shutdown` flips to `true`.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
     ) {
+        let active = Arc::new(Active::default());
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
-                _ = shutdown.changed() => return,
+                _ = shutdown.wait_for(|s| *s) => break,
             };
             match accepted {
                 Ok((tcp, peer)) => {
                     let this = self.clone();
                     let shutdown = shutdown.clone();
-                    tokio::spawn(async move { this.handle(tcp, peer, shutdown).await });
+                    let guard = Active::enter(&active);
+                    tokio::spawn(async move {
+                        this.handle(tcp, peer, shutdown).await;
+                        drop(guard);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -178,6 +298,14 @@ impl ProxyServer {
                 }
             }
         }
+        // Drain: no new connections; idle keep-alive sessions (tunnels included) are told to
+        // end, and calls in flight finish (the caller of `serve` bounds how long this may take).
+        drop(listener);
+        ServerApp::cleanup(self.app.as_ref()).await;
+        let open = active.count.load(Ordering::Acquire);
+        tracing::info!(open, "proxy stopped accepting; draining connections");
+        active.drained().await;
+        tracing::info!("proxy drained");
     }
 
     async fn handle(
@@ -252,7 +380,7 @@ impl ProxyServer {
                 return;
             }
         };
-        OPEN_TUNNELS.fetch_add(1, Ordering::Relaxed);
+        let _open = TunnelGuard::new();
         let mut session = ServerSession::new_http1(Box::new(tls));
         session.set_keepalive(Some(KEEPALIVE_SECS));
         loop {
@@ -266,7 +394,6 @@ impl ProxyServer {
                 settings.apply_to_session(&mut session);
             }
         }
-        OPEN_TUNNELS.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Reads the rest of a CONNECT head into `buf`; returns the target and the head's length.

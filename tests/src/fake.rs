@@ -19,6 +19,8 @@ pub enum Mode {
     Stall,
     /// 429 with `Retry-After`.
     Throttle(u64),
+    /// 200 after this many milliseconds.
+    Delay(u64),
 }
 
 /// One request as the provider received it.
@@ -212,6 +214,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
             Mode::Ok => (200, String::new()),
             Mode::Status(c) => (c, String::new()),
             Mode::Throttle(secs) => (429, format!("retry-after: {secs}\r\n")),
+            Mode::Delay(ms) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                (200, String::new())
+            }
             Mode::Stall => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;

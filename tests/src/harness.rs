@@ -85,6 +85,11 @@ pub enum Backend {
 pub struct TestHub {
     /// Proxy address.
     pub proxy_addr: SocketAddr,
+    /// The proxy's ops listener (`/metrics`, `/healthz`, `/readyz`).
+    pub metrics_addr: SocketAddr,
+    /// The admin API (bootstrap token [`TEST_ADMIN_TOKEN`]; `POST /call` goes through this
+    /// hub's proxy, health reads this hub's shared state).
+    pub admin_addr: SocketAddr,
     /// The hub CA PEM modules trust.
     pub ca_pem: String,
     /// Store.
@@ -97,14 +102,16 @@ pub struct TestHub {
     pub server: Arc<ProxyServer>,
     stop: watch::Sender<bool>,
     /// Calls the forwarder gave up on (what the DLQ will persist).
-    pub exhausted:
-        tokio::sync::Mutex<tokio::sync::mpsc::Receiver<hub_proxy::forward::ExhaustedCall>>,
+    pub exhausted: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<hub_core::dlq::FailedCall>>,
     _pg: Option<testing::TestDb>,
     _dir: tempfile::TempDir,
 }
 
 /// The vault key every test hub uses (fixed so tests can also open rows themselves).
 pub const TEST_MASTER_KEYS: &str = "test1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// The bootstrap admin token of every test hub.
+pub const TEST_ADMIN_TOKEN: &str = "hub_test_bootstrap_admin_token";
 
 impl TestHub {
     /// Starts a hub with in-process state; `None` when the backend is unavailable outside CI
@@ -138,12 +145,26 @@ impl TestHub {
         let registry = Arc::new(Registry::new(store.clone(), vault.clone()));
         registry.refresh().await.unwrap();
         let (stop, stop_rx) = watch::channel(false);
+        // SQLite: polling only. PostgreSQL: LISTEN/NOTIFY with a poll so slow (60 s) that a change
+        // seen within the tests' 2 s can only have come through the notification.
+        let (period, wake) = match backend {
+            Backend::Sqlite => (Duration::from_millis(100), None),
+            Backend::Postgres => {
+                let wake = Arc::new(tokio::sync::Notify::new());
+                tokio::spawn(hub_core::store::postgres::watch_registry(
+                    url.clone(),
+                    wake.clone(),
+                ));
+                (Duration::from_secs(60), Some(wake))
+            }
+        };
         tokio::spawn(
             registry
                 .clone()
-                .run_refresher(Duration::from_millis(100), stop_rx.clone()),
+                .run_refresher(period, wake, stop_rx.clone()),
         );
         let (exhausted_tx, exhausted_rx) = tokio::sync::mpsc::channel(64);
+        let admin_shared_state = state.clone();
         let opts = ProxyOptions {
             state,
             jitter: Arc::new(|_max: u64| 0i64),
@@ -158,9 +179,31 @@ impl TestHub {
         let server = ProxyServer::new(registry.clone(), Arc::new(ca), &opts).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let proxy_addr = listener.local_addr().unwrap();
-        tokio::spawn(server.clone().serve(listener, stop_rx));
+        tokio::spawn(server.clone().serve(listener, stop_rx.clone()));
+        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = ops.local_addr().unwrap();
+        tokio::spawn(hub::serve_proxy_ops(ops, server.clone(), stop_rx.clone()));
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let admin_state = hub_admin::AdminState::new(
+            store.clone(),
+            vault.clone(),
+            ca_pem.as_str(),
+            &SecretString::new(TEST_ADMIN_TOKEN),
+        )
+        .with_shared_state(admin_shared_state)
+        .with_proxy(&format!("http://{proxy_addr}"))
+        .unwrap();
+        tokio::spawn(hub_admin::serve(admin, admin_state, stop_rx.clone()));
+        tokio::spawn(
+            server
+                .clone()
+                .run_gauges(Duration::from_millis(100), stop_rx),
+        );
         Some(Self {
             proxy_addr,
+            metrics_addr,
+            admin_addr,
             ca_pem,
             store,
             vault,
@@ -186,6 +229,16 @@ impl TestHub {
     /// Applies store changes to the proxy now (instead of waiting for the poller).
     pub async fn sync(&self) {
         self.registry.refresh().await.unwrap();
+    }
+
+    /// `http://<admin addr>`.
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// Starts the graceful shutdown (as SIGTERM does in the binary).
+    pub fn shutdown(&self) {
+        let _ = self.stop.send(true);
     }
 
     /// `http://<proxy addr>`.

@@ -31,6 +31,8 @@ pub fn init() {
         let _ = tracing_subscriber::fmt()
             .json()
             .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
             .with_env_filter(hub::log_filter("debug"))
             .with_writer(move || sink.clone())
             .try_init();

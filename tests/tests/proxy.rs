@@ -474,7 +474,13 @@ async fn request_id_traceparent_and_idempotency_key() {
     let generated = resp2.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert_eq!(generated.len(), 36, "a UUID request id is generated");
     let reqs = f.requests();
-    assert_eq!(reqs[0].header("traceparent"), Some(tp));
+    // The trace is continued: same trace id, the hub's span as the provider's parent.
+    let forwarded = reqs[0].header("traceparent").unwrap();
+    assert!(
+        forwarded.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{forwarded}"
+    );
+    assert_ne!(forwarded, tp);
     assert_eq!(reqs[0].header("x-request-id"), Some("rid-42"));
     let key = reqs[0].header("idempotency-key").unwrap();
     assert_eq!(key.len(), 36, "hub adds a UUID key: {key}");
@@ -598,4 +604,37 @@ async fn upstream_failures_are_problems_and_secrets_never_leak() {
         assert!(!logs.contains(s), "secret {s} in logs");
         assert!(!outputs.contains(s), "secret {s} in a response");
     }
+}
+
+#[tokio::test]
+async fn shutdown_drains_calls_in_flight_and_refuses_new_connections() {
+    let pki = TestPki::new();
+    let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
+        return;
+    };
+    let f = fake(&pki).await;
+    hub.add_provider(provider_json(
+        "slow",
+        "slow.fake.test",
+        &f,
+        json!({"type": "none"}),
+    ))
+    .await;
+    f.set_mode(Mode::Delay(400));
+    let c = client(&hub);
+    let url = format!("https://slow.fake.test:{}/long", f.port);
+    let in_flight =
+        tokio::spawn(async move { c.get(&url).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    hub.shutdown();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        TcpStream::connect(hub.proxy_addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    assert_eq!(
+        in_flight.await.unwrap().unwrap(),
+        200,
+        "the call in flight completed"
+    );
 }

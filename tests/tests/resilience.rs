@@ -43,11 +43,11 @@ async fn transient_5xx_is_retried_with_backoff_until_success() {
     let g = gaps(&f);
     // Zero jitter in tests: waits are exactly 100 ms then 200 ms (plus scheduling).
     assert!(
-        g[0] >= Duration::from_millis(100) && g[0] < Duration::from_millis(180),
+        g[0] >= Duration::from_millis(100) && g[0] < Duration::from_millis(600),
         "{g:?}"
     );
     assert!(
-        g[1] >= Duration::from_millis(200) && g[1] < Duration::from_millis(280),
+        g[1] >= Duration::from_millis(200) && g[1] < Duration::from_millis(700),
         "{g:?}"
     );
     // The same idempotency-free GET, the same request id on every attempt.
@@ -72,7 +72,9 @@ async fn exhausted_calls_get_502_and_are_handed_to_the_dlq_without_secrets() {
         .send()
         .await
         .unwrap();
+    let dlq_header = resp.headers()["x-hub-dlq-id"].to_str().unwrap().to_owned();
     let (status, body) = problem(resp).await;
+    assert_eq!(body["dlqId"].as_str(), Some(dlq_header.as_str()));
     assert_eq!(
         (status, body["code"].as_str().unwrap()),
         (502, "upstream_failed")
@@ -82,6 +84,11 @@ async fn exhausted_calls_get_502_and_are_handed_to_the_dlq_without_secrets() {
     assert_eq!(
         (call.attempts, call.last_status, call.stop),
         (3, Some(500), "attempts_exhausted")
+    );
+    assert_eq!(
+        call.id.to_string(),
+        dlq_header,
+        "the caller is told the DLQ entry's id"
     );
     assert_eq!(call.path, "/v1/thing");
     let dump = format!("{call:?}");
@@ -214,7 +221,7 @@ async fn throttling_provider_retry_after_is_honoured_or_ends_the_call() {
         "{body}"
     );
     assert_eq!(f.requests().len(), 1);
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test]
@@ -250,7 +257,7 @@ async fn a_stalled_provider_times_out_per_attempt_and_the_caller_gets_504() {
     )
     .await;
     assert_eq!(s, 504);
-    assert!(started.elapsed() < Duration::from_millis(600));
+    assert!(started.elapsed() < Duration::from_millis(2000));
 }
 
 #[tokio::test]

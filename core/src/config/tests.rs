@@ -84,3 +84,36 @@ fn the_documented_default_file_parses() {
     c.validate().unwrap();
     assert_eq!(c.proxy.listen.to_string(), DEFAULT_PROXY_LISTEN);
 }
+
+#[test]
+fn admin_proxy_url_defaults_to_the_proxy_listener() {
+    let mut c = HubConfig::default();
+    assert_eq!(c.admin_proxy_url(), "http://127.0.0.1:3128");
+    c.proxy.listen = "0.0.0.0:3129".parse().unwrap();
+    assert_eq!(c.admin_proxy_url(), "http://127.0.0.1:3129");
+    c.proxy.listen = "[::]:3129".parse().unwrap();
+    assert_eq!(c.admin_proxy_url(), "http://[::1]:3129");
+    c.apply_env(|k| (k == "HUB_ADMIN_PROXY_URL").then(|| "http://proxy.hub:3128".to_owned()))
+        .unwrap();
+    assert_eq!(c.admin_proxy_url(), "http://proxy.hub:3128");
+    c.validate().unwrap();
+    for bad in [
+        "https://proxy:3128",
+        "proxy:3128",
+        "http://",
+        "http://u@p:1",
+        "http://p:1/x",
+    ] {
+        c.admin.proxy_url = Some(bad.to_owned());
+        assert!(
+            matches!(
+                c.validate(),
+                Err(ConfigError::Invalid {
+                    key: "admin.proxy_url",
+                    ..
+                })
+            ),
+            "{bad}"
+        );
+    }
+}

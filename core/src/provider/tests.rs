@@ -39,6 +39,8 @@ fn base_url_requires_https_unless_insecure_allowed() {
     assert!(!parse_base_url("http://127.0.0.1:81", true).unwrap().tls);
     assert!(parse_base_url("https://u:p@x.com", false).is_err());
     assert!(parse_base_url("https://x.com?a=b", false).is_err());
+    assert!(parse_base_url("https://x.com/a\tb", false).is_err());
+    assert!(parse_base_url("https://x.com/a\u{1}b", false).is_err());
     assert!(parse_base_url("ftp://x.com", false).is_err());
     assert!(parse_base_url("https://x.com:99999", false).is_err());
     assert_eq!(

@@ -2,6 +2,8 @@
 //! which serializes provider writes: the name and host checks that follow then see every earlier
 //! write, so a conflict can always name its owner. Writes are rare admin calls; reads never wait.
 
+mod access;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -11,6 +13,9 @@ use sqlx::{Postgres, Transaction};
 
 use super::row::{self, ProviderRow};
 use super::{ProviderChange, ProviderInsert, ProviderQuery, REGISTRY_CHANNEL, Store, StoreError};
+use crate::access::{
+    ApiToken, ApiTokenInsert, AuditEntry, AuditQuery, AuditRecord, TokenId, TokenQuery,
+};
 use crate::provider::{HostPattern, ProviderId, ProviderRecord};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -327,5 +332,54 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(row::missing_meta_row)
+    }
+    async fn create_api_token(&self, new: ApiTokenInsert) -> Result<ApiToken, StoreError> {
+        access::create_token(&self.pool, new).await
+    }
+
+    async fn api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        access::token_by_hash(&self.pool, hash).await
+    }
+
+    async fn list_api_tokens(&self, query: &TokenQuery) -> Result<Vec<ApiToken>, StoreError> {
+        access::list_tokens(&self.pool, query).await
+    }
+
+    async fn revoke_api_token(&self, id: TokenId) -> Result<(), StoreError> {
+        access::revoke_token(&self.pool, id).await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        access::append_audit(&self.pool, entry).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        access::list_audit(&self.pool, query).await
+    }
+}
+
+/// Wakes `wake` whenever a registry write is committed (PostgreSQL `LISTEN` on
+/// [`super::REGISTRY_CHANNEL`]), so proxies apply changes at once instead of at their next poll.
+/// Reconnects with backoff when the connection drops; runs until the task is dropped.
+pub async fn watch_registry(url: String, wake: std::sync::Arc<tokio::sync::Notify>) {
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => match listener.listen(super::REGISTRY_CHANNEL).await {
+                Ok(()) => {
+                    backoff = std::time::Duration::from_millis(200);
+                    // A change may have happened while (re)connecting.
+                    wake.notify_one();
+                    while listener.recv().await.is_ok() {
+                        wake.notify_one();
+                    }
+                    tracing::warn!("registry LISTEN connection lost; polling continues meanwhile");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot LISTEN for registry changes"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot connect to LISTEN for registry changes"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
     }
 }

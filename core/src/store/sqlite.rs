@@ -2,6 +2,8 @@
 //! write in a `BEGIN IMMEDIATE` transaction so that concurrent writers queue on the busy timeout
 //! instead of failing on a stale read snapshot.
 
+mod access;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,6 +17,9 @@ use sqlx::{Sqlite, Transaction};
 
 use super::row::{self, ProviderRow};
 use super::{ProviderChange, ProviderInsert, ProviderQuery, Store, StoreError};
+use crate::access::{
+    ApiToken, ApiTokenInsert, AuditEntry, AuditQuery, AuditRecord, TokenId, TokenQuery,
+};
 use crate::provider::{HostPattern, ProviderId, ProviderRecord};
 
 static MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -343,5 +348,28 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(row::missing_meta_row)
+    }
+    async fn create_api_token(&self, new: ApiTokenInsert) -> Result<ApiToken, StoreError> {
+        access::create_token(&self.pool, new).await
+    }
+
+    async fn api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        access::token_by_hash(&self.pool, hash).await
+    }
+
+    async fn list_api_tokens(&self, query: &TokenQuery) -> Result<Vec<ApiToken>, StoreError> {
+        access::list_tokens(&self.pool, query).await
+    }
+
+    async fn revoke_api_token(&self, id: TokenId) -> Result<(), StoreError> {
+        access::revoke_token(&self.pool, id).await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        access::append_audit(&self.pool, entry).await
+    }
+
+    async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        access::list_audit(&self.pool, query).await
     }
 }

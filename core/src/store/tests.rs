@@ -13,6 +13,9 @@ use ulid::Ulid;
 use super::postgres::PgStore;
 use super::sqlite::SqliteStore;
 use super::*;
+use crate::access::{
+    ApiTokenInsert, AuditEntry, AuditQuery, Role, TokenId, TokenQuery, token_hash,
+};
 use crate::provider::BreakerPolicy;
 use crate::testing::{self, TestDb};
 
@@ -137,6 +140,8 @@ suite! {
         pagination_is_stable_under_concurrent_inserts,
         list_filters_by_status_and_literal_name_substring,
         migrate_is_idempotent,
+        api_tokens_are_found_by_hash_listed_and_revoked,
+        audit_is_newest_first_paged_and_filtered,
     ],
     harness: [
         soft_delete_hides_frees_and_wipes,
@@ -833,4 +838,161 @@ async fn sqlite_in_memory_url_works() {
         .await
         .unwrap();
     assert!(store.get_provider(p.id).await.unwrap().is_some());
+}
+
+fn token_insert(name: &str, role: Role) -> ApiTokenInsert {
+    ApiTokenInsert {
+        id: TokenId::new(),
+        name: name.into(),
+        role,
+        hash: token_hash(&format!("secret-{name}")),
+        created_by: "bootstrap".into(),
+    }
+}
+
+async fn api_tokens_are_found_by_hash_listed_and_revoked(store: Arc<dyn Store>) {
+    let revision = store.registry_revision().await.unwrap();
+    let a = store
+        .create_api_token(token_insert("a", Role::Viewer))
+        .await
+        .unwrap();
+    assert_eq!((a.name.as_str(), a.role), ("a", Role::Viewer));
+    assert_eq!(a.created_by, "bootstrap");
+    assert!(a.revoked_at.is_none());
+    let found = store
+        .api_token_by_hash(&token_hash("secret-a"))
+        .await
+        .unwrap();
+    assert_eq!(found.as_ref(), Some(&a));
+    assert!(
+        store
+            .api_token_by_hash(&token_hash("secret-b"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut dup = token_insert("a2", Role::Admin);
+    dup.hash = token_hash("secret-a");
+    assert!(matches!(
+        store.create_api_token(dup).await,
+        Err(StoreError::Conflict { .. })
+    ));
+
+    let mut ids = vec![a.id];
+    for i in 0..4 {
+        let t = store
+            .create_api_token(token_insert(&format!("t{i}"), Role::Operator))
+            .await
+            .unwrap();
+        ids.push(t.id);
+    }
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .list_api_tokens(&TokenQuery { after, limit: 2 })
+            .await
+            .unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        seen.extend(page.iter().map(|t| t.id));
+    }
+    assert_eq!(seen, ids, "every token once, in id order");
+
+    store.revoke_api_token(a.id).await.unwrap();
+    let revoked_at = store
+        .api_token_by_hash(&token_hash("secret-a"))
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .expect("revoked");
+    store.revoke_api_token(a.id).await.unwrap();
+    let again = store
+        .api_token_by_hash(&token_hash("secret-a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        again.revoked_at,
+        Some(revoked_at),
+        "revoking twice keeps the first time"
+    );
+    assert!(matches!(
+        store.revoke_api_token(TokenId::new()).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(
+        store.registry_revision().await.unwrap(),
+        revision,
+        "tokens are not registry state"
+    );
+}
+
+async fn audit_is_newest_first_paged_and_filtered(store: Arc<dyn Store>) {
+    let mut appended = Vec::new();
+    for i in 0..5 {
+        let entry = AuditEntry {
+            actor: "bootstrap".into(),
+            action: "provider.update".into(),
+            target_id: Some(if i % 2 == 0 { "p-even" } else { "p-odd" }.into()),
+            detail: serde_json::json!({"fields": ["config"], "i": i}),
+        };
+        let rec = store.append_audit(entry.clone()).await.unwrap();
+        assert_eq!(rec.entry, entry);
+        appended.push(rec);
+    }
+    let untargeted = AuditEntry {
+        actor: "01JTOKEN".into(),
+        action: "token.create".into(),
+        target_id: None,
+        detail: serde_json::json!({}),
+    };
+    appended.push(store.append_audit(untargeted).await.unwrap());
+    assert!(appended.windows(2).all(|w| w[0].id < w[1].id), "ids grow");
+
+    let all = store
+        .list_audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let newest_first: Vec<_> = appended.iter().rev().cloned().collect();
+    assert_eq!(all, newest_first, "newest first, every field kept");
+
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_audit(&AuditQuery {
+                before,
+                limit: 4,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        seen.extend(page.into_iter().map(|r| r.id));
+    }
+    assert_eq!(seen, all.iter().map(|r| r.id).collect::<Vec<_>>());
+
+    let even = store
+        .list_audit(&AuditQuery {
+            target_id: Some("p-even".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        even.iter()
+            .map(|r| r.entry.detail["i"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [4, 2, 0]
+    );
 }

@@ -6,6 +6,9 @@ use async_trait::async_trait;
 use ulid::Ulid;
 
 use super::*;
+use crate::access::{
+    ApiToken, ApiTokenInsert, AuditEntry, AuditQuery, AuditRecord, TokenId, TokenQuery,
+};
 use crate::provider::{AuthType, HostPattern, ProviderConfig, ProviderRecord, ProviderStatus};
 use crate::store::{ProviderChange, ProviderInsert, ProviderQuery, Store, StoreError};
 
@@ -62,6 +65,24 @@ impl Store for InterferingStore {
     }
     async fn registry_revision(&self) -> Result<i64, StoreError> {
         self.inner.registry_revision().await
+    }
+    async fn create_api_token(&self, new: ApiTokenInsert) -> Result<ApiToken, StoreError> {
+        self.inner.create_api_token(new).await
+    }
+    async fn api_token_by_hash(&self, hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        self.inner.api_token_by_hash(hash).await
+    }
+    async fn list_api_tokens(&self, q: &TokenQuery) -> Result<Vec<ApiToken>, StoreError> {
+        self.inner.list_api_tokens(q).await
+    }
+    async fn revoke_api_token(&self, id: TokenId) -> Result<(), StoreError> {
+        self.inner.revoke_api_token(id).await
+    }
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        self.inner.append_audit(entry).await
+    }
+    async fn list_audit(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        self.inner.list_audit(q).await
     }
 }
 

@@ -1,0 +1,232 @@
+//! Drift between `api/openapi.yaml` and the service fails here:
+//! - the document's operations are exactly [`ROUTES`] (path, method, operation id, security,
+//!   least role, path and query parameters), and [`PLANNED`] routes are in neither;
+//! - every schema compiles; the query parameters a route documents are the ones it accepts;
+//! - `responses`: real answers of every operation validate against the document.
+
+mod responses;
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::OPENAPI_YAML;
+use crate::auth::Access;
+use crate::routes::{PLANNED, ROUTES};
+use crate::testkit::{BOOTSTRAP, TestApp};
+
+const METHODS: &[&str] = &[
+    "get", "put", "post", "delete", "options", "head", "patch", "trace",
+];
+
+/// The document as JSON.
+pub(super) fn doc() -> Value {
+    serde_yaml::from_str(OPENAPI_YAML).expect("openapi.yaml parses")
+}
+
+/// Follows a local `$ref` (repeatedly).
+pub(super) fn deref<'a>(doc: &'a Value, mut v: &'a Value) -> &'a Value {
+    while let Some(r) = v.get("$ref").and_then(Value::as_str) {
+        let pointer = r.strip_prefix('#').expect("only local refs");
+        v = doc
+            .pointer(pointer)
+            .unwrap_or_else(|| panic!("dangling $ref {r}"));
+    }
+    v
+}
+
+/// A validator for `schema` (which may `$ref` into the document's components).
+pub(super) fn validator(doc: &Value, schema: &Value) -> jsonschema::Validator {
+    let mut root = schema.clone();
+    if let Value::Object(map) = &mut root {
+        map.insert("components".into(), doc["components"].clone());
+    }
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .should_validate_formats(true)
+        .build(&root)
+        .unwrap_or_else(|e| panic!("schema {schema} does not compile: {e}"))
+}
+
+/// The parameters of an operation: path-level and operation-level, resolved.
+fn parameters<'a>(doc: &'a Value, path: &str, method: &str) -> Vec<&'a Value> {
+    let item = &doc["paths"][path];
+    [&item["parameters"], &item[method]["parameters"]]
+        .into_iter()
+        .filter_map(Value::as_array)
+        .flatten()
+        .map(|p| deref(doc, p))
+        .collect()
+}
+
+fn names_in<'a>(params: &[&'a Value], location: &str) -> BTreeSet<&'a str> {
+    params
+        .iter()
+        .filter(|p| p["in"] == location)
+        .map(|p| p["name"].as_str().expect("parameter name"))
+        .collect()
+}
+
+#[test]
+fn the_document_is_openapi_3_1() {
+    let d = doc();
+    assert_eq!(d["openapi"], "3.1.0");
+    assert!(d["components"]["securitySchemes"]["bearerAuth"].is_object());
+}
+
+#[test]
+fn documented_operations_are_exactly_the_route_table() {
+    let d = doc();
+    let mut documented = BTreeSet::new();
+    for (path, item) in d["paths"].as_object().expect("paths") {
+        for method in METHODS {
+            if item.get(*method).is_some() {
+                documented.insert((method.to_string(), path.clone()));
+            }
+        }
+    }
+    let routed: BTreeSet<_> = ROUTES
+        .iter()
+        .map(|r| (r.verb.as_str().to_owned(), r.path.to_owned()))
+        .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty(),
+        "routed, not in openapi.yaml: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "in openapi.yaml, not routed: {unrouted:?}"
+    );
+    assert_eq!(ROUTES.len(), routed.len(), "a route is listed twice");
+}
+
+#[test]
+fn operation_ids_security_and_roles_match() {
+    let d = doc();
+    for r in ROUTES {
+        let op = &d["paths"][r.path][r.verb.as_str()];
+        assert_eq!(
+            op["operationId"],
+            r.operation_id,
+            "{} {}",
+            r.verb.as_str(),
+            r.path
+        );
+        let open = op["security"].as_array().is_some_and(Vec::is_empty);
+        match r.access {
+            Access::Open => {
+                assert!(open, "{}: open route must say security: []", r.operation_id);
+                assert!(op.get("x-required-role").is_none(), "{}", r.operation_id);
+            }
+            Access::Role(role) => {
+                assert!(!open, "{}: needs a token", r.operation_id);
+                assert_eq!(op["x-required-role"], role.as_str(), "{}", r.operation_id);
+            }
+        }
+    }
+}
+
+#[test]
+fn path_and_query_parameters_match() {
+    let d = doc();
+    for r in ROUTES {
+        let params = parameters(&d, r.path, r.verb.as_str());
+        let in_path: BTreeSet<&str> = r
+            .path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .collect();
+        assert_eq!(
+            names_in(&params, "path"),
+            in_path,
+            "{} path params",
+            r.operation_id
+        );
+        for p in params.iter().filter(|p| p["in"] == "path") {
+            assert_eq!(
+                p["required"], true,
+                "{}: path params are required",
+                r.operation_id
+            );
+        }
+        let query: BTreeSet<&str> = r.query.iter().copied().collect();
+        assert_eq!(
+            names_in(&params, "query"),
+            query,
+            "{} query params",
+            r.operation_id
+        );
+    }
+}
+
+#[test]
+fn planned_routes_are_neither_routed_nor_documented() {
+    let d = doc();
+    for (verb, path, _) in PLANNED {
+        assert!(
+            d["paths"][*path].get(verb.as_str()).is_none(),
+            "{path} is documented: add its row to ROUTES and remove it from PLANNED"
+        );
+        assert!(
+            !ROUTES.iter().any(|r| r.path == *path && r.verb == *verb),
+            "{path} is routed: remove it from PLANNED"
+        );
+    }
+}
+
+#[test]
+fn every_schema_compiles() {
+    let d = doc();
+    for name in d["components"]["schemas"]
+        .as_object()
+        .expect("schemas")
+        .keys()
+    {
+        let schema = serde_json::json!({"$ref": format!("#/components/schemas/{name}")});
+        validator(&d, &schema);
+    }
+}
+
+/// A value for a query parameter that its schema accepts.
+fn sample(doc: &Value, schema: &Value) -> String {
+    let schema = deref(doc, schema);
+    if let Some(first) = schema["enum"].as_array().and_then(|e| e.first()) {
+        return first.as_str().expect("string enum").to_owned();
+    }
+    if let Some(example) = schema["examples"].as_array().and_then(|e| e.first()) {
+        return example.as_str().expect("string example").to_owned();
+    }
+    match schema["type"].as_str() {
+        Some("integer") => schema["minimum"].as_i64().unwrap_or(1).to_string(),
+        Some("string") if schema["pattern"].as_str() == Some("^[1-9][0-9]{0,17}$") => "1".into(),
+        _ => "x".into(),
+    }
+}
+
+#[tokio::test]
+async fn routes_accept_exactly_their_documented_query_parameters() {
+    let app = TestApp::new().await;
+    let d = doc();
+    for r in ROUTES.iter().filter(|r| !r.query.is_empty()) {
+        for p in parameters(&d, r.path, r.verb.as_str()) {
+            if p["in"] != "query" {
+                continue;
+            }
+            let name = p["name"].as_str().unwrap();
+            let uri = format!("{}?{name}={}", r.path, sample(&d, &p["schema"]));
+            let resp = app.send("GET", &uri, Some(BOOTSTRAP), None).await;
+            assert_eq!(
+                resp.status,
+                200,
+                "{uri}: {}",
+                String::from_utf8_lossy(&resp.body)
+            );
+        }
+        let uri = format!("{}?bogus=1", r.path);
+        let resp = app.send("GET", &uri, Some(BOOTSTRAP), None).await;
+        assert_eq!(resp.status, 400, "{uri}");
+        assert_eq!(resp.json()["field"], "bogus", "{uri}");
+    }
+}

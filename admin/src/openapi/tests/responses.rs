@@ -1,0 +1,339 @@
+//! Real answers of every operation — successes and the errors each documents — validated
+//! against the document: the status must be documented for the operation, the media type too,
+//! the body must match the schema (response schemas forbid unknown properties, so a field added
+//! to the code and not to the document fails as surely as one removed), and documented headers
+//! must be present.
+
+use std::collections::BTreeSet;
+
+use axum::body::Body;
+use axum::http::Request;
+use serde_json::{Value, json};
+
+use super::{deref, doc, validator};
+use crate::routes::ROUTES;
+use crate::testkit::{BOOTSTRAP, Resp, TestApp};
+
+struct Checker {
+    doc: Value,
+    seen: BTreeSet<(&'static str, u16)>,
+}
+
+impl Checker {
+    fn check(&mut self, operation_id: &'static str, r: &Resp) {
+        let route = ROUTES
+            .iter()
+            .find(|r| r.operation_id == operation_id)
+            .unwrap_or_else(|| panic!("no route {operation_id}"));
+        let op = &self.doc["paths"][route.path][route.verb.as_str()];
+        let documented = op["responses"]
+            .get(r.status.to_string())
+            .unwrap_or_else(|| panic!("{operation_id}: status {} is not documented", r.status));
+        let documented = deref(&self.doc, documented);
+        let content = &documented["content"];
+        if content.is_null() {
+            assert!(
+                r.body.is_empty(),
+                "{operation_id} {}: undocumented body",
+                r.status
+            );
+        } else {
+            let media = r.media_type();
+            let schema = &content[&media]["schema"];
+            assert!(
+                !schema.is_null(),
+                "{operation_id} {}: media type {media:?} not documented",
+                r.status
+            );
+            let value = if media.ends_with("json") {
+                r.json()
+            } else {
+                Value::String(String::from_utf8(r.body.to_vec()).expect("text body"))
+            };
+            let v = validator(&self.doc, schema);
+            let errors: Vec<String> = v.iter_errors(&value).map(|e| e.to_string()).collect();
+            assert!(
+                errors.is_empty(),
+                "{operation_id} {}: body breaks the document: {errors:?}\n{value:#}",
+                r.status
+            );
+        }
+        if let Some(headers) = documented["headers"].as_object() {
+            for name in headers.keys() {
+                assert!(
+                    r.header(name).is_some(),
+                    "{operation_id} {}: documented header {name} missing",
+                    r.status
+                );
+            }
+        }
+        self.seen.insert((operation_id, r.status));
+    }
+}
+
+const P: &str = "/api/v1/integrations/providers";
+
+#[tokio::test]
+async fn every_operation_answers_what_the_document_says() {
+    let app = TestApp::new().await;
+    let mut c = Checker {
+        doc: doc(),
+        seen: BTreeSet::new(),
+    };
+    let b = Some(BOOTSTRAP);
+
+    c.check("healthz", &app.send("GET", "/healthz", None, None).await);
+    c.check("readyz", &app.send("GET", "/readyz", None, None).await);
+    c.check(
+        "getOpenApi",
+        &app.send("GET", "/api/v1/openapi.yaml", None, None).await,
+    );
+    c.check(
+        "getCaPem",
+        &app.send("GET", "/api/v1/integrations/ca.pem", None, None)
+            .await,
+    );
+
+    // Providers: create and its errors.
+    let stripe = app.provider("stripe").await;
+    let id = stripe["id"].as_str().unwrap().to_owned();
+    let new = json!({"name": "other", "hosts": ["api.other.test"], "baseUrl": "https://api.other.test",
+                     "auth": {"type": "basic", "username": "u", "password": "p"},
+                     "config": {"idempotencyHeader": "X-Idem", "dailyQuota": 1000}});
+    c.check("createProvider", &app.send("POST", P, b, Some(new)).await);
+    let dup = json!({"name": "dup", "hosts": ["api.stripe.test"], "baseUrl": "https://x.test"});
+    c.check("createProvider", &app.send("POST", P, b, Some(dup)).await);
+    let bad = json!({"name": "bad", "hosts": ["x.test"], "baseUrl": "https://x.test",
+                     "config": {"timeoutMs": 30001}});
+    c.check("createProvider", &app.send("POST", P, b, Some(bad)).await);
+    c.check(
+        "createProvider",
+        &app.send("POST", P, None, Some(json!({}))).await,
+    );
+    let malformed = Request::post(P)
+        .header("authorization", format!("Bearer {BOOTSTRAP}"))
+        .header("content-type", "application/json")
+        .body(Body::from("{\"name\":"))
+        .unwrap();
+    c.check("createProvider", &app.raw(malformed).await);
+    let text = Request::post(P)
+        .header("authorization", format!("Bearer {BOOTSTRAP}"))
+        .body(Body::from("{}"))
+        .unwrap();
+    c.check("createProvider", &app.raw(text).await);
+    let huge = Request::post(P)
+        .header("authorization", format!("Bearer {BOOTSTRAP}"))
+        .header("content-type", "application/json")
+        .body(Body::from(vec![b' '; crate::BODY_LIMIT + 1]))
+        .unwrap();
+    c.check("createProvider", &app.raw(huge).await);
+
+    // Reads.
+    c.check(
+        "listProviders",
+        &app.send("GET", &format!("{P}?limit=1"), b, None).await,
+    );
+    c.check(
+        "listProviders",
+        &app.send("GET", &format!("{P}?limit=0"), b, None).await,
+    );
+    let one = format!("{P}/{id}");
+    c.check("getProvider", &app.send("GET", &one, b, None).await);
+    c.check(
+        "getProvider",
+        &app.send("GET", &format!("{P}/01ARZ3NDEKTSV4RRFFQ69G5FAV"), b, None)
+            .await,
+    );
+    c.check(
+        "getProvider",
+        &app.send("GET", &format!("{P}/not-a-ulid"), b, None).await,
+    );
+    c.check(
+        "getProviderHealth",
+        &app.send("GET", &format!("{one}/health"), b, None).await,
+    );
+
+    // Changes.
+    let patch = json!({"config": {"timeoutMs": 2000}, "auth": {"type": "header", "name": "X-Key", "value": "v"}});
+    c.check(
+        "updateProvider",
+        &app.send("PATCH", &one, b, Some(patch)).await,
+    );
+    let stale = Request::patch(&one)
+        .header("authorization", format!("Bearer {BOOTSTRAP}"))
+        .header("content-type", "application/json")
+        .header("if-match", "\"99\"")
+        .body(Body::from("{}"))
+        .unwrap();
+    c.check("updateProvider", &app.raw(stale).await);
+    let taken = json!({"name": "other"});
+    c.check(
+        "updateProvider",
+        &app.send("PATCH", &one, b, Some(taken)).await,
+    );
+    let unknown = json!({"config": {"timeoutMS": 5}});
+    c.check(
+        "updateProvider",
+        &app.send("PATCH", &one, b, Some(unknown)).await,
+    );
+
+    // Calls.
+    let call = json!({"providerId": id, "method": "POST", "path": "/v1/charges", "body": {"amount": 1},
+                      "idempotencyKey": "k-1"});
+    c.check(
+        "callProvider",
+        &app.send("POST", "/api/v1/integrations/call", b, Some(call))
+            .await,
+    );
+    let nobody = json!({"providerId": "01ARZ3NDEKTSV4RRFFQ69G5FAV", "method": "GET", "path": "/"});
+    c.check(
+        "callProvider",
+        &app.send("POST", "/api/v1/integrations/call", b, Some(nobody))
+            .await,
+    );
+    let trace = json!({"providerId": id, "method": "TRACE", "path": "/"});
+    c.check(
+        "callProvider",
+        &app.send("POST", "/api/v1/integrations/call", b, Some(trace))
+            .await,
+    );
+
+    // Tokens and roles.
+    let tokens = "/api/v1/integrations/tokens";
+    let created = app
+        .send(
+            "POST",
+            tokens,
+            b,
+            Some(json!({"name": "grafana", "role": "viewer"})),
+        )
+        .await;
+    c.check("createToken", &created);
+    let viewer = created.json()["token"].as_str().unwrap().to_owned();
+    let token_id = created.json()["id"].as_str().unwrap().to_owned();
+    c.check(
+        "createToken",
+        &app.send(
+            "POST",
+            tokens,
+            b,
+            Some(json!({"name": "", "role": "viewer"})),
+        )
+        .await,
+    );
+    c.check(
+        "createToken",
+        &app.send(
+            "POST",
+            tokens,
+            Some(&viewer),
+            Some(json!({"name": "x", "role": "admin"})),
+        )
+        .await,
+    );
+    c.check("listTokens", &app.send("GET", tokens, b, None).await);
+    c.check(
+        "listProviders",
+        &app.send("GET", P, Some(&viewer), None).await,
+    );
+    c.check(
+        "deleteProvider",
+        &app.send("DELETE", &one, Some(&viewer), None).await,
+    );
+    let call_again = json!({"providerId": id, "method": "GET", "path": "/"});
+    c.check(
+        "callProvider",
+        &app.send(
+            "POST",
+            "/api/v1/integrations/call",
+            Some(&viewer),
+            Some(call_again.clone()),
+        )
+        .await,
+    );
+    c.check(
+        "revokeToken",
+        &app.send("DELETE", &format!("{tokens}/{token_id}"), b, None)
+            .await,
+    );
+    c.check(
+        "revokeToken",
+        &app.send(
+            "DELETE",
+            &format!("{tokens}/01ARZ3NDEKTSV4RRFFQ69G5FAV"),
+            b,
+            None,
+        )
+        .await,
+    );
+    c.check(
+        "listProviders",
+        &app.send("GET", P, Some(&viewer), None).await,
+    );
+
+    // Disabled providers are not called; deletion.
+    let disable = json!({"status": "disabled"});
+    c.check(
+        "updateProvider",
+        &app.send("PATCH", &one, b, Some(disable)).await,
+    );
+    c.check(
+        "callProvider",
+        &app.send("POST", "/api/v1/integrations/call", b, Some(call_again))
+            .await,
+    );
+    c.check("deleteProvider", &app.send("DELETE", &one, b, None).await);
+    c.check("deleteProvider", &app.send("DELETE", &one, b, None).await);
+
+    c.check(
+        "listAudit",
+        &app.send("GET", "/api/v1/integrations/audit?limit=2", b, None)
+            .await,
+    );
+    c.check(
+        "listAudit",
+        &app.send("GET", "/api/v1/integrations/audit?cursor=abc", b, None)
+            .await,
+    );
+
+    for r in ROUTES {
+        assert!(
+            c.seen
+                .iter()
+                .any(|(op, s)| *op == r.operation_id && (200..300).contains(s)),
+            "{} was never exercised successfully",
+            r.operation_id
+        );
+    }
+    let expected_errors = [
+        ("createProvider", 400),
+        ("createProvider", 401),
+        ("createProvider", 409),
+        ("createProvider", 413),
+        ("createProvider", 415),
+        ("createProvider", 422),
+        ("listProviders", 400),
+        ("getProvider", 400),
+        ("getProvider", 404),
+        ("updateProvider", 409),
+        ("updateProvider", 412),
+        ("updateProvider", 422),
+        ("callProvider", 403),
+        ("callProvider", 404),
+        ("callProvider", 409),
+        ("callProvider", 422),
+        ("createToken", 403),
+        ("createToken", 422),
+        ("deleteProvider", 403),
+        ("deleteProvider", 404),
+        ("revokeToken", 404),
+        ("listProviders", 401),
+        ("listAudit", 400),
+    ];
+    for (op, status) in expected_errors {
+        assert!(
+            c.seen.contains(&(op, status)),
+            "{op} never answered {status}"
+        );
+    }
+}

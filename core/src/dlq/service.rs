@@ -1,0 +1,163 @@
+//! The DLQ as operators use it (the admin API's `/dlq` routes call these): list with cursor
+//! pagination and filters, get, the sealed body (opened on request), retry one, retry all
+//! (queued, answered at once with the count), delete.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ulid::Ulid;
+
+use super::model::{DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus};
+use super::seal::open_body;
+use super::store::{EntryRow, EntryStore};
+use crate::jobs::db::Db;
+use crate::jobs::queue::{Task, TaskKind, WorkQueue};
+use crate::provider::ProviderId;
+use crate::state::Clock;
+use crate::vault::Vault;
+
+/// Tasks pushed per queue call by [`Dlq::retry_all`].
+const PUSH_BATCH: usize = 500;
+
+/// The DLQ service.
+#[derive(Clone)]
+pub struct Dlq {
+    store: EntryStore,
+    queue: Arc<dyn WorkQueue>,
+    vault: Arc<Vault>,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Dlq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dlq")
+            .field("queue", &self.queue.backend())
+            .finish()
+    }
+}
+
+fn decode(row: &EntryRow) -> Result<DlqEntry, DlqError> {
+    row.to_entry().map_err(|detail| DlqError::Corrupt {
+        id: row.id.clone(),
+        detail,
+    })
+}
+
+impl Dlq {
+    /// The DLQ on `db`, replays queued on `queue`.
+    pub fn new(db: Db, queue: Arc<dyn WorkQueue>, vault: Arc<Vault>, clock: Clock) -> Self {
+        Self {
+            store: EntryStore::new(db),
+            queue,
+            vault,
+            clock,
+        }
+    }
+
+    /// A page of entries, newest first.
+    pub async fn list(&self, query: &DlqQuery) -> Result<DlqPage, DlqError> {
+        let rows = self.store.list(query).await?;
+        let entries = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+        let full = entries.len() == query.page_size() as usize;
+        let next_cursor = if full {
+            entries.last().map(|e| e.id)
+        } else {
+            None
+        };
+        Ok(DlqPage {
+            entries,
+            next_cursor,
+        })
+    }
+
+    /// One entry.
+    pub async fn get(&self, id: Ulid) -> Result<DlqEntry, DlqError> {
+        let row = self.store.get(id).await?.ok_or(DlqError::NotFound)?;
+        decode(&row)
+    }
+
+    /// The entry's body, opened (empty when none was kept). Carries whatever the caller sent:
+    /// expose it only to operators allowed to see payloads.
+    pub async fn body(&self, id: Ulid) -> Result<Vec<u8>, DlqError> {
+        let row = self.store.get(id).await?.ok_or(DlqError::NotFound)?;
+        match (&row.body, &row.body_key_id) {
+            (Some(ct), Some(k)) => Ok(open_body(&self.vault, id, k, ct)?),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Queues a replay of one entry and returns it (status `queued`); the worker sends it
+    /// through the proxy. A failed entry can be retried again; a resolved one cannot.
+    pub async fn retry(&self, id: Ulid) -> Result<DlqEntry, DlqError> {
+        let now = self.clock.unix_ms();
+        if !self.store.mark_queued(id, now).await? {
+            let entry = self.get(id).await?;
+            return Err(if !entry.replayable {
+                DlqError::NotReplayable
+            } else {
+                DlqError::Resolved
+            });
+        }
+        self.queue
+            .push(&[Task::new(TaskKind::Replay, id)], Duration::ZERO)
+            .await?;
+        self.get(id).await
+    }
+
+    /// Queues a replay of every pending replayable entry (of one provider) and returns how
+    /// many at once; the worker drains them at each provider's rate limit.
+    pub async fn retry_all(&self, provider: Option<ProviderId>) -> Result<u64, DlqError> {
+        let now = self.clock.unix_ms();
+        let ids = self.store.queue_all(provider, now).await?;
+        let tasks: Vec<Task> = ids
+            .iter()
+            .filter_map(|i| Ulid::from_string(i).ok())
+            .map(|id| Task::new(TaskKind::Replay, id))
+            .collect();
+        for chunk in tasks.chunks(PUSH_BATCH) {
+            if let Err(e) = self.queue.push(chunk, Duration::ZERO).await {
+                // The entries are marked queued: the sweeper pushes them again.
+                tracing::warn!(
+                    error = e.kind(),
+                    "retry-all: queue push failed; the sweeper will retry"
+                );
+                break;
+            }
+        }
+        Ok(ids.len() as u64)
+    }
+
+    /// Deletes an entry.
+    pub async fn delete(&self, id: Ulid) -> Result<(), DlqError> {
+        if self.store.delete(id).await? {
+            Ok(())
+        } else {
+            Err(DlqError::NotFound)
+        }
+    }
+
+    /// Counts entries by status for one provider or all (a page walk; for tests and health).
+    pub async fn count(
+        &self,
+        provider: Option<ProviderId>,
+        status: Option<EntryStatus>,
+    ) -> Result<usize, DlqError> {
+        let mut n = 0;
+        let mut before = None;
+        loop {
+            let page = self
+                .list(&DlqQuery {
+                    provider_id: provider,
+                    status,
+                    before,
+                    limit: super::model::MAX_PAGE,
+                })
+                .await?;
+            n += page.entries.len();
+            match page.next_cursor {
+                Some(c) => before = Some(c),
+                None => return Ok(n),
+            }
+        }
+    }
+}
