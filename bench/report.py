@@ -32,9 +32,13 @@ def mode_label(target, mode):
         if target == "direct":
             return "HTTPS"
         return "HTTPS intercepted" if target in INTERCEPTS else "HTTPS CONNECT tunnel (not intercepted)"
+    how = "intercepted" if target in INTERCEPTS else "tunnel"
+    if mode == "newconn":
+        if target == "direct":
+            return "HTTPS, new connection per request"
+        return f"HTTPS {how}, new tunnel + handshake per request"
     if target == "direct":
         return "50 ms endpoint, HTTPS"
-    how = "intercepted" if target in INTERCEPTS else "tunnel"
     return f"50 ms endpoint, HTTPS {how}"
 
 
@@ -75,12 +79,13 @@ def load_runs(path):
             if len(parts) < 12:
                 continue
             t, mode, conns, rep, rps, p50, p99, errs, ok, cpu, rss, rt = parts[:12]
-            runs.setdefault((t, mode, int(conns)), []).append(
-                {
-                    "rps": num(rps), "p50": num(p50), "p99": num(p99), "errors": int(errs),
-                    "ok": int(ok), "cpu": num(cpu), "rss": num(rss), "rt": num(rt),
-                }
-            )
+            row = {
+                "rps": num(rps), "p50": num(p50), "p99": num(p99), "errors": int(errs),
+                "ok": int(ok), "cpu": num(cpu), "rss": num(rss), "rt": num(rt),
+            }
+            if row["ok"] <= 0:  # a failed run: no numbers, only its failure
+                row.update(rps=None, p50=None, p99=None, cpu=None, rss=None, rt=None)
+            runs.setdefault((t, mode, int(conns)), []).append(row)
     return runs
 
 
@@ -119,29 +124,33 @@ def table(runs_path, machine_path, tunnels_path):
         "| proxy CPU µs/req | peak RSS MiB | Redis RT/req |"
     )
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    modes = ["http", "https", "slow", "newconn"]
     keys = sorted(
         runs,
-        key=lambda k: (["http", "https", "slow"].index(k[1]), -k[2], ORDER.index(k[0]) if k[0] in ORDER else 99),
+        key=lambda k: (modes.index(k[1]) if k[1] in modes else 9, -k[2], ORDER.index(k[0]) if k[0] in ORDER else 99),
     )
     for t, mode, conns in keys:
         rows = runs[(t, mode, conns)]
         direct = runs.get(("direct", mode, conns))
-        rps = med(rows, "rps")
+        rps, p50, p99 = med(rows, "rps"), med(rows, "p50"), med(rows, "p99")
         ratio = "–"
         dp50 = "–"
         if direct and t != "direct":
             drps, dp = med(direct, "rps"), med(direct, "p50")
-            if drps:
+            if drps and rps is not None:
                 ratio = f"{rps / drps:.2f}×"
-            if dp is not None:
-                dp50 = f"{(med(rows, 'p50') - dp) * 1e3:+.0f}"
+            if dp is not None and p50 is not None:
+                dp50 = f"{(p50 - dp) * 1e3:+.0f}"
         rss = med(rows, "rss")
+        failed = sum(1 for r in rows if r["ok"] <= 0)
+        errors = sum(max(r["errors"], 0) for r in rows)
+        errors = f"{errors}" + (f" ({failed} run{'s' if failed > 1 else ''} FAILED)" if failed else "")
         out.append(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 TARGETS.get(t, t), mode_label(t, mode), conns,
                 spread(rows, "rps", "{:.0f}"),
-                f"{med(rows, 'p50'):.3f}", f"{med(rows, 'p99'):.3f}",
-                sum(r["errors"] for r in rows),
+                "–" if p50 is None else f"{p50:.3f}", "–" if p99 is None else f"{p99:.3f}",
+                errors,
                 ratio, dp50,
                 spread(rows, "cpu", "{:.1f}"),
                 f"{rss / 1024:.1f}" if rss else "–",
@@ -208,11 +217,11 @@ def bars(runs):
     out.append("| bar | measured | target | met |")
     out.append("|---|---:|---:|---|")
 
-    def row(name, value, target, ok, unit=""):
+    def row(name, value, target, ok, unit="", digits=1):
         if value is None or target is None:
             out.append(f"| {name} | – | – | not measured |")
             return
-        out.append(f"| {name} | {value:.1f}{unit} | {target} | {'yes' if ok else 'NO'} |")
+        out.append(f"| {name} | {value:.{digits}f}{unit} | {target} | {'yes' if ok else 'NO'} |")
 
     cpu = m("hub", "https", 64, "cpu")
     row("hub HTTPS intercepted, CPU µs/req (c64)", cpu, "≤ 30 µs (g3proxy ~36)", cpu is not None and cpu <= 30, " µs")
@@ -228,12 +237,12 @@ def bars(runs):
     row("Redis state CPU/req over in-process (HTTPS c64)", (rc / cpu - 1) * 100 if rc and cpu else None,
         "≤ +25 %", bool(rc and cpu and rc <= cpu * 1.25), " %")
     rt = m("hub-redis", "https", 64, "rt")
-    row("Redis round trips per request (HTTPS c64)", rt, "≤ 1", rt is not None and rt <= 1)
+    row("Redis round trips per request (HTTPS c64)", rt, "≤ 1", rt is not None and rt <= 1, digits=3)
     hc, sc = m("hub", "http", 64, "cpu"), m("squid", "http", 64, "cpu")
     row("plain HTTP: hub CPU µs/req ÷ squid's (c64)", hc / sc if hc and sc else None, "≤ 1.0 (g3proxy ~20 µs: ~0.3)",
-        bool(hc and sc and hc <= sc), "×")
+        bool(hc and sc and hc <= sc), "×", digits=2)
     hh, sh = m("hub", "http", 64, "rps"), m("squid", "http", 64, "rps")
-    row("plain HTTP: hub req/s ÷ squid's (c64)", hh / sh if hh and sh else None, "≥ 1.0", bool(hh and sh and hh >= sh), "×")
+    row("plain HTTP: hub req/s ÷ squid's (c64)", hh / sh if hh and sh else None, "≥ 1.0", bool(hh and sh and hh >= sh), "×", digits=2)
     sr, dr = m("hub", "slow", 64, "rps"), m("direct", "slow", 64, "rps")
     row("50 ms endpoint c64: hub req/s vs direct", (sr / dr - 1) * 100 if sr and dr else None, "within −3 %",
         bool(sr and dr and sr >= 0.97 * dr), " %")
@@ -251,7 +260,7 @@ def soak(samples_path):
             p = line.split()
             if len(p) >= 5:
                 rows.append([float(x) for x in p[:5]])
-    out = ["| t s | hub RSS MiB | requests so far | open tunnels | leaves cached |", "|---:|---:|---:|---:|---:|"]
+    out = ["| t s | hub RSS MiB | requests so far | open tunnels | leaves minted so far |", "|---:|---:|---:|---:|---:|"]
     for t, rss, reqs, tunnels, leaves in rows:
         out.append(f"| {t:.0f} | {rss / 1024:.1f} | {reqs:.0f} | {tunnels:.0f} | {leaves:.0f} |")
     if len(rows) >= 3:

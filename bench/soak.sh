@@ -2,7 +2,7 @@
 # RSS is sampled every 10 s. Two loads at once: 64 keep-alive connections of intercepted HTTPS
 # (per-request leaks) and 2 connections that open a new tunnel + TLS handshake for every request
 # (per-connection leaks: tunnel tasks, TLS sessions, leaf lookups).
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2016
 
 metric_sum() { # METRICS_PORT NAME -> sum over every series of NAME
     curl -s --max-time 5 "http://127.0.0.1:$1/metrics" |
@@ -15,7 +15,7 @@ run_soak() {
     : >"$samples"
     log "soak: ${SOAK} s of HTTPS load through the hub (64 keep-alive + 2 new-connection-per-request), RSS every ${period} s"
     local url args=(--no-tui --output-format json -z "${SOAK}s" -w --cacert "$WORK/pki/clients-ca.pem"
-        -H "Authorization: Bearer module_dummy_key" -x "http://127.0.0.1:$HUB_PROXY")
+        -H "Authorization: Bearer module_dummy_key" -x "http://127.0.0.1:$HUB_PROXY" --no-pre-lookup)
     url=$(url_for hub https)
     local keep new
     # stdout (the JSON) and stderr go to separate files: exec keeps the pid that of the timeout.

@@ -79,3 +79,34 @@ pub struct FailedCall {
     /// When the call failed.
     pub failed_at: DateTime<Utc>,
 }
+
+/// How long the proxy waits for a failed call to be durable (spooled and fsync'd) before it
+/// answers the caller's 502/504. Only calls that already failed pay it.
+pub const DURABLE_HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Where the proxy hands failed calls. Returns once the call is as durable as the sink makes it:
+/// the DLQ writer's sender waits for the spool's fsync, so a hub killed right after answering
+/// 502 still has the entry after restart.
+#[async_trait::async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    /// Hands one failed call over.
+    async fn hand_off(&self, call: FailedCall) -> Result<(), HandoffError>;
+}
+
+#[async_trait::async_trait]
+impl DeadLetterSink for DlqSender {
+    async fn hand_off(&self, call: FailedCall) -> Result<(), HandoffError> {
+        self.send_durable(call, DURABLE_HANDOFF_WAIT).await
+    }
+}
+
+/// A plain channel (tests, and wiring that persists elsewhere): queued, not durable.
+#[async_trait::async_trait]
+impl DeadLetterSink for tokio::sync::mpsc::Sender<FailedCall> {
+    async fn hand_off(&self, call: FailedCall) -> Result<(), HandoffError> {
+        self.try_send(call).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => HandoffError::Full,
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => HandoffError::Closed,
+        })
+    }
+}

@@ -274,17 +274,18 @@ pub async fn start_proxy(
     });
     tokio::spawn(registry.clone().run_refresher(period, wake, stop));
     let state = hub.shared_state().await?;
-    let (exhausted_tx, exhausted_rx) =
-        tokio::sync::mpsc::channel(hub_proxy::forward::EXHAUSTED_QUEUE);
-    hub.background
-        .spawn_writer_for(exhausted_rx)
+    // The DLQ writer: failed calls are spooled (fsync'd) before their 502/504 is answered.
+    let (dlq, _writer) = hub
+        .background
+        .spawn_writer()
         .context("cannot open the DLQ spool")?;
     let opts = ProxyOptions {
         state,
         jitter: Arc::new(hub_core::state::RandomJitter),
         hub_default_rate: hub.config.defaults.rate_limit_per_sec,
         replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
-        exhausted: Some(exhausted_tx),
+        exhausted: Some(Arc::new(dlq)),
+        jobs: Some(hub.background.jobs.clone()),
         upstream_ca_file: hub.config.proxy.upstream_ca_file.clone(),
         data_dir: hub.config.data_dir.clone(),
         leaf_cache_size: hub.config.proxy.leaf_cache_size,

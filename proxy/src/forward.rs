@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use hub_core::dlq::FailedCall;
+use hub_core::dlq::{DeadLetterSink, FailedCall, REPLAY_HEADER};
 use hub_core::provider::Auth;
 use hub_core::state::retry::may_retry;
 use hub_core::state::{
@@ -24,7 +24,6 @@ use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::hygiene::{self, REQUEST_ID};
@@ -59,7 +58,7 @@ pub struct Forwarder {
     jitter: Arc<dyn Jitter>,
     hub_default_rate: u32,
     replay_limit: usize,
-    exhausted: Option<mpsc::Sender<FailedCall>>,
+    exhausted: Option<Arc<dyn DeadLetterSink>>,
 }
 
 /// Settings for a [`Forwarder`].
@@ -73,7 +72,7 @@ pub struct ForwarderOptions {
     /// Largest replayable body.
     pub replay_limit: usize,
     /// Where exhausted calls go (the DLQ writer); `None` = logged only.
-    pub exhausted: Option<mpsc::Sender<FailedCall>>,
+    pub exhausted: Option<Arc<dyn DeadLetterSink>>,
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -225,18 +224,20 @@ impl Forwarder {
                     }
                     Admission::CircuitOpen { retry_after } => {
                         let (end, _) = last.clone().expect("a retry follows an attempt");
-                        let id = self.hand_off(
-                            session,
-                            provider,
-                            path_and_query,
-                            request_id,
-                            idempotency_key,
-                            attempts,
-                            end,
-                            "circuit_open",
-                            &body,
-                            "",
-                        );
+                        let id = self
+                            .hand_off(
+                                session,
+                                provider,
+                                path_and_query,
+                                request_id,
+                                idempotency_key,
+                                attempts,
+                                end,
+                                "circuit_open",
+                                &body,
+                                "",
+                            )
+                            .await;
                         let mut problem = circuit_open(&provider.name, retry_after);
                         problem.dlq_id = Some(id);
                         return Err(problem);
@@ -301,18 +302,20 @@ impl Forwarder {
             }
         };
         let (end, excerpt) = last.unwrap_or((AttemptEnd::Timeout, String::new()));
-        let id = self.hand_off(
-            session,
-            provider,
-            path_and_query,
-            request_id,
-            idempotency_key,
-            attempts,
-            end,
-            stop,
-            &body,
-            &excerpt,
-        );
+        let id = self
+            .hand_off(
+                session,
+                provider,
+                path_and_query,
+                request_id,
+                idempotency_key,
+                attempts,
+                end,
+                stop,
+                &body,
+                &excerpt,
+            )
+            .await;
         let mut problem = exhausted_problem(&provider.name, end, attempts, stop);
         problem.dlq_id = Some(id);
         Err(problem)
@@ -467,8 +470,10 @@ impl Forwarder {
         }
     }
 
+    /// Records a failed call with the DLQ and waits until it is durable (bounded), so the
+    /// caller's 502/504 is only sent for an entry that survives a crash.
     #[allow(clippy::too_many_arguments)]
-    fn hand_off(
+    async fn hand_off(
         &self,
         session: &Session,
         provider: &Provider,
@@ -482,8 +487,14 @@ impl Forwarder {
         excerpt: &str,
     ) -> ulid::Ulid {
         let req = session.req_header();
+        // A DLQ replay that fails again is recorded on its own entry, not as a new one.
+        let replayed = req
+            .headers
+            .get(REPLAY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<ulid::Ulid>().ok());
         let call = FailedCall {
-            id: ulid::Ulid::new(),
+            id: replayed.unwrap_or_else(ulid::Ulid::new),
             provider_id: provider.id,
             provider: provider.name.clone(),
             method: req.method.as_str().to_owned(),
@@ -516,13 +527,10 @@ impl Forwarder {
             .inc();
         tracing::warn!(target: "hub::exhausted", request_id, provider = %call.provider, attempts,
             last_error = call.last_error, last_status = ?call.last_status, stop, "call failed after retries");
-        if let Some(tx) = &self.exhausted
-            && tx.try_send(call).is_err()
+        if let Some(sink) = &self.exhausted
+            && let Err(e) = sink.hand_off(call).await
         {
-            tracing::error!(
-                request_id,
-                "dead-letter queue full: exhausted call not recorded"
-            );
+            tracing::error!(request_id, error = %e, "failed call not durably recorded in the DLQ");
         }
         id
     }
@@ -570,7 +578,7 @@ async fn excerpt_of(up: &mut UpstreamSession) -> String {
 
 /// The caller's headers minus credentials (whatever the provider's scheme uses, plus the usual
 /// ones) and hop-by-hop.
-fn caller_headers(req: &RequestHeader, provider: &Provider) -> Vec<(String, String)> {
+pub(crate) fn caller_headers(req: &RequestHeader, provider: &Provider) -> Vec<(String, String)> {
     let auth_header = match &provider.auth {
         Some(Auth::Header { name, .. }) => Some(name.to_ascii_lowercase()),
         _ => None,
@@ -640,7 +648,6 @@ pub fn upstream_header(
         inject::inject_headers(&mut up, auth)?;
     }
     up.insert_header(REQUEST_ID, request_id)?;
-    up.remove_header(TIMEOUT_HEADER);
     if let Some(h) = &p.config.idempotency_header {
         let key = match up.headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
             Some(k) => k.to_owned(),

@@ -15,6 +15,16 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// The hub's own control headers (DLQ replay, job attempt, caller name, budget): read by the hub,
+/// never forwarded to a provider.
+pub const HUB_CONTROL: &[&str] = &[
+    "x-hub-dlq-replay",
+    "x-hub-job-id",
+    "x-hub-caller",
+    "x-hub-timeout-ms",
+    "x-hub-callback-url",
+];
+
 /// The request id header, propagated or generated, echoed to the caller.
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -36,6 +46,9 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader) {
     }
     for h in named {
         req.remove_header(h.as_str());
+    }
+    for h in HUB_CONTROL {
+        req.remove_header(*h);
     }
 }
 

@@ -9,6 +9,7 @@
 //! - [`inject`], [`hygiene`]: credential injection and header hygiene.
 //! - [`problem`]: the hub's own `application/problem+json` answers.
 
+pub mod asynccall;
 pub mod escape;
 pub mod forward;
 pub mod hygiene;

@@ -23,6 +23,7 @@ use crate::metrics::{METRICS, method_label};
 use crate::problem::Problem;
 use crate::registry::{Provider, Registry};
 use crate::trace::TraceContext;
+use hub_core::jobs::JobSubmitter;
 use tracing::Instrument;
 
 /// The target of the CONNECT tunnel a request arrived through.
@@ -56,15 +57,21 @@ pub struct HubProxy {
     registry: Arc<Registry>,
     resolver: Resolver,
     forwarder: Arc<Forwarder>,
+    jobs: Option<Arc<dyn JobSubmitter>>,
 }
 
 impl HubProxy {
     /// A proxy routing through `registry` and sending calls with `forwarder`.
-    pub fn new(registry: Arc<Registry>, forwarder: Arc<Forwarder>) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        forwarder: Arc<Forwarder>,
+        jobs: Option<Arc<dyn JobSubmitter>>,
+    ) -> Self {
         Self {
             registry,
             resolver: Resolver::default(),
             forwarder,
+            jobs,
         }
     }
 }
@@ -281,6 +288,27 @@ impl ProxyHttp for HubProxy {
                 let (Some(provider), Some(addr)) = (ctx.provider.clone(), ctx.upstream_addr) else {
                     return Error::e_explain(ErrorType::InternalError, "no route decided");
                 };
+                if let Some(jobs) = &self.jobs
+                    && wants_async(session.req_header())
+                {
+                    let r = crate::asynccall::accept(
+                        session,
+                        jobs.as_ref(),
+                        &provider,
+                        &ctx.path_and_query,
+                        &rid,
+                    )
+                    .instrument(span)
+                    .await;
+                    return match r {
+                        Ok(()) => Ok(true),
+                        Err(problem) => {
+                            ctx.problem_code = Some(problem.code);
+                            problem.send(session, Some(&rid)).await?;
+                            Ok(true)
+                        }
+                    };
+                }
                 ctx.upstream_started = Some(Instant::now());
                 let r = self
                     .forwarder
@@ -458,4 +486,16 @@ fn itoa_status(status: u16) -> &'static str {
         },
         |(_, s)| s,
     )
+}
+
+/// Whether the caller asked for an asynchronous answer (`Prefer: respond-async`, RFC 7240).
+fn wants_async(req: &RequestHeader) -> bool {
+    req.headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split([',', ';'])
+                .any(|t| t.trim().eq_ignore_ascii_case("respond-async"))
+        })
 }

@@ -32,7 +32,8 @@ use crate::metrics::OPEN_TUNNELS;
 use crate::pipeline::{HubProxy, TunnelTarget, route};
 use crate::problem::Problem;
 use crate::registry::Registry;
-use hub_core::dlq::FailedCall;
+use hub_core::dlq::DeadLetterSink;
+use hub_core::jobs::JobSubmitter;
 
 /// Largest CONNECT head accepted.
 pub const MAX_CONNECT_HEAD: usize = 16 * 1024;
@@ -106,7 +107,9 @@ pub struct ProxyOptions {
     /// Largest request body kept for replay across attempts.
     pub replay_limit: usize,
     /// Where exhausted calls go (the DLQ writer).
-    pub exhausted: Option<tokio::sync::mpsc::Sender<FailedCall>>,
+    pub exhausted: Option<Arc<dyn DeadLetterSink>>,
+    /// Where `Prefer: respond-async` calls are persisted as jobs; `None` = served synchronously.
+    pub jobs: Option<Arc<dyn JobSubmitter>>,
     /// Extra PEM roots trusted for upstream TLS on top of the system roots.
     pub upstream_ca_file: Option<PathBuf>,
     /// Where derived files (the combined root bundle) go.
@@ -187,7 +190,7 @@ impl ProxyServer {
         ));
         let app = Arc::new(http_proxy(
             &conf,
-            HubProxy::new(registry.clone(), forwarder),
+            HubProxy::new(registry.clone(), forwarder, opts.jobs.clone()),
         ));
         let resolver = Arc::new(LeafResolver::new(
             ca,

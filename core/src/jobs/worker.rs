@@ -37,8 +37,10 @@ use crate::vault::Vault;
 
 /// Wait before a task whose handler failed (database down…) is tried again.
 const ERROR_RETRY: Duration = Duration::from_secs(5);
-/// Pause after the queue itself failed.
+/// First pause after the queue itself failed (doubling while it keeps failing).
 const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(1);
+/// Longest such pause.
+const QUEUE_ERROR_PAUSE_MAX: Duration = Duration::from_secs(30);
 /// How long a provider record is reused before it is read again.
 const PROVIDER_TTL: Duration = Duration::from_secs(5);
 /// How long a stopping worker lets running tasks finish.
@@ -116,7 +118,29 @@ pub(crate) struct Ctx {
     pub clock: Clock,
     pub opts: WorkerOptions,
     cache: Mutex<HashMap<ProviderId, (Instant, Arc<ProviderRecord>)>>,
+    pacer: Pacer,
+}
+
+/// Spaces calls to each provider evenly at its rate (one slot every `1/rate`).
+#[derive(Debug, Default)]
+pub(crate) struct Pacer {
     next_slot: Mutex<HashMap<ProviderId, Instant>>,
+}
+
+impl Pacer {
+    /// Waits for the next slot of `provider` at `rate` per second.
+    pub async fn wait(&self, provider: ProviderId, rate: u32) {
+        let interval = Duration::from_secs(1) / rate.max(1);
+        let slot = {
+            let mut slots = self.next_slot.lock().await;
+            let now = Instant::now();
+            let next = slots.entry(provider).or_insert(now);
+            let slot = (*next).max(now);
+            *next = slot + interval;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
 }
 
 impl Ctx {
@@ -151,21 +175,8 @@ impl Ctx {
 
     /// Waits for this call's slot at the provider's rate limit.
     pub async fn pace(&self, p: &ProviderRecord) {
-        let rate = p
-            .config
-            .rate_limit_per_sec
-            .unwrap_or(self.opts.hub_default_rate)
-            .max(1);
-        let interval = Duration::from_secs(1) / rate;
-        let slot = {
-            let mut slots = self.next_slot.lock().await;
-            let now = Instant::now();
-            let next = slots.entry(p.id).or_insert(now);
-            let slot = (*next).max(now);
-            *next = slot + interval;
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+        let rate = p.config.rate_limit(self.opts.hub_default_rate);
+        self.pacer.wait(p.id, rate).await;
     }
 }
 
@@ -201,7 +212,7 @@ impl Worker {
                 clock,
                 opts,
                 cache: Mutex::new(HashMap::new()),
-                next_slot: Mutex::new(HashMap::new()),
+                pacer: Pacer::default(),
             }),
         })
     }
@@ -214,6 +225,7 @@ impl Worker {
         let mut running = JoinSet::new();
         let sweeper = tokio::spawn(sweep::run(ctx.clone(), stop.clone()));
         tracing::info!(queue = ctx.queue.backend(), concurrency, "worker started");
+        let mut pause = QUEUE_ERROR_PAUSE;
         loop {
             if *stop.borrow() {
                 break;
@@ -233,16 +245,19 @@ impl Worker {
             };
             match claimed {
                 Ok(batch) => {
+                    pause = QUEUE_ERROR_PAUSE;
                     for c in batch {
                         running.spawn(handle(ctx.clone(), c));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, kind = e.kind(), "work queue unavailable");
+                    tracing::warn!(error = %e, kind = e.kind(), retry_in_ms = pause.as_millis() as u64,
+                        "work queue unavailable");
                     tokio::select! {
-                        () = tokio::time::sleep(QUEUE_ERROR_PAUSE) => {}
+                        () = tokio::time::sleep(pause) => {}
                         _ = stop.changed() => break,
                     }
+                    pause = (pause * 2).min(QUEUE_ERROR_PAUSE_MAX);
                 }
             }
         }
@@ -271,5 +286,46 @@ async fn handle(ctx: Arc<Ctx>, claimed: Claimed) {
     if let Err(e) = done {
         tracing::warn!(kind = task.kind.as_str(), id = %task.id, error = %e,
             "could not settle a task; it returns when its lease expires");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+    use ulid::Ulid;
+
+    use super::Pacer;
+    use super::run_job::backoff_after;
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_to_one_provider_are_spaced_at_its_rate() {
+        let pacer = Pacer::default();
+        let (a, b) = (Ulid::new(), Ulid::new());
+        let t0 = Instant::now();
+        let mut at = Vec::new();
+        for _ in 0..3 {
+            pacer.wait(a, 4).await;
+            at.push(t0.elapsed());
+        }
+        let ms: Vec<u128> = at.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![0, 250, 500]);
+        let before = Instant::now();
+        pacer.wait(b, 4).await;
+        assert_eq!(
+            before.elapsed(),
+            Duration::ZERO,
+            "providers are paced apart"
+        );
+    }
+
+    #[test]
+    fn job_backoff_doubles_up_to_its_ceiling() {
+        let (base, max) = (Duration::from_secs(30), Duration::from_secs(600));
+        let waits: Vec<u64> = (1..=7)
+            .map(|n| backoff_after(base, max, n).as_secs())
+            .collect();
+        assert_eq!(waits, vec![30, 60, 120, 240, 480, 600, 600]);
     }
 }

@@ -18,13 +18,15 @@ use crate::provider::SealedCredentials;
 /// Wait before an attempt that could not reach the proxy is made.
 const UNREACHABLE_RETRY: Duration = Duration::from_secs(5);
 
-/// The job's wait after `attempts` failed attempts: base × 2^(attempts−1), capped.
-pub(crate) fn backoff(ctx: &Ctx, attempts: u32) -> Duration {
+/// The wait after `attempts` failed attempts: base × 2^(attempts−1), capped at `max`.
+pub(crate) fn backoff_after(base: Duration, max: Duration, attempts: u32) -> Duration {
     let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(30));
-    ctx.opts
-        .backoff_base
-        .saturating_mul(factor)
-        .min(ctx.opts.backoff_max)
+    base.saturating_mul(factor).min(max)
+}
+
+/// The job's wait after `attempts` failed attempts.
+pub(crate) fn backoff(ctx: &Ctx, attempts: u32) -> Duration {
+    backoff_after(ctx.opts.backoff_base, ctx.opts.backoff_max, attempts)
 }
 
 pub(crate) async fn run(ctx: &Ctx, id: Ulid) -> anyhow::Result<Disposition> {

@@ -1,0 +1,121 @@
+//! `Prefer: respond-async`: the call is persisted as a job (body sealed) before the caller gets
+//! `202 Accepted` with `X-Hub-Job-Id` and a `Location` at the admin job resource; a worker then
+//! runs it through this same proxy under the provider's full policy.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use hub_core::jobs::{JobError, JobSubmitter, NewJob};
+use hub_core::provider::Auth;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use crate::forward::caller_headers;
+use crate::hygiene::REQUEST_ID;
+use crate::inject;
+use crate::problem::Problem;
+use crate::registry::Provider;
+
+/// The caller's callback URL header.
+pub const CALLBACK_HEADER: &str = "x-hub-callback-url";
+
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Problem> {
+    let mut buf = BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > limit {
+                    return Err(Problem::new(
+                        413,
+                        "body_too_large",
+                        "Body too large",
+                        format!("asynchronous calls carry at most {limit} bytes of body"),
+                    ));
+                }
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(_) => return Err(Problem::bad_request("could not read the request body")),
+        }
+    }
+}
+
+/// Persists the call as a job and answers 202; `Err` is the problem to answer instead.
+pub async fn accept(
+    session: &mut Session,
+    jobs: &dyn JobSubmitter,
+    provider: &Arc<Provider>,
+    path_and_query: &str,
+    request_id: &str,
+) -> Result<(), Problem> {
+    let body = read_body(session, jobs.max_body_bytes()).await?;
+    let req = session.req_header();
+    let header_value = |name: &str| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let job = NewJob {
+        provider_id: provider.id,
+        provider: provider.name.clone(),
+        method: req.method.as_str().to_owned(),
+        path: match &provider.auth {
+            Some(Auth::Query { name, .. }) => inject::redact_query(path_and_query, name),
+            _ => path_and_query.to_owned(),
+        },
+        headers: caller_headers(req, provider)
+            .into_iter()
+            .filter(|(k, _)| k != "prefer" && k != CALLBACK_HEADER)
+            .collect(),
+        body,
+        idempotency_key: provider
+            .config
+            .idempotency_header
+            .as_deref()
+            .and_then(|h| header_value(&h.to_ascii_lowercase())),
+        request_id: request_id.to_owned(),
+        callback_url: header_value(CALLBACK_HEADER),
+    };
+    let receipt = jobs.submit(job).await.map_err(|e| match e {
+        JobError::InvalidCallback(why) => Problem::new(400, "invalid_callback", "Invalid callback URL", why),
+        JobError::BodyTooLarge { limit } => Problem::new(
+            413,
+            "body_too_large",
+            "Body too large",
+            format!("asynchronous calls carry at most {limit} bytes of body"),
+        ),
+        JobError::Conflict { existing } => Problem::new(
+            409,
+            "idempotency_conflict",
+            "Idempotency key reused",
+            format!("the idempotency key already belongs to job {existing} for another request"),
+        ),
+        other => {
+            tracing::error!(error = %other, kind = other.kind(), "cannot persist an asynchronous call");
+            Problem::new(503, "jobs_unavailable", "Jobs unavailable", "the hub cannot accept asynchronous calls right now")
+        }
+    })?;
+    let body = serde_json::json!({
+        "jobId": receipt.id.to_string(),
+        "status": receipt.status,
+        "location": receipt.location,
+        "created": receipt.created,
+    });
+    let body = Bytes::from(serde_json::to_vec(&body).expect("json serializes"));
+    let send = async {
+        let mut resp = ResponseHeader::build(202, Some(6))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-hub-job-id", receipt.id.to_string())?;
+        resp.insert_header("location", receipt.location.as_str())?;
+        resp.insert_header("preference-applied", "respond-async")?;
+        resp.insert_header(REQUEST_ID, request_id)?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    };
+    if let Err(e) = send.await {
+        tracing::debug!(error = %e.etype().as_str(), "could not send 202 to the caller");
+    }
+    Ok(())
+}
