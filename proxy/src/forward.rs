@@ -494,7 +494,11 @@ impl Forwarder {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<ulid::Ulid>().ok());
         let call = FailedCall {
-            id: replayed.unwrap_or_else(ulid::Ulid::new),
+            // (Not `unwrap_or_default`: the default ULID is the nil id, not a fresh one.)
+            id: match replayed {
+                Some(id) => id,
+                None => ulid::Ulid::new(),
+            },
             provider_id: provider.id,
             provider: provider.name.clone(),
             method: req.method.as_str().to_owned(),
