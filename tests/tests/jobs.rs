@@ -342,6 +342,66 @@ async fn queries_per_job(v: Variant) {
     assert!(t <= 7.5, "{t} statements per job one at a time");
 }
 
+/// A module's `Prefer: respond-async` call through the real proxy: 202 with the job's id and
+/// location before anything reaches the provider; the same idempotency key again is the same
+/// job; the worker then completes it through the proxy, without the async-only headers.
+async fn prefer_respond_async_through_the_proxy(v: Variant) {
+    let Some(hub) = WorkHub::start(v, test_config()).await else {
+        return;
+    };
+    let (fake, _rec) = hub.provider("asy", "api.asy.test", json!({})).await;
+    let submit = || async {
+        hub.client()
+            .post("http://api.asy.test/v1/long?x=1")
+            .header("prefer", "return=minimal, respond-async")
+            .header("idempotency-key", "k-async-1")
+            .header("content-type", "application/json")
+            .body(BODY)
+            .send()
+            .await
+            .unwrap()
+    };
+    let resp = submit().await;
+    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.headers()["preference-applied"], "respond-async");
+    assert!(resp.headers().get("x-request-id").is_some());
+    let id: Ulid = resp.headers()["x-hub-job-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        resp.headers()["location"],
+        format!("/api/v1/integrations/jobs/{id}").as_str()
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["jobId"], id.to_string());
+    assert!(
+        fake.requests().is_empty(),
+        "nothing is sent before the worker runs"
+    );
+    let again = submit().await;
+    assert_eq!(again.status(), 202);
+    assert_eq!(
+        again.headers()["x-hub-job-id"],
+        id.to_string().as_str(),
+        "same key, same job"
+    );
+
+    let (_stop, _worker) = hub.start_worker();
+    let job = job_where(&hub, id, "completion", |j| j.status == JobStatus::Completed).await;
+    assert_eq!(job.result.as_ref().map(|r| r.status), Some(200));
+    let sent = fake.requests();
+    assert_eq!(sent.len(), 1, "the job ran once");
+    assert_eq!(sent[0].target, "/v1/long?x=1");
+    assert_eq!(sent[0].header("idempotency-key"), Some("k-async-1"));
+    assert!(
+        sent[0].header("prefer").is_none(),
+        "the async preference is the hub's, not the provider's"
+    );
+    assert_eq!(sent[0].body, BODY.as_bytes());
+}
+
 /// Completed jobs, counted with a raw query.
 async fn completed(url: &str) -> i64 {
     let sql = "SELECT COUNT(*) FROM jobs WHERE status = 'completed'";
@@ -360,4 +420,8 @@ on_all!(
     the_callback_is_delivered_with_retries,
     a_worker_killed_mid_job_loses_nothing,
 );
-on_databases!(the_same_idempotency_key_is_the_same_job, queries_per_job);
+on_databases!(
+    the_same_idempotency_key_is_the_same_job,
+    queries_per_job,
+    prefer_respond_async_through_the_proxy
+);
