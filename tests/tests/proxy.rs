@@ -171,10 +171,38 @@ async fn curl_through_the_proxy_with_the_hub_ca() {
 }
 
 /// Opens a raw tunnel: CONNECT, then TLS with the hub CA, returns the TLS stream.
+/// A TLS client config trusting only the hub CA (its session cache enables resumption).
+fn hub_tls_config(hub: &TestHub) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(pem_der(
+            &hub.ca_pem,
+        )))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(cfg)
+}
+
 async fn raw_tunnel(
     hub: &TestHub,
     host: &str,
     port: u16,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    raw_tunnel_with(hub, host, port, hub_tls_config(hub)).await
+}
+
+/// Opens a raw tunnel: CONNECT, then TLS with `cfg`.
+async fn raw_tunnel_with(
+    hub: &TestHub,
+    host: &str,
+    port: u16,
+    cfg: Arc<rustls::ClientConfig>,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut tcp = TcpStream::connect(hub.proxy_addr).await.unwrap();
     tcp.write_all(
@@ -189,21 +217,7 @@ async fn raw_tunnel(
         "{}",
         String::from_utf8_lossy(&buf[..n])
     );
-    let mut roots = rustls::RootCertStore::empty();
-    let der = rustls::pki_types::CertificateDer::from(
-        hub_core::ca::HubCa::from_pem(&hub.ca_pem, "")
-            .map(|c| c.cert_der().to_vec())
-            .unwrap_or_else(|_| pem_der(&hub.ca_pem)),
-    );
-    roots.add(der).unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let connector = tokio_rustls::TlsConnector::from(cfg);
     connector
         .connect(
             rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap(),
@@ -637,4 +651,33 @@ async fn shutdown_drains_calls_in_flight_and_refuses_new_connections() {
         200,
         "the call in flight completed"
     );
+}
+
+#[tokio::test]
+async fn a_returning_client_resumes_its_tls_session() {
+    let pki = TestPki::new();
+    let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
+        return;
+    };
+    let f = fake(&pki).await;
+    hub.add_provider(provider_json(
+        "res",
+        "res.fake.test",
+        &f,
+        json!({"type": "none"}),
+    ))
+    .await;
+    let cfg = hub_tls_config(&hub);
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let mut tls = raw_tunnel_with(&hub, "res.fake.test", 443, cfg.clone()).await;
+        // A request round trip makes sure the TLS 1.3 ticket has arrived.
+        tls.write_all(b"GET /r HTTP/1.1\r\nHost: res.fake.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_response(&mut tls).await.starts_with("HTTP/1.1 200"));
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+    assert_eq!(kinds[1], Some(rustls::HandshakeKind::Resumed), "{kinds:?}");
 }
