@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use hub_core::jobs::{JobError, JobSubmitter, NewJob};
-use hub_core::provider::Auth;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
@@ -60,10 +59,7 @@ pub async fn accept(
         provider_id: provider.id,
         provider: provider.name.clone(),
         method: req.method.as_str().to_owned(),
-        path: match &provider.auth {
-            Some(Auth::Query { name, .. }) => inject::redact_query(path_and_query, name),
-            _ => path_and_query.to_owned(),
-        },
+        path: inject::loggable_path(provider.auth.as_ref(), path_and_query),
         headers: caller_headers(req, provider)
             .into_iter()
             .filter(|(k, _)| k != "prefer" && k != CALLBACK_HEADER)

@@ -132,6 +132,15 @@ fn end_kind(end: AttemptEnd) -> &'static str {
     }
 }
 
+/// How a call ended when no attempt succeeded: what the DLQ entry and the problem report.
+struct CallFailure {
+    idempotency_key: Option<String>,
+    attempts: u32,
+    end: AttemptEnd,
+    stop: &'static str,
+    excerpt: String,
+}
+
 /// What one attempt produced.
 struct Attempt {
     end: AttemptEnd,
@@ -202,7 +211,8 @@ impl Forwarder {
         let peer = peer_for(provider, addr);
         let mut attempts = 0u32;
         let mut last: Option<(AttemptEnd, String)> = None;
-        let stop = loop {
+        // Why the attempts ended, and the circuit's Retry-After when it closed the door mid-call.
+        let (stop, circuit): (&'static str, Option<Duration>) = loop {
             let permit_now = match permit.take() {
                 Some(p) => p,
                 None => match self
@@ -220,27 +230,10 @@ impl Forwarder {
                             tokio::time::sleep(retry_after).await;
                             continue;
                         }
-                        break Stop::BudgetExhausted.kind();
+                        break (Stop::BudgetExhausted.kind(), None);
                     }
                     Admission::CircuitOpen { retry_after } => {
-                        let (end, _) = last.clone().expect("a retry follows an attempt");
-                        let id = self
-                            .hand_off(
-                                session,
-                                provider,
-                                path_and_query,
-                                request_id,
-                                idempotency_key,
-                                attempts,
-                                end,
-                                "circuit_open",
-                                &body,
-                                "",
-                            )
-                            .await;
-                        let mut problem = circuit_open(&provider.name, retry_after);
-                        problem.dlq_id = Some(id);
-                        return Err(problem);
+                        break ("circuit_open", Some(retry_after));
                     }
                 },
             };
@@ -294,29 +287,35 @@ impl Forwarder {
             };
             last = Some((attempt.end, excerpt));
             if !retry {
-                break "not_retryable";
+                break ("not_retryable", None);
             }
             match plan.next_wait(attempts, Instant::now(), retry_after, self.jitter.as_ref()) {
                 Ok(wait) => tokio::time::sleep(wait).await,
-                Err(stop) => break stop.kind(),
+                Err(stop) => break (stop.kind(), None),
             }
         };
         let (end, excerpt) = last.unwrap_or((AttemptEnd::Timeout, String::new()));
+        let failure = CallFailure {
+            idempotency_key: idempotency_key.clone(),
+            attempts,
+            end,
+            stop,
+            excerpt,
+        };
         let id = self
             .hand_off(
                 session,
                 provider,
                 path_and_query,
                 request_id,
-                idempotency_key,
-                attempts,
-                end,
-                stop,
                 &body,
-                &excerpt,
+                &failure,
             )
             .await;
-        let mut problem = exhausted_problem(&provider.name, end, attempts, stop);
+        let mut problem = match circuit {
+            Some(retry_after) => circuit_open(&provider.name, retry_after),
+            None => exhausted_problem(&provider.name, end, attempts, stop),
+        };
         problem.dlq_id = Some(id);
         Err(problem)
     }
@@ -472,20 +471,22 @@ impl Forwarder {
 
     /// Records a failed call with the DLQ and waits until it is durable (bounded), so the
     /// caller's 502/504 is only sent for an entry that survives a crash.
-    #[allow(clippy::too_many_arguments)]
     async fn hand_off(
         &self,
         session: &Session,
         provider: &Provider,
         path_and_query: &str,
         request_id: &str,
-        idempotency_key: &Option<String>,
-        attempts: u32,
-        end: AttemptEnd,
-        stop: &'static str,
         body: &Body,
-        excerpt: &str,
+        failure: &CallFailure,
     ) -> ulid::Ulid {
+        let CallFailure {
+            ref idempotency_key,
+            attempts,
+            end,
+            stop,
+            ref excerpt,
+        } = *failure;
         let req = session.req_header();
         // A DLQ replay that fails again is recorded on its own entry, not as a new one.
         let replayed = req
@@ -502,10 +503,7 @@ impl Forwarder {
             provider_id: provider.id,
             provider: provider.name.clone(),
             method: req.method.as_str().to_owned(),
-            path: match &provider.auth {
-                Some(Auth::Query { name, .. }) => inject::redact_query(path_and_query, name),
-                _ => path_and_query.to_owned(),
-            },
+            path: inject::loggable_path(provider.auth.as_ref(), path_and_query),
             headers: caller_headers(req, provider),
             body: match body {
                 Body::Full(b) => Some(b.clone()),

@@ -77,6 +77,15 @@ pub fn rewrite_query(query: Option<&str>, name: &str, value: &str) -> String {
     parts.join("&")
 }
 
+/// `path_and_query` as it may be logged or stored (access log, DLQ, jobs): the values of a
+/// `query` credential's parameter redacted, whatever the caller put there.
+pub fn loggable_path(auth: Option<&Auth>, path_and_query: &str) -> String {
+    match auth {
+        Some(Auth::Query { name, .. }) => redact_query(path_and_query, name),
+        _ => path_and_query.to_owned(),
+    }
+}
+
 /// `path?query` with the values of `name` replaced by `[redacted]` (for logs and the DLQ).
 pub fn redact_query(path_and_query: &str, name: &str) -> String {
     let Some((path, query)) = path_and_query.split_once('?') else {

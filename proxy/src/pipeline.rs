@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hub_core::provider::{Auth, ProviderStatus, normalize_host, split_host_port};
+use hub_core::provider::{ProviderStatus, normalize_host, split_host_port};
 use pingora::http::RequestHeader;
 use pingora::http::authority::{RawTargetAuthority, raw_target_authority};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -224,10 +224,10 @@ impl HubProxy {
     }
 
     fn log_path(ctx: &RequestCtx) -> String {
-        match ctx.provider.as_ref().and_then(|p| p.auth.as_ref()) {
-            Some(Auth::Query { name, .. }) => inject::redact_query(&ctx.path_and_query, name),
-            _ => ctx.path_and_query.clone(),
-        }
+        inject::loggable_path(
+            ctx.provider.as_ref().and_then(|p| p.auth.as_ref()),
+            &ctx.path_and_query,
+        )
     }
 }
 
