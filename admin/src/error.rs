@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hub_core::access::Role;
 use hub_core::catalog::CatalogError;
+use hub_core::dlq::DlqError;
+use hub_core::jobs::JobError;
 use hub_core::provider::ValidationError;
 use hub_core::store::StoreError;
 use hub_core::vault::VaultError;
@@ -80,6 +82,12 @@ pub enum ApiError {
     /// 409: the provider is disabled (`POST /call`).
     #[error("provider {0} is disabled")]
     ProviderDisabled(String),
+    /// 409: the DLQ entry's body was truncated; replaying it would send another request.
+    #[error("DLQ entry {0} kept a truncated body; it cannot be replayed")]
+    NotReplayable(String),
+    /// 409: the DLQ entry was already replayed successfully.
+    #[error("DLQ entry {0} is already resolved")]
+    AlreadyResolved(String),
     /// 412: `If-Match` names a version the resource no longer has.
     #[error("the resource changed since the given version")]
     PreconditionFailed,
@@ -134,7 +142,10 @@ impl ApiError {
             | Self::InvalidQuery { .. }
             | Self::InvalidHeader { .. } => StatusCode::BAD_REQUEST,
             Self::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Conflict { .. } | Self::ProviderDisabled(_) => StatusCode::CONFLICT,
+            Self::Conflict { .. }
+            | Self::ProviderDisabled(_)
+            | Self::NotReplayable(_)
+            | Self::AlreadyResolved(_) => StatusCode::CONFLICT,
             Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -158,6 +169,8 @@ impl ApiError {
             Self::Validation { .. } => "validation_failed",
             Self::Conflict { .. } => "conflict",
             Self::ProviderDisabled(_) => "provider_disabled",
+            Self::NotReplayable(_) => "not_replayable",
+            Self::AlreadyResolved(_) => "already_resolved",
             Self::PreconditionFailed => "precondition_failed",
             Self::PayloadTooLarge(_) => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -180,6 +193,8 @@ impl ApiError {
             Self::Validation { .. } => "Validation failed",
             Self::Conflict { .. } => "Conflict",
             Self::ProviderDisabled(_) => "Provider disabled",
+            Self::NotReplayable(_) => "Not replayable",
+            Self::AlreadyResolved(_) => "Already resolved",
             Self::PreconditionFailed => "Precondition failed",
             Self::PayloadTooLarge(_) => "Payload too large",
             Self::UnsupportedMediaType => "Unsupported media type",
@@ -283,6 +298,47 @@ impl From<CatalogError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// A DLQ failure about entry `id`. The handlers use this rather than `From` so 404 and 409
+    /// name the entry.
+    pub fn dlq(id: impl std::fmt::Display, e: DlqError) -> Self {
+        match e {
+            DlqError::NotFound => Self::NotFound(format!("no DLQ entry with id {id}")),
+            DlqError::NotReplayable => Self::NotReplayable(id.to_string()),
+            DlqError::Resolved => Self::AlreadyResolved(id.to_string()),
+            other => other.into(),
+        }
+    }
+}
+
+impl From<DlqError> for ApiError {
+    fn from(e: DlqError) -> Self {
+        let kind = e.kind();
+        match e {
+            DlqError::NotFound => Self::NotFound("no such DLQ entry".into()),
+            DlqError::NotReplayable => Self::NotReplayable("entry".into()),
+            DlqError::Resolved => Self::AlreadyResolved("entry".into()),
+            DlqError::Database(_) | DlqError::Queue(_) => {
+                Self::Unavailable(format!("dlq: {e} ({kind})"))
+            }
+            DlqError::Corrupt { .. } | DlqError::Vault(_) => {
+                Self::Internal(format!("dlq: {e} ({kind})"))
+            }
+        }
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        let kind = e.kind();
+        match e {
+            JobError::Database(_) => Self::Unavailable(format!("jobs: {e} ({kind})")),
+            // Reading a job can fail only on the database or on a row that does not decode.
+            other => Self::Internal(format!("jobs: {other} ({kind})")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +367,30 @@ mod tests {
             ApiError::from(StoreError::NotFound).status(),
             StatusCode::NOT_FOUND
         );
+    }
+
+    #[test]
+    fn dlq_errors_map_to_statuses() {
+        let id = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+        let cases = [
+            (DlqError::NotFound, StatusCode::NOT_FOUND, "not_found"),
+            (
+                DlqError::NotReplayable,
+                StatusCode::CONFLICT,
+                "not_replayable",
+            ),
+            (DlqError::Resolved, StatusCode::CONFLICT, "already_resolved"),
+            (
+                DlqError::Database(sqlx::Error::PoolTimedOut),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+            ),
+        ];
+        for (e, status, code) in cases {
+            let e = ApiError::dlq(id, e);
+            assert_eq!((e.status(), e.code()), (status, code), "{e}");
+        }
+        let down = ApiError::from(JobError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(down.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }

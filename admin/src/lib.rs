@@ -1,17 +1,21 @@
 //! The Integration Hub admin service: the operators' REST API under `/api/v1/integrations`
-//! (providers, health, explicit calls, API tokens, the audit trail; the DLQ and jobs land with
-//! their issue), plus `/healthz`, `/readyz`, the hub CA certificate and the OpenAPI document.
+//! (providers, health, explicit calls, the DLQ, asynchronous jobs, API tokens, the audit
+//! trail), plus `/healthz`, `/readyz`, `/metrics`, the hub CA certificate and the OpenAPI
+//! document.
 //!
 //! - [`routes`]: the route table (one constant drives the router, the docs and the drift test)
 //!   and the handlers, one module per resource.
 //! - [`auth`]: bearer tokens, roles, the per-route access check.
 //! - [`error`]: [`ApiError`], answered as `application/problem+json`.
 //! - [`extract`]: request extractors that turn bad input into 4xx problems, never 5xx.
+//! - [`metrics`]: the service's own Prometheus registry: request counts and latency by route
+//!   template, and the DLQ/jobs gauges refreshed from the database in the background.
 //! - [`openapi`]: the contract, `api/openapi.yaml`, served as is.
 
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod routes;
 #[cfg(test)]
@@ -19,7 +23,10 @@ mod testkit;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use hub_core::dlq::Dlq;
+use hub_core::jobs::Jobs;
 use hub_core::secret::SecretString;
 use hub_core::state::SharedState;
 use hub_core::store::Store;
@@ -61,17 +68,24 @@ pub struct AdminState {
     pub(crate) default_rate_limit: u32,
     pub(crate) redis: Option<redis::Client>,
     pub(crate) proxy: Option<routes::call::ProxyClient>,
+    pub(crate) dlq: Dlq,
+    pub(crate) jobs: Arc<Jobs>,
+    pub(crate) metrics: Arc<metrics::AdminMetrics>,
+    pub(crate) gauge_period: Duration,
 }
 
 impl AdminState {
-    /// The state for a store, vault, CA certificate (PEM) and bootstrap admin token (an empty
-    /// token authenticates nothing). `POST /call` answers 503 until [`Self::with_proxy`], health
-    /// reports no breaker until [`Self::with_shared_state`].
+    /// The state for a store, vault, CA certificate (PEM), bootstrap admin token (an empty
+    /// token authenticates nothing), and the DLQ and jobs services of the hub database
+    /// (`hub_core::jobs::Background` has both). `POST /call` answers 503 until
+    /// [`Self::with_proxy`], health reports no breaker until [`Self::with_shared_state`].
     pub fn new(
         store: Arc<dyn Store>,
         vault: Arc<Vault>,
         ca_pem: impl Into<Arc<str>>,
         admin_token: &SecretString,
+        dlq: Dlq,
+        jobs: Arc<Jobs>,
     ) -> Self {
         Self {
             store,
@@ -82,6 +96,10 @@ impl AdminState {
             default_rate_limit: hub_core::provider::DEFAULT_RATE_LIMIT_PER_SEC,
             redis: None,
             proxy: None,
+            dlq,
+            jobs,
+            metrics: Arc::new(metrics::AdminMetrics::new()),
+            gauge_period: metrics::GAUGE_PERIOD,
         }
     }
 
@@ -105,6 +123,13 @@ impl AdminState {
         Ok(self)
     }
 
+    /// How often [`serve`] refreshes the DLQ and jobs gauges from the database (default
+    /// [`metrics::GAUGE_PERIOD`]; tests shorten it).
+    pub fn with_gauge_period(mut self, period: Duration) -> Self {
+        self.gauge_period = period;
+        self
+    }
+
     /// The hub proxy `POST /call` goes through (`http://host:port`).
     pub fn with_proxy(mut self, proxy_url: &str) -> Result<Self, SetupError> {
         self.proxy = Some(routes::call::ProxyClient::new(proxy_url)?);
@@ -112,12 +137,14 @@ impl AdminState {
     }
 }
 
-/// Serves the admin API on `listener` until `shutdown` flips to `true`.
+/// Serves the admin API on `listener` until `shutdown` flips to `true`, and refreshes the
+/// `/metrics` gauges from the database meanwhile ([`metrics::run_gauges`]).
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    tokio::spawn(metrics::run_gauges(state.clone(), shutdown.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {

@@ -8,7 +8,9 @@
 
 pub mod audit;
 pub mod call;
+pub mod dlq;
 pub mod health;
+pub mod jobs;
 pub mod page;
 pub mod providers;
 pub mod system;
@@ -24,7 +26,7 @@ use hub_core::access::Role;
 
 use crate::auth::{self, Access};
 use crate::error::ApiError;
-use crate::{AdminState, BODY_LIMIT};
+use crate::{AdminState, BODY_LIMIT, metrics};
 
 /// An HTTP method the admin API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +81,14 @@ pub enum Op {
     ListTokens,
     RevokeToken,
     ListAudit,
+    ListDlq,
+    GetDlqEntry,
+    GetDlqBody,
+    RetryDlqEntry,
+    RetryAllDlq,
+    DeleteDlqEntry,
+    GetJob,
+    GetMetrics,
 }
 
 /// One row of the route table.
@@ -119,11 +129,14 @@ macro_rules! route {
     };
 }
 
+const DLQ_LIST: &[&str] = &["limit", "cursor", "providerId", "status"];
+
 /// Everything the admin service answers.
 #[rustfmt::skip]
 pub const ROUTES: &[Route] = &[
     route!(Healthz,           "healthz",           Get,    "/healthz",                                   Access::Open, &[]),
     route!(Readyz,            "readyz",            Get,    "/readyz",                                    Access::Open, &[]),
+    route!(GetMetrics,        "getMetrics",        Get,    "/metrics",                                   Access::Open, &[]),
     route!(GetOpenApi,        "getOpenApi",        Get,    "/api/v1/openapi.yaml",                       Access::Open, &[]),
     route!(GetCaPem,          "getCaPem",          Get,    "/api/v1/integrations/ca.pem",                Access::Open, &[]),
     route!(CreateProvider,    "createProvider",    Post,   "/api/v1/integrations/providers",             ADMIN,    &[]),
@@ -133,34 +146,17 @@ pub const ROUTES: &[Route] = &[
     route!(DeleteProvider,    "deleteProvider",    Delete, "/api/v1/integrations/providers/{id}",        ADMIN,    &[]),
     route!(GetProviderHealth, "getProviderHealth", Get,    "/api/v1/integrations/providers/{id}/health", VIEWER,   &[]),
     route!(CallProvider,      "callProvider",      Post,   "/api/v1/integrations/call",                  OPERATOR, &[]),
+    route!(ListDlq,           "listDlq",           Get,    "/api/v1/integrations/dlq",                   VIEWER,   DLQ_LIST),
+    route!(RetryAllDlq,       "retryAllDlq",       Post,   "/api/v1/integrations/dlq/retry-all",         OPERATOR, &["providerId"]),
+    route!(GetDlqEntry,       "getDlqEntry",       Get,    "/api/v1/integrations/dlq/{id}",              VIEWER,   &[]),
+    route!(DeleteDlqEntry,    "deleteDlqEntry",    Delete, "/api/v1/integrations/dlq/{id}",              OPERATOR, &[]),
+    route!(GetDlqBody,        "getDlqBody",        Get,    "/api/v1/integrations/dlq/{id}/body",         OPERATOR, &[]),
+    route!(RetryDlqEntry,     "retryDlqEntry",     Post,   "/api/v1/integrations/dlq/{id}/retry",        OPERATOR, &[]),
+    route!(GetJob,            "getJob",            Get,    "/api/v1/integrations/jobs/{id}",             VIEWER,   &[]),
     route!(CreateToken,       "createToken",       Post,   "/api/v1/integrations/tokens",                ADMIN,    &[]),
     route!(ListTokens,        "listTokens",        Get,    "/api/v1/integrations/tokens",                ADMIN,    PAGE),
     route!(RevokeToken,       "revokeToken",       Delete, "/api/v1/integrations/tokens/{id}",           ADMIN,    &[]),
     route!(ListAudit,         "listAudit",         Get,    "/api/v1/integrations/audit",                 VIEWER,   &["limit", "cursor", "targetId"]),
-];
-
-/// Routes the issue specifies that land with the DLQ/jobs issue: `(method, path, least role)`.
-/// They are neither routed (404 until then) nor in the OpenAPI document; the drift test keeps
-/// it that way, so adding one means adding its row to [`ROUTES`] and its operation to the
-/// document together.
-pub const PLANNED: &[(Verb, &str, Role)] = &[
-    (Verb::Get, "/api/v1/integrations/dlq", Role::Viewer),
-    (
-        Verb::Post,
-        "/api/v1/integrations/dlq/{id}/retry",
-        Role::Operator,
-    ),
-    (
-        Verb::Post,
-        "/api/v1/integrations/dlq/retry-all",
-        Role::Operator,
-    ),
-    (
-        Verb::Delete,
-        "/api/v1/integrations/dlq/{id}",
-        Role::Operator,
-    ),
-    (Verb::Get, "/api/v1/integrations/jobs/{id}", Role::Viewer),
 ];
 
 /// The handler of an operation, answering `filter`.
@@ -181,11 +177,20 @@ fn handler(op: Op, filter: MethodFilter) -> MethodRouter<AdminState> {
         Op::ListTokens => on(filter, tokens::list),
         Op::RevokeToken => on(filter, tokens::revoke),
         Op::ListAudit => on(filter, audit::list),
+        Op::ListDlq => on(filter, dlq::list),
+        Op::GetDlqEntry => on(filter, dlq::get),
+        Op::GetDlqBody => on(filter, dlq::body),
+        Op::RetryDlqEntry => on(filter, dlq::retry),
+        Op::RetryAllDlq => on(filter, dlq::retry_all),
+        Op::DeleteDlqEntry => on(filter, dlq::delete),
+        Op::GetJob => on(filter, jobs::get),
+        Op::GetMetrics => on(filter, system::metrics),
     }
 }
 
 /// The admin router: every row of [`ROUTES`] behind its access check, problem+json for
-/// unknown routes (404) and methods (405), and the body limit (413).
+/// unknown routes (404) and methods (405), the body limit (413), and every answer counted in
+/// the service's metrics by route template.
 pub fn router(state: AdminState) -> Router {
     let mut router = Router::new();
     for r in ROUTES {
@@ -200,5 +205,6 @@ pub fn router(state: AdminState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(from_fn_with_state(state.metrics.clone(), metrics::track))
         .with_state(state)
 }

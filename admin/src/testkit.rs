@@ -1,14 +1,19 @@
-//! Test support for this crate: the admin router over a fresh SQLite store and a stand-in for
-//! the hub proxy, and one-call requests. The end-to-end suite (`tests/tests/admin.rs`) runs the
-//! real server against the real proxy on both databases; these tests cover the contract.
+//! Test support for this crate: the admin router over a fresh SQLite store (with the DLQ and
+//! jobs services and a DLQ writer on it) and a stand-in for the hub proxy, and one-call
+//! requests. The end-to-end suite (`tests/tests/admin.rs`) runs the real server against the
+//! real proxy on both databases; these tests cover the contract.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, header};
+use hub_core::config::HubConfig;
+use hub_core::dlq::{DlqSender, FailedCall};
+use hub_core::jobs::{Background, Db, JobSubmitter, NewJob, SqlQueue};
 use hub_core::secret::SecretString;
-use hub_core::state::LocalState;
+use hub_core::state::{Clock, LocalState};
 use hub_core::store::{self, Store};
 use hub_core::testing;
 use hub_core::vault::Vault;
@@ -16,6 +21,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tower::ServiceExt;
+use ulid::Ulid;
 
 use crate::{AdminState, router};
 
@@ -28,6 +34,9 @@ const KEYS: &str = "t1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 pub struct TestApp {
     pub router: Router,
     pub store: Arc<dyn Store>,
+    /// The DLQ and jobs services the app reads.
+    pub bg: Background,
+    dlq_writer: DlqSender,
     _dir: tempfile::TempDir,
 }
 
@@ -67,16 +76,29 @@ impl TestApp {
     /// A fresh app; `POST /call` goes to a stand-in proxy answering `200 {"ok":true}`.
     pub async fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = store::connect(&testing::fresh_sqlite_url(dir.path()))
-            .await
-            .unwrap();
+        let url = testing::fresh_sqlite_url(dir.path());
+        let store = store::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
         let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
+        let db = Db::connect(&url).await.unwrap();
+        let config = HubConfig {
+            data_dir: dir.path().to_owned(),
+            ..HubConfig::default()
+        };
+        let queue = Arc::new(SqlQueue::new(
+            db.clone(),
+            Duration::from_secs(30),
+            Clock::system(),
+        ));
+        let bg = Background::with_queue(db, queue, vault.clone(), &config, Clock::system());
+        let (dlq_writer, _) = bg.spawn_writer().unwrap();
         let state = AdminState::new(
             store.clone(),
             vault,
             "-----BEGIN CERTIFICATE-----\n",
             &SecretString::new(BOOTSTRAP),
+            bg.dlq.clone(),
+            bg.jobs.clone(),
         )
         .with_shared_state(Arc::new(LocalState::new()))
         .with_proxy(&stand_in_proxy().await)
@@ -84,6 +106,8 @@ impl TestApp {
         Self {
             router: router(state),
             store,
+            bg,
+            dlq_writer,
             _dir: dir,
         }
     }
@@ -142,6 +166,61 @@ impl TestApp {
             .await;
         assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
         r.json()
+    }
+}
+
+impl TestApp {
+    /// Hands a failed call of `provider` (its JSON) to the DLQ writer and waits until it is
+    /// stored. `body: None` records a call whose body was too large (kept truncated: not
+    /// replayable).
+    pub async fn dlq_entry(&self, provider: &Value, body: Option<&[u8]>) -> Ulid {
+        let id = Ulid::new();
+        let call = FailedCall {
+            id,
+            provider_id: provider["id"].as_str().unwrap().parse().unwrap(),
+            provider: provider["name"].as_str().unwrap().to_owned(),
+            method: "POST".into(),
+            path: "/v1/charges?limit=3".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.map(Bytes::copy_from_slice),
+            body_truncated: body.is_none(),
+            idempotency_key: Some(format!("idem-{id}")),
+            request_id: format!("req-{id}"),
+            attempts: 2,
+            last_status: Some(503),
+            last_error: "status",
+            stop: "attempts_exhausted",
+            excerpt: "{\"error\":\"unavailable\"}".into(),
+            failed_at: chrono::Utc::now(),
+        };
+        self.dlq_writer
+            .send_durable(call, Duration::from_secs(5))
+            .await
+            .unwrap();
+        for _ in 0..200 {
+            if self.bg.dlq.get(id).await.is_ok() {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("DLQ entry {id} was not stored");
+    }
+
+    /// Submits an asynchronous job for `provider` (as the proxy does for `Prefer:
+    /// respond-async`); returns its id.
+    pub async fn job(&self, provider: &Value) -> Ulid {
+        let job = NewJob {
+            provider_id: provider["id"].as_str().unwrap().parse().unwrap(),
+            provider: provider["name"].as_str().unwrap().to_owned(),
+            method: "POST".into(),
+            path: "/v1/reports".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from_static(b"{\"month\":11}"),
+            idempotency_key: None,
+            request_id: "req-job".into(),
+            callback_url: None,
+        };
+        self.bg.jobs.submit(job).await.unwrap().id
     }
 }
 

@@ -13,7 +13,8 @@
 //!   it returns (and on the next start).
 //! - `store`: the `dlq_entries` table (SQLite and PostgreSQL, the same SQL).
 //! - `service`: what operators do — [`Dlq::list`], [`Dlq::get`], [`Dlq::body`],
-//!   [`Dlq::retry`], [`Dlq::retry_all`], [`Dlq::delete`].
+//!   [`Dlq::retry`], [`Dlq::retry_all`], [`Dlq::delete`]; and what metrics and health read:
+//!   [`Dlq::depth`], [`Dlq::depth_by_provider`], [`Dlq::replay_lag`].
 //! - `replay`: the worker task that re-sends an entry through the hub proxy (same pipeline as
 //!   live traffic, same idempotency key and request id) and records the outcome.
 //! - `retention`: the periodic job deleting expired entries (and old finished jobs).
@@ -33,7 +34,9 @@ use ulid::Ulid;
 
 use crate::provider::ProviderId;
 
-pub use model::{DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus, MAX_PAGE, ReplayOutcome};
+pub use model::{
+    DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus, MAX_PAGE, ProviderDepth, ReplayOutcome,
+};
 pub use retention::{Retention, Swept};
 pub use seal::{CALLER_HEADER, JOB_HEADER, REPLAY_HEADER, SealedEntry};
 pub use service::Dlq;

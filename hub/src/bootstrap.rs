@@ -218,6 +218,8 @@ impl Hub {
             self.vault.clone(),
             self.ca.cert_pem(),
             &self.admin_token()?,
+            self.background.dlq.clone(),
+            self.background.jobs.clone(),
         )
         .with_default_rate_limit(self.config.defaults.rate_limit_per_sec)
         .with_proxy(&proxy_url)

@@ -186,11 +186,27 @@ impl TestHub {
         tokio::spawn(hub::serve_proxy_ops(ops, server.clone(), stop_rx.clone()));
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
+        // The admin's DLQ/jobs services, over the same database. Nothing feeds them here (failed
+        // calls go to `exhausted`, no worker runs); the DLQ/jobs suites' WorkHub wires it all.
+        let db = hub_core::jobs::Db::connect(&url).await.unwrap();
+        let work = hub_core::jobs::Background::with_queue(
+            db.clone(),
+            Arc::new(hub_core::jobs::SqlQueue::new(
+                db,
+                Duration::from_secs(30),
+                hub_core::state::Clock::system(),
+            )),
+            vault.clone(),
+            &hub_core::config::HubConfig::default(),
+            hub_core::state::Clock::system(),
+        );
         let admin_state = hub_admin::AdminState::new(
             store.clone(),
             vault.clone(),
             ca_pem.as_str(),
             &SecretString::new(TEST_ADMIN_TOKEN),
+            work.dlq,
+            work.jobs,
         )
         .with_shared_state(admin_shared_state)
         .with_proxy(&format!("http://{proxy_addr}"))

@@ -27,10 +27,22 @@ pub async fn record(
     target: impl Display,
     detail: serde_json::Value,
 ) {
+    record_about(s, caller, action, Some(target.to_string()), detail).await;
+}
+
+/// Like [`record`], for an action that may have no single target (`dlq.retry_all` over every
+/// provider).
+pub async fn record_about(
+    s: &AdminState,
+    caller: &Caller,
+    action: &str,
+    target: Option<String>,
+    detail: serde_json::Value,
+) {
     let entry = AuditEntry {
         actor: caller.id.clone(),
         action: action.to_owned(),
-        target_id: Some(target.to_string()),
+        target_id: target,
         detail,
     };
     if let Err(e) = s.store.append_audit(entry.clone()).await {

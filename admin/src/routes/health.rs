@@ -1,10 +1,11 @@
 //! `GET /providers/{id}/health`: the provider's breaker and rate-limit state as the shared
-//! resilience state sees it, next to its configured policy.
+//! resilience state sees it, next to its configured policy, and its DLQ depth.
 //!
 //! Nothing is invented: `breaker`, `rateLimit.available` and `rateLimit.usedToday` are `null`
 //! when this admin service cannot see the proxy's state (an admin deployed apart from an
-//! in-process proxy, see [`crate::AdminState::with_shared_state`]). `recentOutcomes` and
-//! `dlqDepth` are `null` until outcome history and the DLQ exist (the DLQ issue fills them).
+//! in-process proxy, see [`crate::AdminState::with_shared_state`]). `recentOutcomes` is always
+//! `null`: the shared state keeps the breaker's current streak, not a history of outcomes (the
+//! proxy's `integration_upstream_attempts_total{provider,outcome}` has the counts).
 
 use axum::Json;
 use axum::extract::State;
@@ -31,10 +32,11 @@ pub struct HealthView {
     pub breaker: Option<BreakerView>,
     /// Configured limits and, when visible, their use.
     pub rate_limit: RateLimitView,
-    /// Outcome history; `null` until it is recorded.
+    /// Outcome history: always `null`, the shared state does not record one (kept so the
+    /// field can be filled without a breaking change).
     pub recent_outcomes: Option<serde_json::Value>,
-    /// Entries waiting in the DLQ; `null` until the DLQ exists.
-    pub dlq_depth: Option<u64>,
+    /// Unresolved (pending or queued) DLQ entries of this provider.
+    pub dlq_depth: u64,
 }
 
 /// Breaker view.
@@ -89,6 +91,7 @@ pub async fn get(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no provider with id {id}")))?;
     let policy = Policy::from_config(&record.config, s.default_rate_limit);
+    let dlq_depth = s.dlq.depth(id).await?;
     let snapshot = match &s.shared_state {
         Some(state) => Some(state.snapshot(id, &policy).await),
         None => None,
@@ -114,6 +117,6 @@ pub async fn get(
             used_today,
         },
         recent_outcomes: None,
-        dlq_depth: None,
+        dlq_depth,
     }))
 }

@@ -1,5 +1,5 @@
-//! The open endpoints: liveness, readiness (database and, when configured, Redis), the hub CA
-//! certificate and the OpenAPI document.
+//! The open endpoints: liveness, readiness (database and, when configured, Redis), Prometheus
+//! metrics, the hub CA certificate and the OpenAPI document.
 
 use std::time::Duration;
 
@@ -77,6 +77,15 @@ pub async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
 async fn ping_redis(client: &redis::Client) -> redis::RedisResult<()> {
     let mut conn = client.get_multiplexed_async_connection().await?;
     redis::cmd("PING").query_async::<()>(&mut conn).await
+}
+
+/// `GET /metrics`: the admin's own metrics (see [`crate::metrics`]). No token, as Prometheus
+/// scrapes it: the admin's NetworkPolicy admits only operators and the monitoring namespace.
+pub async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        s.metrics.render(),
+    )
 }
 
 /// `GET /api/v1/integrations/ca.pem`: the CA modules must trust.

@@ -147,6 +147,17 @@ pub struct DlqPage {
     pub next_cursor: Option<Ulid>,
 }
 
+/// How many unresolved (pending or queued) entries one provider has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderDepth {
+    /// Provider id.
+    pub provider_id: ProviderId,
+    /// The provider's name as its entries recorded it.
+    pub provider: String,
+    /// Unresolved entries.
+    pub depth: u64,
+}
+
 /// What can go wrong in the DLQ. `kind()` is a stable label for logs and metrics.
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {

@@ -1,15 +1,16 @@
 //! The DLQ as operators use it (the admin API's `/dlq` routes call these): list with cursor
 //! pagination and filters, get, the sealed body (opened on request), retry one, retry all
-//! (queued, answered at once with the count), delete.
+//! (queued, answered at once with the count), delete; and the aggregates metrics and health
+//! read (depth per provider, replay lag), one query each.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ulid::Ulid;
 
-use super::model::{DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus};
+use super::model::{DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus, ProviderDepth};
 use super::seal::open_body;
-use super::store::{EntryRow, EntryStore};
+use super::store::{EntryRow, EntryStore, lag};
 use crate::jobs::db::Db;
 use crate::jobs::queue::{Task, TaskKind, WorkQueue};
 use crate::provider::ProviderId;
@@ -136,7 +137,42 @@ impl Dlq {
         }
     }
 
-    /// Counts entries by status for one provider or all (a page walk; for tests and health).
+    /// One provider's DLQ depth: its unresolved (pending or queued) entries. One `COUNT`.
+    pub async fn depth(&self, provider: ProviderId) -> Result<u64, DlqError> {
+        let n = self.store.unresolved_count(provider).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The DLQ depth of every provider that has unresolved entries (one grouped query).
+    pub async fn depth_by_provider(&self) -> Result<Vec<ProviderDepth>, DlqError> {
+        self.store
+            .unresolved_by_provider()
+            .await?
+            .into_iter()
+            .map(|(id, provider, n)| {
+                let provider_id = Ulid::from_string(&id).map_err(|e| DlqError::Corrupt {
+                    id: id.clone(),
+                    detail: format!("provider_id is not a ULID: {e}"),
+                })?;
+                Ok(ProviderDepth {
+                    provider_id,
+                    provider,
+                    depth: u64::try_from(n).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// How long the longest-waiting queued replay has been due without a worker taking it
+    /// (zero when none waits).
+    pub async fn replay_lag(&self) -> Result<Duration, DlqError> {
+        let now = self.clock.unix_ms();
+        let oldest = self.store.oldest_due_queued(now).await?;
+        Ok(lag(now, oldest))
+    }
+
+    /// Counts entries by status for one provider or all (a page walk, for tests; health and
+    /// metrics use [`Self::depth`] and [`Self::depth_by_provider`], one query each).
     pub async fn count(
         &self,
         provider: Option<ProviderId>,

@@ -56,6 +56,13 @@ pub(crate) fn utc(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
 }
 
+/// `now - due` as a duration (zero when nothing is due, or the clock moved back).
+pub(crate) fn lag(now_ms: i64, due_ms: Option<i64>) -> std::time::Duration {
+    due_ms.map_or(std::time::Duration::ZERO, |due| {
+        std::time::Duration::from_millis(u64::try_from(now_ms.saturating_sub(due)).unwrap_or(0))
+    })
+}
+
 impl EntryRow {
     /// Decodes the row; `Err` names what is corrupt.
     pub fn to_entry(&self) -> Result<DlqEntry, String> {
@@ -306,6 +313,43 @@ impl EntryStore {
             id.to_string()
         )?;
         Ok(())
+    }
+
+    /// Unresolved entries (pending or queued) of one provider.
+    pub async fn unresolved_count(&self, provider: Ulid) -> Result<i64, sqlx::Error> {
+        let counts = scalars!(
+            i64,
+            &self.db,
+            "SELECT COUNT(*) FROM dlq_entries WHERE provider_id = ? \
+             AND status IN ('pending', 'queued')",
+            provider.to_string()
+        )?;
+        Ok(counts.first().copied().unwrap_or(0))
+    }
+
+    /// Unresolved entries per provider that has any: `(provider_id, provider name, count)`.
+    pub async fn unresolved_by_provider(&self) -> Result<Vec<(String, String, i64)>, sqlx::Error> {
+        fetch!(
+            fetch_all,
+            (String, String, i64),
+            &self.db,
+            // IN, not <> 'resolved': the (status, id) index then skips the resolved rows.
+            "SELECT provider_id, MAX(provider), COUNT(*) FROM dlq_entries \
+             WHERE status IN ('pending', 'queued') GROUP BY provider_id"
+        )
+    }
+
+    /// When the longest-waiting due, unleased queued entry became due (ms), if any.
+    pub async fn oldest_due_queued(&self, now_ms: i64) -> Result<Option<i64>, sqlx::Error> {
+        let oldest = scalars!(
+            Option<i64>,
+            &self.db,
+            "SELECT MIN(due_at) FROM dlq_entries WHERE status = 'queued' AND due_at <= ? \
+             AND (lease_until IS NULL OR lease_until <= ?)",
+            now_ms,
+            now_ms
+        )?;
+        Ok(oldest.into_iter().flatten().next())
     }
 
     /// Deletes up to `limit` expired entries.

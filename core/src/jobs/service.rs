@@ -79,6 +79,36 @@ impl Jobs {
         }
     }
 
+    /// How many jobs each status has, every status listed (zero included). One grouped query.
+    pub async fn count_by_status(&self) -> Result<Vec<(JobStatus, u64)>, JobError> {
+        let rows = self.store.count_by_status().await?;
+        let all = [
+            JobStatus::Pending,
+            JobStatus::Processing,
+            JobStatus::Completed,
+            JobStatus::Failed,
+        ];
+        Ok(all
+            .into_iter()
+            .map(|status| {
+                let n = rows
+                    .iter()
+                    .filter(|(s, _)| s == status.as_str())
+                    .map(|(_, n)| u64::try_from(*n).unwrap_or(0))
+                    .sum();
+                (status, n)
+            })
+            .collect())
+    }
+
+    /// How long the longest-waiting due job has gone without a worker taking it (zero when
+    /// none waits; a job whose worker died counts from when it was due).
+    pub async fn queue_lag(&self) -> Result<Duration, JobError> {
+        let now = self.clock.unix_ms();
+        let oldest = self.store.oldest_due(now).await?;
+        Ok(crate::dlq::store::lag(now, oldest))
+    }
+
     fn receipt(id: Ulid, status: JobStatus, created: bool) -> JobReceipt {
         JobReceipt {
             id,

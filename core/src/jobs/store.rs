@@ -298,6 +298,29 @@ impl JobStore {
         )
     }
 
+    /// Jobs per stored status: `(status, count)` for each status that has any.
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        fetch!(
+            fetch_all,
+            (String, i64),
+            &self.db,
+            "SELECT status, COUNT(*) FROM jobs GROUP BY status"
+        )
+    }
+
+    /// When the longest-waiting due, unleased, unfinished job became due (ms), if any.
+    pub async fn oldest_due(&self, now_ms: i64) -> Result<Option<i64>, sqlx::Error> {
+        let oldest = scalars!(
+            Option<i64>,
+            &self.db,
+            "SELECT MIN(due_at) FROM jobs WHERE status IN ('pending', 'processing') \
+             AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?)",
+            now_ms,
+            now_ms
+        )?;
+        Ok(oldest.into_iter().flatten().next())
+    }
+
     /// Callbacks overdue by the grace period.
     pub async fn overdue_callbacks(
         &self,

@@ -315,7 +315,7 @@ async fn health_reports_the_shared_breaker_and_rate_limit() {
             json!({"providerId": id, "name": "pay", "status": "active",
                    "breaker": {"state": "CLOSED", "consecutiveFailures": 0, "openedAt": null, "openUntil": null},
                    "rateLimit": {"ratePerSec": 50, "burst": 10, "dailyQuota": 1000, "available": 10, "usedToday": 0},
-                   "recentOutcomes": null, "dlqDepth": null}),
+                   "recentOutcomes": null, "dlqDepth": 0}),
             "{backend:?}"
         );
 

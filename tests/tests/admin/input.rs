@@ -6,7 +6,7 @@
 use hub_tests::{TestHub, TestPki};
 use serde_json::{Value, json};
 
-use crate::support::{ADMIN, Api, BACKENDS, NOBODY, PROVIDERS, raw_http};
+use crate::support::{ADMIN, Api, BACKENDS, DLQ, NOBODY, PROVIDERS, raw_http};
 
 /// Method, path, content type, body, expected status and code.
 type BadBody<'a> = (&'a str, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
@@ -124,7 +124,23 @@ async fn ids_and_path_tricks_are_4xx() {
                 "invalid_id",
             ),
             ("/api/v1/integrations/nope".to_owned(), 404, "not_found"),
-            ("/api/v1/integrations/dlq".to_owned(), 404, "not_found"),
+            (format!("{DLQ}/{NOBODY}"), 404, "not_found"),
+            (format!("{DLQ}/{NOBODY}/body"), 404, "not_found"),
+            (
+                format!("/api/v1/integrations/jobs/{NOBODY}"),
+                404,
+                "not_found",
+            ),
+            (format!("{DLQ}/not-a-ulid"), 400, "invalid_id"),
+            (
+                format!("/api/v1/integrations/jobs/{NOBODY}x"),
+                400,
+                "invalid_id",
+            ),
+            (format!("{DLQ}?providerId=nope"), 400, "invalid_query"),
+            (format!("{DLQ}?status=lost"), 400, "invalid_query"),
+            (format!("{DLQ}?cursor=1"), 400, "invalid_query"),
+            (format!("{DLQ}?limit=201"), 400, "invalid_query"),
         ] {
             api.admin("GET", &path, None).await.problem(status, code);
         }

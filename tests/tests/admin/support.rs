@@ -1,15 +1,20 @@
 //! What the admin tests share: a client for a test hub's admin API that keeps a transcript of
 //! every answer (status line, headers, body) so a test can prove a secret never came back, raw
-//! HTTP for requests a URL library would normalize, and polling.
+//! HTTP for requests a URL library would normalize, polling, and an admin server in front of
+//! the DLQ/jobs suites' [`WorkHub`] (real DLQ writer, work queue and worker).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use hub_core::secret::SecretString;
 use hub_tests::harness::TEST_ADMIN_TOKEN;
 use hub_tests::{Backend, TestHub};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::work::WorkHub;
 
 /// Every test runs on both stores.
 pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
@@ -17,6 +22,8 @@ pub const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 pub const ADMIN: &str = TEST_ADMIN_TOKEN;
 /// The providers collection.
 pub const PROVIDERS: &str = "/api/v1/integrations/providers";
+/// The DLQ collection.
+pub const DLQ: &str = "/api/v1/integrations/dlq";
 /// A well-formed ULID nothing has.
 pub const NOBODY: &str = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
@@ -67,8 +74,13 @@ pub struct Api {
 impl Api {
     /// A client for `hub` (no proxy: the admin API is called directly).
     pub fn new(hub: &TestHub) -> Self {
+        Self::at(hub.admin_url())
+    }
+
+    /// A client for the admin API at `base` (`http://host:port`).
+    pub fn at(base: String) -> Self {
         Self {
-            base: hub.admin_url(),
+            base,
             http: reqwest::Client::builder()
                 .no_proxy()
                 .timeout(Duration::from_secs(30))
@@ -209,4 +221,26 @@ where
         assert!(start.elapsed() < within, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An admin server (bootstrap token [`ADMIN`]) over a [`WorkHub`]'s store, DLQ and jobs, its
+/// `POST /call` through that hub's proxy, its gauges refreshed every 100 ms. It stops when the
+/// returned sender is dropped.
+pub async fn admin_for(hub: &WorkHub) -> (Api, watch::Sender<bool>) {
+    let state = hub_admin::AdminState::new(
+        hub.store.clone(),
+        hub.vault.clone(),
+        "-----BEGIN CERTIFICATE-----\n(not served in these tests)\n",
+        &SecretString::new(ADMIN),
+        hub.bg.dlq.clone(),
+        hub.bg.jobs.clone(),
+    )
+    .with_proxy(&hub.proxy_url())
+    .unwrap()
+    .with_gauge_period(Duration::from_millis(100));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, rx) = watch::channel(false);
+    tokio::spawn(hub_admin::serve(listener, state, rx));
+    (Api::at(base), stop)
 }

@@ -4,6 +4,8 @@
 //! to the code and not to the document fails as surely as one removed), and documented headers
 //! must be present.
 
+mod work;
+
 use std::collections::BTreeSet;
 
 use axum::body::Body;
@@ -295,6 +297,8 @@ async fn every_operation_answers_what_the_document_says() {
         &app.send("GET", "/api/v1/integrations/audit?cursor=abc", b, None)
             .await,
     );
+
+    work::exercise(&app, &mut c).await;
 
     for r in ROUTES {
         assert!(
