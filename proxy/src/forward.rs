@@ -654,9 +654,7 @@ pub fn upstream_header(
         let key = match up.headers.get(h.as_str()).and_then(|v| v.to_str().ok()) {
             Some(k) => k.to_owned(),
             None => {
-                let k = idempotency_key
-                    .clone()
-                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let k = idempotency_key.clone().unwrap_or_else(hygiene::new_uuid);
                 up.insert_header(h.to_ascii_lowercase(), k.as_str())?;
                 k
             }

@@ -64,7 +64,15 @@ pub fn request_id(req: &RequestHeader) -> String {
                 && v.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(new_uuid, str::to_owned)
+}
+
+/// A random (v4) UUID from the thread-local RNG: `Uuid::new_v4` asks the OS (a `getrandom`
+/// syscall) every time, and ids are made for every call.
+pub fn new_uuid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 #[cfg(test)]
