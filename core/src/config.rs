@@ -204,6 +204,10 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `log.level` (env `HUB_LOG`, default `info`): a tracing filter, e.g. `info,hub_proxy=debug`.
     pub level: String,
+    /// `log.otlp_endpoint` (env `HUB_OTLP_ENDPOINT`, or the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`): an OTLP/HTTP collector, e.g. `http://otel-collector:4318`;
+    /// each call is exported as one span of its continued W3C trace. Unset: no export.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Log line format.
@@ -274,6 +278,7 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Json,
             level: "info".into(),
+            otlp_endpoint: None,
         }
     }
 }
@@ -376,6 +381,9 @@ impl HubConfig {
         if let Some(v) = get("HUB_LOG") {
             self.log.level = v;
         }
+        if let Some(v) = get("HUB_OTLP_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+            self.log.otlp_endpoint = Some(v);
+        }
         work::apply_env(&mut self.dlq, &mut self.jobs, &get)?;
         Ok(())
     }
@@ -436,6 +444,11 @@ impl HubConfig {
         }
         if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
             return invalid("ca.key_file", "ca.cert_file and ca.key_file go together");
+        }
+        if let Some(url) = &self.log.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid("log.otlp_endpoint", "must start with http:// or https://");
         }
         if tracing_filter_is_empty(&self.log.level) {
             return invalid("log.level", "must not be empty");

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod config;
 pub mod dlq;
 pub mod jobs;
+pub mod otlp;
 pub mod provider;
 pub mod secret;
 pub mod state;

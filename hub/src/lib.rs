@@ -295,6 +295,10 @@ pub async fn start_proxy(
         replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
         exhausted: Some(Arc::new(dlq)),
         jobs: Some(hub.background.jobs.clone()),
+        spans: hub.config.log.otlp_endpoint.as_deref().map(|endpoint| {
+            tracing::info!(endpoint, "exporting call spans over OTLP/HTTP");
+            hub_core::otlp::OtlpExporter::spawn(endpoint, "integration-hub")
+        }),
         upstream_ca_file: hub.config.proxy.upstream_ca_file.clone(),
         data_dir: hub.config.data_dir.clone(),
         leaf_cache_size: hub.config.proxy.leaf_cache_size,

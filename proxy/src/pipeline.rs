@@ -24,6 +24,7 @@ use crate::problem::Problem;
 use crate::registry::{Provider, Registry};
 use crate::trace::TraceContext;
 use hub_core::jobs::JobSubmitter;
+use hub_core::otlp::{CallSpan, OtlpExporter};
 use tracing::Instrument;
 
 /// The target of the CONNECT tunnel a request arrived through.
@@ -58,6 +59,7 @@ pub struct HubProxy {
     resolver: Resolver,
     forwarder: Arc<Forwarder>,
     jobs: Option<Arc<dyn JobSubmitter>>,
+    spans: Option<OtlpExporter>,
 }
 
 impl HubProxy {
@@ -66,12 +68,14 @@ impl HubProxy {
         registry: Arc<Registry>,
         forwarder: Arc<Forwarder>,
         jobs: Option<Arc<dyn JobSubmitter>>,
+        spans: Option<OtlpExporter>,
     ) -> Self {
         Self {
             registry,
             resolver: Resolver::default(),
             forwarder,
             jobs,
+            spans,
         }
     }
 }
@@ -450,6 +454,29 @@ impl ProxyHttp for HubProxy {
             bytes_out = session.body_bytes_sent(),
             "call"
         );
+        if let (Some(exporter), Some(trace)) = (&self.spans, &ctx.trace) {
+            let end = std::time::SystemTime::now();
+            exporter.export(CallSpan {
+                trace_id: trace.trace_id.clone(),
+                span_id: trace.span_id.clone(),
+                parent_span_id: trace.parent_id.clone(),
+                name: "hub.call",
+                start: end - total,
+                end,
+                attributes: vec![
+                    ("hub.provider", provider.to_owned()),
+                    ("http.request.method", req.method.as_str().to_owned()),
+                    ("url.path", Self::log_path(ctx)),
+                    ("hub.request_id", ctx.request_id.clone().unwrap_or_default()),
+                    ("hub.code", ctx.problem_code.unwrap_or("").to_owned()),
+                ],
+                int_attributes: vec![
+                    ("http.response.status_code", i64::from(status)),
+                    ("hub.attempts", i64::from(ctx.attempts)),
+                ],
+                error: status == 0 || status >= 500,
+            });
+        }
     }
 }
 

@@ -110,6 +110,8 @@ pub struct ProxyOptions {
     pub exhausted: Option<Arc<dyn DeadLetterSink>>,
     /// Where `Prefer: respond-async` calls are persisted as jobs; `None` = served synchronously.
     pub jobs: Option<Arc<dyn JobSubmitter>>,
+    /// OTLP trace export (one span per call); `None` = off.
+    pub spans: Option<hub_core::otlp::OtlpExporter>,
     /// Extra PEM roots trusted for upstream TLS on top of the system roots.
     pub upstream_ca_file: Option<PathBuf>,
     /// Where derived files (the combined root bundle) go.
@@ -190,7 +192,12 @@ impl ProxyServer {
         ));
         let app = Arc::new(http_proxy(
             &conf,
-            HubProxy::new(registry.clone(), forwarder, opts.jobs.clone()),
+            HubProxy::new(
+                registry.clone(),
+                forwarder,
+                opts.jobs.clone(),
+                opts.spans.clone(),
+            ),
         ));
         let resolver = Arc::new(LeafResolver::new(
             ca,

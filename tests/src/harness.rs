@@ -126,6 +126,16 @@ impl TestHub {
         pki: &TestPki,
         state: Arc<dyn hub_core::state::SharedState>,
     ) -> Option<Self> {
+        Self::start_full(backend, pki, state, None).await
+    }
+
+    /// Starts a hub that also exports call spans to the OTLP/HTTP collector at `otlp`.
+    pub async fn start_full(
+        backend: Backend,
+        pki: &TestPki,
+        state: Arc<dyn hub_core::state::SharedState>,
+        otlp: Option<String>,
+    ) -> Option<Self> {
         crate::logs::init();
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = match backend {
@@ -172,6 +182,7 @@ impl TestHub {
             replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
             exhausted: Some(Arc::new(exhausted_tx)),
             jobs: None,
+            spans: otlp.map(|endpoint| hub_core::otlp::OtlpExporter::spawn(&endpoint, "hub-test")),
             upstream_ca_file: Some(pki.ca_file.clone()),
             data_dir: dir.path().to_owned(),
             leaf_cache_size: 100,

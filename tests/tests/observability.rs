@@ -221,3 +221,66 @@ async fn one_calls_trace_runs_from_the_caller_through_the_hub_logs_to_the_provid
         );
     }
 }
+
+#[tokio::test]
+async fn call_spans_are_exported_over_otlp_in_the_callers_trace() {
+    let pki = TestPki::new();
+    // A plain-HTTP fake stands in for the collector: it records what it receives.
+    let collector = FakeProvider::start(None).await;
+    let endpoint = format!("http://127.0.0.1:{}", collector.port);
+    let state = std::sync::Arc::new(hub_core::state::LocalState::new());
+    let Some(hub) = TestHub::start_full(Backend::Sqlite, &pki, state, Some(endpoint)).await else {
+        return;
+    };
+    let f = FakeProvider::start(Some(pki.server_config.clone())).await;
+    hub.add_provider(provider_json(
+        "otel",
+        "api.otel.test",
+        &f,
+        json!({"type": "query", "name": "key", "value": "otel_SECRET"}),
+    ))
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = client(&hub)
+        .get(format!("https://api.otel.test:{}/v1/x?key=dummy", f.port))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while collector.requests().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no span exported");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let post = &collector.requests()[0];
+    assert_eq!(
+        (post.method.as_str(), post.target.as_str()),
+        ("POST", "/v1/traces")
+    );
+    let body: serde_json::Value = serde_json::from_slice(&post.body).unwrap();
+    let span = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+    assert_eq!(span["traceId"], trace_id);
+    assert_eq!(span["parentSpanId"], "00f067aa0ba902b7");
+    let hub_span = f.requests()[0]
+        .header("traceparent")
+        .unwrap()
+        .split('-')
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        span["spanId"],
+        hub_span.as_str(),
+        "the exported span is the provider's parent"
+    );
+    let text = body.to_string();
+    assert!(
+        text.contains("otel") && text.contains("key=[redacted]"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("otel_SECRET"),
+        "a credential in an exported span"
+    );
+}

@@ -183,6 +183,7 @@ impl WorkHub {
             replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
             exhausted: Some(Arc::new(exhausted_tx)),
             jobs: Some(bg.jobs.clone()),
+            spans: None,
             upstream_ca_file: Some(pki.ca_file.clone()),
             data_dir: dir.path().to_owned(),
             leaf_cache_size: 100,
