@@ -25,11 +25,13 @@ run_profile() {
         log "profile: $mode load: $(python3 "$BENCH/report.py" oha "$WORK/profile-$mode.json" | awk '{printf "%.0f req/s", $1}')"
         perf report -i "$data" --stdio --no-children --sort dso -g none --percent-limit 0.5 \
             >"$RESULTS/perf-$mode-dso.txt" 2>/dev/null || true
-        perf report -i "$data" --stdio --no-children --sort symbol -g none --percent-limit 0.3 \
+        perf report -i "$data" --stdio --no-children --sort symbol -g none --percent-limit 0.05 \
             >"$RESULTS/perf-$mode-self.txt" 2>/dev/null || true
-        perf report -i "$data" --stdio --children --sort symbol -g none --percent-limit 1.5 \
+        perf report -i "$data" --stdio --children --sort symbol -g none --percent-limit 0.3 \
             >"$RESULTS/perf-$mode-children.txt" 2>/dev/null || true
-        log "profile: $RESULTS/perf-$mode-{dso,self,children}.txt"
+        python3 "$BENCH/perf_summary.py" "$RESULTS/perf-$mode-children.txt" "$RESULTS/perf-$mode-self.txt" \
+            "$RESULTS/perf-$mode-dso.txt" >"$RESULTS/perf-$mode-summary.txt"
+        log "profile: $RESULTS/perf-$mode-{summary,dso,self,children}.txt"
     done
     run_syscalls
 }
@@ -51,6 +53,12 @@ run_syscalls() {
         timeout --kill-after=5 $((secs + 30)) perf trace -s -p "$pid" -o "$WORK/trace-$mode.txt" -- sleep "$secs" \
             >/dev/null 2>&1 || true
         r1=$(metric_total integration_requests_total)
+        # Who makes the syscalls that are not the request's own I/O: call chains of each.
+        timeout --kill-after=5 30 perf record -q -e syscalls:sys_enter_getpeername -e syscalls:sys_enter_getrandom \
+            -e syscalls:sys_enter_write --call-graph dwarf,16384 -p "$pid" -o "$WORK/sc-$mode.data" -- sleep 1 \
+            >/dev/null 2>&1 || true
+        perf report -i "$WORK/sc-$mode.data" --stdio --no-children --sort sym -G --percent-limit 5 \
+            >"$RESULTS/syscalls-$mode-callers.txt" 2>/dev/null || true
         wait "$load" 2>/dev/null || true
         truncate_logs
         awk -v n=$((r1 - r0)) -v mode="$mode" '

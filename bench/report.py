@@ -165,8 +165,8 @@ def table(runs_path, machine_path, tunnels_path):
 
 def memory_section(runs, tunnels_path):
     out = ["### Memory", ""]
-    out.append("| target | peak RSS under 64-connection HTTPS load, MiB | idle tunnels held | RSS before, MiB | RSS holding them, MiB | per tunnel, KiB | RSS after closing, MiB |")
-    out.append("|---|---:|---:|---:|---:|---:|---:|")
+    out.append("| target | peak RSS under 64-connection HTTPS load, MiB | idle tunnels held | RSS before, MiB | RSS holding them, MiB | per tunnel, KiB | RSS after closing, MiB | tunnels left open |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     tun = {}
     try:
         with open(tunnels_path) as f:
@@ -196,12 +196,11 @@ def memory_section(runs, tunnels_path):
         if "error" in r:
             held = r["error"]
         per = r.get("per_tunnel_kb")
+        left = r.get("open_tunnels_after_close")
         out.append(
-            f"| {TARGETS[t]} | {rss / 1024:.1f} | {held} | {mib('rss_before_kb')} | {mib('rss_holding_kb')} | "
-            f"{per if per is not None else '–'} | {mib('rss_after_close_kb')} |"
-            if rss else
-            f"| {TARGETS[t]} | – | {held} | {mib('rss_before_kb')} | {mib('rss_holding_kb')} | "
-            f"{per if per is not None else '–'} | {mib('rss_after_close_kb')} |"
+            f"| {TARGETS[t]} | {f'{rss / 1024:.1f}' if rss else '–'} | {held} | {mib('rss_before_kb')} | "
+            f"{mib('rss_holding_kb')} | {per if per is not None else '–'} | {mib('rss_after_close_kb')} | "
+            f"{'–' if left is None else f'{left:.0f}'} |"
         )
     out.append("")
     return out

@@ -117,8 +117,15 @@ async def main():
     gauge = scrape(args.metrics, "integration_open_tunnels")
     for w in held:
         w.close()
+    # Wait until the proxy has let go of them (its gauge, where it has one), at most 20 s.
     await asyncio.sleep(3)
+    for _ in range(34):
+        left = scrape(args.metrics, "integration_open_tunnels")
+        if left is None or left == 0:
+            break
+        await asyncio.sleep(0.5)
     after = rss_kb(pids)
+    left = scrape(args.metrics, "integration_open_tunnels")
     out = {
         "requested": args.count,
         "open": len(held),
@@ -131,6 +138,7 @@ async def main():
         "rss_after_close_kb": after,
         "per_tunnel_kb": round((holding - before) / len(held), 1) if held else None,
         "open_tunnels_gauge": gauge,
+        "open_tunnels_after_close": left,
     }
     print(json.dumps(out))
 
