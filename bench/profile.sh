@@ -32,6 +32,8 @@ run_profile() {
         python3 "$BENCH/perf_summary.py" "$RESULTS/perf-$mode-children.txt" "$RESULTS/perf-$mode-self.txt" \
             "$RESULTS/perf-$mode-dso.txt" >"$RESULTS/perf-$mode-summary.txt"
         log "profile: $RESULTS/perf-$mode-{summary,dso,self,children}.txt"
+        # The raw samples are ~200 MB per mode: kept only with --keep (for drilling with perf report).
+        ((KEEP)) || rm -f "$data"
     done
     run_syscalls
 }
