@@ -36,8 +36,6 @@ use crate::registry::Provider;
 pub const DEFAULT_REPLAY_LIMIT: usize = 1024 * 1024;
 /// Request header a caller may use to ask for a smaller total budget, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-hub-timeout-ms";
-/// Bound on the queue of exhausted calls waiting for the dead-letter writer.
-pub const EXHAUSTED_QUEUE: usize = 1024;
 /// How long a pooled upstream connection may idle.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Length of the upstream response excerpt kept for a failed call.

@@ -359,18 +359,9 @@ impl ProxyHttp for HubProxy {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         use ErrorType::*;
-        let provider = ctx
-            .provider
-            .as_ref()
-            .map_or("-", |p| p.name.as_str())
-            .to_owned();
+        // Upstream outcomes never arrive here: the forwarder answers them (502/504 with the DLQ
+        // id). What remains is input Pingora could not parse, a caller gone, or a hub fault.
         let problem = match e.etype() {
-            ConnectTimedout | ReadTimedout | WriteTimedout => Some(Problem::new(
-                504,
-                "upstream_timeout",
-                "Upstream timeout",
-                format!("provider {provider} did not answer in time"),
-            )),
             HTTPStatus(code) if *code >= 400 => Some(Problem::new(
                 *code,
                 "bad_request",
@@ -378,22 +369,18 @@ impl ProxyHttp for HubProxy {
                 "the request could not be processed",
             )),
             _ => match e.esource() {
-                ErrorSource::Upstream => Some(Problem::new(
-                    502,
-                    "upstream_unreachable",
-                    "Upstream unreachable",
-                    format!("cannot reach provider {provider}: {}", e.etype().as_str()),
-                )),
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed => None,
                     _ => Some(Problem::bad_request("malformed request")),
                 },
-                ErrorSource::Internal | ErrorSource::Unset => Some(Problem::new(
-                    500,
-                    "internal_error",
-                    "Internal error",
-                    "the hub failed to process the request",
-                )),
+                ErrorSource::Upstream | ErrorSource::Internal | ErrorSource::Unset => {
+                    Some(Problem::new(
+                        500,
+                        "internal_error",
+                        "Internal error",
+                        "the hub failed to process the request",
+                    ))
+                }
             },
         };
         let code = match problem {
