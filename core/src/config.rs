@@ -129,6 +129,10 @@ pub struct ProxyConfig {
     /// `proxy.leaf_validity_hours` (default 24): lifetime of minted leaves; they are renewed
     /// when less than a quarter of it remains.
     pub leaf_validity_hours: u32,
+    /// `proxy.worker_threads` (env `HUB_PROXY_WORKER_THREADS`, default 0 = one per CPU): threads
+    /// serving proxy connections, each a single-threaded runtime holding its connections from
+    /// accept to close (no work stealing). At most 1024.
+    pub worker_threads: usize,
 }
 
 /// `admin:` section.
@@ -208,6 +212,13 @@ pub struct LogConfig {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`): an OTLP/HTTP collector, e.g. `http://otel-collector:4318`;
     /// each call is exported as one span of its continued W3C trace. Unset: no export.
     pub otlp_endpoint: Option<String>,
+    /// `log.access_flush_ms` (env `HUB_LOG_ACCESS_FLUSH_MS`, default 50): access lines
+    /// (`hub::access`, one per call) are written to stderr in batches at most this many
+    /// milliseconds apart (or at 64 KiB), as nginx's `access_log ... buffer= flush=` does; a
+    /// batch saves a `write(2)` per call. Warnings, errors and other lines are written at once,
+    /// after what is pending. A crash loses at most this window of access lines. `0`: each
+    /// access line is written at once. At most 10000.
+    pub access_flush_ms: u64,
 }
 
 /// Log line format.
@@ -251,6 +262,7 @@ impl Default for ProxyConfig {
             registry_poll_ms: DEFAULT_REGISTRY_POLL_MS,
             leaf_cache_size: DEFAULT_LEAF_CACHE_SIZE,
             leaf_validity_hours: DEFAULT_LEAF_VALIDITY_HOURS,
+            worker_threads: 0,
         }
     }
 }
@@ -279,6 +291,7 @@ impl Default for LogConfig {
             format: LogFormat::Json,
             level: "info".into(),
             otlp_endpoint: None,
+            access_flush_ms: 50,
         }
     }
 }
@@ -384,6 +397,12 @@ impl HubConfig {
         if let Some(v) = get("HUB_OTLP_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
             self.log.otlp_endpoint = Some(v);
         }
+        if let Some(v) = get("HUB_PROXY_WORKER_THREADS") {
+            self.proxy.worker_threads = parse("HUB_PROXY_WORKER_THREADS", &v)?;
+        }
+        if let Some(v) = get("HUB_LOG_ACCESS_FLUSH_MS") {
+            self.log.access_flush_ms = parse("HUB_LOG_ACCESS_FLUSH_MS", &v)?;
+        }
         work::apply_env(&mut self.dlq, &mut self.jobs, &get)?;
         Ok(())
     }
@@ -412,6 +431,9 @@ impl HubConfig {
         }
         if self.proxy.leaf_cache_size == 0 {
             return invalid("proxy.leaf_cache_size", "must be at least 1");
+        }
+        if self.proxy.worker_threads > 1024 {
+            return invalid("proxy.worker_threads", "must be at most 1024");
         }
         if !(1..=24 * 90).contains(&self.proxy.leaf_validity_hours) {
             return invalid("proxy.leaf_validity_hours", "must be between 1 and 2160");
@@ -444,6 +466,9 @@ impl HubConfig {
         }
         if self.ca.cert_file.is_some() != self.ca.key_file.is_some() {
             return invalid("ca.key_file", "ca.cert_file and ca.key_file go together");
+        }
+        if self.log.access_flush_ms > 10_000 {
+            return invalid("log.access_flush_ms", "must be at most 10000");
         }
         if let Some(url) = &self.log.otlp_endpoint
             && !(url.starts_with("http://") || url.starts_with("https://"))

@@ -3,6 +3,7 @@
 //! `keys generate`.
 
 mod bootstrap;
+mod logsink;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,13 +83,17 @@ pub fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_command(cli.command, config)) {
+    let code = match runtime.block_on(run_command(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "hub failed");
             ExitCode::FAILURE
         }
+    };
+    if let Some(sink) = LOG_SINK.get() {
+        sink.flush();
     }
+    code
 }
 
 /// Pingora's own DEBUG/TRACE lines print whole upstream request heads, which carry injected
@@ -106,11 +111,17 @@ pub fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
 /// Logs go straight to stderr, one `write` per line. A background writer thread
 /// (tracing-appender) was tried and measured worse: its channel spins with `sched_yield`
 /// (2.4 calls per request at one connection), costing more than the write it moved.
+/// The process's log output, flushed once more at exit.
+static LOG_SINK: std::sync::OnceLock<logsink::LogSink> = std::sync::OnceLock::new();
+
 fn init_logging(config: &HubConfig) {
     let filter = log_filter(&config.log.level);
+    let sink = LOG_SINK
+        .get_or_init(|| logsink::LogSink::stderr(Duration::from_millis(config.log.access_flush_ms)))
+        .clone();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(sink);
     let _ = match config.log.format {
         LogFormat::Json => builder
             .json()
@@ -297,6 +308,10 @@ pub async fn start_proxy(
         data_dir: hub.config.data_dir.clone(),
         leaf_cache_size: hub.config.proxy.leaf_cache_size,
         leaf_validity: Duration::from_secs(u64::from(hub.config.proxy.leaf_validity_hours) * 3600),
+        worker_threads: Some(match hub.config.proxy.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        }),
     };
     ProxyServer::new(registry, hub.ca.clone(), &opts)
 }

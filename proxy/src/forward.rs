@@ -7,6 +7,8 @@
 //! (rate limit + breaker), bounded by the per-attempt timeout and the call's deadline, and its
 //! outcome recorded. Only the final attempt's response is streamed to the caller.
 
+mod pool;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,7 @@ use hub_core::state::{
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
@@ -36,8 +39,6 @@ use crate::registry::Provider;
 pub const DEFAULT_REPLAY_LIMIT: usize = 1024 * 1024;
 /// Request header a caller may use to ask for a smaller total budget, in milliseconds.
 pub const TIMEOUT_HEADER: &str = "x-hub-timeout-ms";
-/// How long a pooled upstream connection may idle.
-const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Length of the upstream response excerpt kept for a failed call.
 const EXCERPT_LEN: usize = 512;
 
@@ -206,7 +207,11 @@ impl Forwarder {
             }
         }
         let method = header.method.as_str().to_owned();
-        let peer = peer_for(provider, addr);
+        let peer = Upstream {
+            peer: peer_for(provider, addr),
+            key: pool_key(provider, addr),
+            io_timeout: Duration::from_millis(provider.config.timeout_ms.into()),
+        };
         let mut attempts = 0u32;
         let mut last: Option<(AttemptEnd, String)> = None;
         // Why the attempts ended, and the circuit's Retry-After when it closed the door mid-call.
@@ -242,8 +247,10 @@ impl Forwarder {
             }
             let attempt_started = Instant::now();
             let timeout = plan.attempt_timeout(Instant::now());
+            // Pingora's timer (10 ms ticks, shared, armed only once the attempt waits): tokio's
+            // re-armed a reactor wake-up (an eventfd write) per request.
             let attempt =
-                match tokio::time::timeout(timeout, self.attempt(session, &peer, &header, &body))
+                match pingora::time::timeout(timeout, self.attempt(session, &peer, &header, &body))
                     .await
                 {
                     Ok(a) => a,
@@ -358,15 +365,30 @@ impl Forwarder {
         }
     }
 
+    /// One attempt: on a pooled connection when there is one. A pooled connection that turns
+    /// out closed before any response byte (the provider ended it while idle, a race the
+    /// pool's check cannot close) is not the provider failing: the request goes again, once, on
+    /// a new connection, without counting as an attempt (Pingora's "reused only" retry).
     async fn attempt(
         &self,
         session: &mut Session,
-        peer: &HttpPeer,
+        peer: &Upstream,
         header: &RequestHeader,
         body: &Body,
     ) -> Attempt {
-        let mut up = match self.connector.get_http_session(peer).await {
-            Ok((s, _reused)) => s,
+        if matches!(body, Body::Full(_))
+            && let Some(stream) = pool::take(peer.key)
+        {
+            let up = UpstreamSession::H1(Http1Session::new_with_options(stream, &peer.peer));
+            match self.send(session, up, peer, header, body).await {
+                Err(e) if stale(&e) => {
+                    tracing::debug!(error = %e.error.etype().as_str(), "pooled upstream connection was closed; reconnecting");
+                }
+                done => return attempt_of(done),
+            }
+        }
+        let up = match self.connector.get_http_session(&peer.peer).await {
+            Ok((s, _)) => s,
             Err(e) => {
                 tracing::debug!(error = %e.etype().as_str(), "upstream connect failed");
                 return Attempt {
@@ -376,12 +398,28 @@ impl Forwarder {
                 };
             }
         };
+        attempt_of(self.send(session, up, peer, header, body).await)
+    }
+
+    /// Sends the request on `up` and reads the response head.
+    async fn send(
+        &self,
+        session: &mut Session,
+        mut up: UpstreamSession,
+        peer: &Upstream,
+        header: &RequestHeader,
+        body: &Body,
+    ) -> Result<UpstreamSession, SendError> {
+        if let UpstreamSession::H1(h1) = &mut up {
+            // Each read and write of the response body relay, too, is bounded.
+            h1.read_timeout = Some(peer.io_timeout);
+            h1.write_timeout = Some(peer.io_timeout);
+        }
         if let Err(e) = up.write_request_header(Box::new(header.clone())).await {
-            return Attempt {
-                end: classify(&e, false),
-                bytes_sent: false,
-                upstream: None,
-            };
+            return Err(SendError {
+                error: e,
+                header_written: false,
+            });
         }
         let sent = async {
             match body {
@@ -401,19 +439,11 @@ impl Forwarder {
             up.read_response_header().await
         };
         match sent.await {
-            Ok(()) => {
-                let status = up.response_header().map_or(502, |h| h.status.as_u16());
-                Attempt {
-                    end: AttemptEnd::Status(status),
-                    bytes_sent: true,
-                    upstream: Some(up),
-                }
-            }
-            Err(e) => Attempt {
-                end: classify(&e, true),
-                bytes_sent: true,
-                upstream: None,
-            },
+            Ok(()) => Ok(up),
+            Err(e) => Err(SendError {
+                error: e,
+                header_written: true,
+            }),
         }
     }
 
@@ -422,7 +452,7 @@ impl Forwarder {
         &self,
         session: &mut Session,
         mut up: UpstreamSession,
-        peer: &HttpPeer,
+        peer: &Upstream,
         request_id: &str,
     ) -> Result<u16, Problem> {
         let mut resp: ResponseHeader = match up.response_header() {
@@ -451,10 +481,13 @@ impl Forwarder {
         };
         match write.await {
             Ok(()) => {
-                if up.response_done() {
-                    self.connector
-                        .release_http_session(up, peer, Some(POOL_IDLE))
-                        .await;
+                if up.response_done()
+                    && let UpstreamSession::H1(mut h1) = up
+                {
+                    h1.respect_keepalive();
+                    if let Some(stream) = h1.reuse().await {
+                        pool::put(peer.key, stream);
+                    }
                 }
                 Ok(status)
             }
@@ -593,6 +626,51 @@ pub(crate) fn caller_headers(req: &RequestHeader, provider: &Provider) -> Vec<(S
         })
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect()
+}
+
+/// Where an attempt goes: the peer, its pool key and the provider's I/O timeout.
+struct Upstream {
+    peer: HttpPeer,
+    key: u64,
+    io_timeout: Duration,
+}
+
+/// A failed send, and whether the request head had been written.
+struct SendError {
+    error: Box<Error>,
+    header_written: bool,
+}
+
+/// Whether a pooled connection failed as a closed one does, before any response byte.
+fn stale(e: &SendError) -> bool {
+    matches!(
+        e.error.etype(),
+        ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+    )
+}
+
+fn attempt_of(sent: Result<UpstreamSession, SendError>) -> Attempt {
+    match sent {
+        Ok(up) => Attempt {
+            end: AttemptEnd::Status(up.response_header().map_or(502, |h| h.status.as_u16())),
+            bytes_sent: true,
+            upstream: Some(up),
+        },
+        Err(e) => Attempt {
+            end: classify(&e.error, e.header_written),
+            bytes_sent: e.header_written,
+            upstream: None,
+        },
+    }
+}
+
+/// The pool key: the provider as of this version (base URL, TLS settings) and the address the
+/// destination check pinned.
+fn pool_key(provider: &Provider, addr: SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (provider.id, provider.version, addr).hash(&mut h);
+    h.finish()
 }
 
 fn peer_for(provider: &Provider, addr: SocketAddr) -> HttpPeer {

@@ -4,7 +4,9 @@
 //! `HttpProxy` request by request (keep-alive), with the tunnel target as connection context;
 //! anything else is rewound and handed to the same `HttpProxy` as plain HTTP (absolute-form).
 
+mod coalesce;
 mod tls;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +27,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use coalesce::Coalesced;
 pub use tls::LeafResolver;
+use workers::Workers;
 
 use crate::forward::{Forwarder, ForwarderOptions};
 use crate::metrics::OPEN_TUNNELS;
@@ -120,6 +124,9 @@ pub struct ProxyOptions {
     pub leaf_cache_size: usize,
     /// Leaf lifetime.
     pub leaf_validity: Duration,
+    /// Connection threads, each a single-threaded runtime (see `serve/workers.rs`); `None` runs
+    /// connections on the runtime that calls [`ProxyServer::serve`] (tests on a paused clock).
+    pub worker_threads: Option<usize>,
 }
 
 /// The running proxy's shared parts.
@@ -130,6 +137,7 @@ pub struct ProxyServer {
     acceptor: Acceptor,
     registry: Arc<Registry>,
     resolver: Arc<LeafResolver>,
+    workers: Option<Workers>,
 }
 
 /// Writes system roots plus `extra` into one PEM bundle under `data_dir` (Pingora's connector
@@ -206,6 +214,13 @@ impl ProxyServer {
             opts.leaf_validity,
         ));
         let acceptor = Acceptor::from_server_config(tls::server_config(resolver.clone())?);
+        let workers = match opts.worker_threads {
+            Some(n) => Some(
+                Workers::start(n)
+                    .map_err(|e| anyhow::anyhow!("cannot start the proxy's threads: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Arc::new(Self {
             app,
             state: opts.state.clone(),
@@ -213,6 +228,7 @@ impl ProxyServer {
             acceptor,
             registry,
             resolver,
+            workers,
         }))
     }
 
@@ -297,10 +313,24 @@ impl ProxyServer {
                     let this = self.clone();
                     let shutdown = shutdown.clone();
                     let guard = Active::enter(&active);
-                    tokio::spawn(async move {
-                        this.handle(tcp, peer, shutdown).await;
-                        drop(guard);
-                    });
+                    match &self.workers {
+                        None => {
+                            tokio::spawn(async move {
+                                this.handle(tcp, peer, shutdown).await;
+                                drop(guard);
+                            });
+                        }
+                        Some(workers) => {
+                            // The socket moves to the worker's own reactor.
+                            let Ok(std) = tcp.into_std() else { continue };
+                            workers.spawn(async move {
+                                if let Ok(tcp) = TcpStream::from_std(std) {
+                                    this.handle(tcp, peer, shutdown).await;
+                                }
+                                drop(guard);
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -345,7 +375,7 @@ impl ProxyServer {
         }
         if !buf.starts_with(b"CONNECT ") {
             stream.rewind(&buf);
-            ServerApp::process_new(&self.app, Box::new(stream), &shutdown).await;
+            ServerApp::process_new(&self.app, Box::new(Coalesced::new(stream)), &shutdown).await;
             return;
         }
         let (target, head_len) = match self.read_connect_head(&mut stream, &mut buf).await {
@@ -376,7 +406,7 @@ impl ProxyServer {
         }
         let tls = match tokio::time::timeout(
             TLS_HANDSHAKE_TIMEOUT,
-            self.acceptor.tls_handshake(stream),
+            self.acceptor.tls_handshake(Coalesced::new(stream)),
         )
         .await
         {

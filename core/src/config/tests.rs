@@ -34,9 +34,12 @@ fn env_overrides_win() {
         "HUB_DATABASE_URL" => Some("postgres://localhost/x".to_owned()),
         "INTEGRATION_RATE_LIMIT_PER_SEC" => Some("7".to_owned()),
         "HUB_DATA_DIR" => Some("/tmp/hubdata".to_owned()),
+        "HUB_LOG_ACCESS_FLUSH_MS" => Some("0".to_owned()),
         _ => None,
     };
+    assert_eq!(c.log.access_flush_ms, 50);
     c.apply_env(env).unwrap();
+    assert_eq!(c.log.access_flush_ms, 0);
     assert_eq!(c.proxy.listen.port(), 4000);
     assert_eq!(c.database_url(), "postgres://localhost/x");
     assert_eq!(c.defaults.rate_limit_per_sec, 7);
@@ -75,6 +78,15 @@ fn cross_field_rules() {
     let mut c = HubConfig::default();
     c.redis.url = Some("http://x".into());
     assert!(c.validate().is_err());
+    let mut c = HubConfig::default();
+    c.log.access_flush_ms = 10_001;
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::Invalid {
+            key: "log.access_flush_ms",
+            ..
+        })
+    ));
 }
 
 #[test]

@@ -188,6 +188,8 @@ impl WorkHub {
             data_dir: dir.path().to_owned(),
             leaf_cache_size: 100,
             leaf_validity: Duration::from_secs(3600),
+            // As deployed: connections on the proxy's own single-threaded runtimes.
+            worker_threads: Some(2),
         };
         let server = ProxyServer::new(registry.clone(), Arc::new(ca), &opts).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,288 @@
+//! Write coalescing for the caller's connection.
+//!
+//! Pingora writes a response head and each body chunk with their own `write` and flushes at the
+//! points where the caller must see the bytes (end of a sized body, every chunk of a chunked or
+//! close-delimited one, a head without body). Its listeners put a write buffer under the stream
+//! for that; a stream the hub accepts itself (`L4Stream::from(TcpStream)`) has none, so every
+//! write was a syscall: the head and the body of one response went out as two TCP segments, each
+//! costing a send and a wake-up of the caller. [`Coalesced`] is that buffer, under TLS as well
+//! (the records of head and body leave together).
+//!
+//! Unlike `tokio::io::BufWriter` it allocates only while bytes are pending and drops a large
+//! buffer after flushing it, so an idle tunnel holds no write buffer.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use async_trait::async_trait;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
+};
+use pingora::protocols::{SocketDigest, TimingDigest};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Bytes held before they are written even without a flush (one TLS record and its overhead).
+const HOLD: usize = 17 * 1024;
+/// Largest buffer kept for the next response once flushed; larger ones are freed.
+const RETAIN: usize = 4 * 1024;
+
+/// A stream whose writes are held until a flush (or [`HOLD`] bytes).
+#[derive(Debug)]
+pub struct Coalesced<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// How much of `buf` the inner stream has taken (a flush may take several polls).
+    sent: usize,
+}
+
+impl<S> Coalesced<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+            sent: 0,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Coalesced<S> {
+    /// Writes out everything held.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.sent = 0;
+        if self.buf.capacity() > RETAIN {
+            self.buf = Vec::new();
+        } else {
+            self.buf.clear();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalesced<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.buf.len() + data.len() > HOLD {
+            ready!(this.poll_drain(cx))?;
+            if data.len() >= HOLD {
+                return Pin::new(&mut this.inner).poll_write(cx, data);
+            }
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buf.len() + total > HOLD {
+            ready!(this.poll_drain(cx))?;
+            if total >= HOLD {
+                return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl<S: AsyncWrite + Shutdown + Unpin + Send> Shutdown for Coalesced<S> {
+    async fn shutdown(&mut self) {
+        if let Err(e) = std::future::poll_fn(|cx| self.poll_drain(cx)).await {
+            tracing::debug!(error = %e, "could not flush before shutdown");
+        }
+        self.inner.shutdown().await;
+    }
+}
+
+impl<S: UniqueID> UniqueID for Coalesced<S> {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl<S: Ssl> Ssl for Coalesced<S> {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+#[async_trait]
+impl<S: Peek + Send> Peek for Coalesced<S> {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+impl<S: GetTimingDigest> GetTimingDigest for Coalesced<S> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> std::time::Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> std::time::Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl<S: GetProxyDigest> GetProxyDigest for Coalesced<S> {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl<S: GetSocketDigest> GetSocketDigest for Coalesced<S> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Counts the writes that reach the inner stream.
+    #[derive(Default)]
+    struct Counting {
+        writes: Vec<Vec<u8>>,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            // Takes at most 1000 bytes per call, as a socket under pressure would.
+            let n = data.len().min(1000);
+            self.writes.push(data[..n].to_vec());
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn head_and_body_leave_in_one_write_at_the_flush() {
+        let mut s = Coalesced::new(Counting::default());
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        s.write_all(b"{}").await.unwrap();
+        assert!(s.inner.writes.is_empty(), "nothing leaves before the flush");
+        s.flush().await.unwrap();
+        assert_eq!(s.inner.writes.len(), 1);
+        assert_eq!(
+            s.inner.writes[0],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec()
+        );
+        assert_eq!(s.inner.flushes, 1);
+        let kept = s.buf.capacity();
+        assert!(kept > 0 && kept <= RETAIN, "a small buffer is kept: {kept}");
+    }
+
+    #[tokio::test]
+    async fn large_writes_pass_through_in_order_and_big_buffers_are_freed() {
+        let mut s = Coalesced::new(Counting::default());
+        let small = vec![b'a'; 10 * 1024];
+        let large = vec![b'b'; 40 * 1024];
+        s.write_all(&small).await.unwrap();
+        s.write_all(&large).await.unwrap();
+        s.write_all(b"tail").await.unwrap();
+        s.flush().await.unwrap();
+        let all: Vec<u8> = s.inner.writes.concat();
+        let mut expected = small.clone();
+        expected.extend_from_slice(&large);
+        expected.extend_from_slice(b"tail");
+        assert_eq!(all, expected, "every byte, in order, across partial writes");
+        assert_eq!(s.buf.capacity(), 0, "an emptied buffer of 10 KiB is freed");
+    }
+
+    #[tokio::test]
+    async fn shutdown_sends_what_is_held_and_reads_pass_through() {
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let mut s = Coalesced::new(a);
+        s.write_all(b"bye").await.unwrap();
+        AsyncWriteExt::shutdown(&mut s).await.unwrap();
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        b.write_all(b"in").await.unwrap();
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two).await.unwrap();
+        assert_eq!(&two, b"in");
+    }
+}
