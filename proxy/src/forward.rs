@@ -208,7 +208,8 @@ impl Forwarder {
         }
         let method = header.method.as_str().to_owned();
         let peer = Upstream {
-            peer: peer_for(provider, addr),
+            provider,
+            addr,
             key: pool_key(provider, addr),
             io_timeout: Duration::from_millis(provider.config.timeout_ms.into()),
         };
@@ -372,14 +373,14 @@ impl Forwarder {
     async fn attempt(
         &self,
         session: &mut Session,
-        peer: &Upstream,
+        peer: &Upstream<'_>,
         header: &RequestHeader,
         body: &Body,
     ) -> Attempt {
         if matches!(body, Body::Full(_))
             && let Some(stream) = pool::take(peer.key)
         {
-            let up = UpstreamSession::H1(Http1Session::new_with_options(stream, &peer.peer));
+            let up = UpstreamSession::H1(Http1Session::new(stream));
             match self.send(session, up, peer, header, body).await {
                 Err(e) if stale(&e) => {
                     tracing::debug!(error = %e.error.etype().as_str(), "pooled upstream connection was closed; reconnecting");
@@ -387,7 +388,11 @@ impl Forwarder {
                 done => return attempt_of(done),
             }
         }
-        let up = match self.connector.get_http_session(&peer.peer).await {
+        let up = match self
+            .connector
+            .get_http_session(&peer_for(peer.provider, peer.addr))
+            .await
+        {
             Ok((s, _)) => s,
             Err(e) => {
                 tracing::debug!(error = %e.etype().as_str(), "upstream connect failed");
@@ -406,7 +411,7 @@ impl Forwarder {
         &self,
         session: &mut Session,
         mut up: UpstreamSession,
-        peer: &Upstream,
+        peer: &Upstream<'_>,
         header: &RequestHeader,
         body: &Body,
     ) -> Result<UpstreamSession, SendError> {
@@ -452,7 +457,7 @@ impl Forwarder {
         &self,
         session: &mut Session,
         mut up: UpstreamSession,
-        peer: &Upstream,
+        peer: &Upstream<'_>,
         request_id: &str,
     ) -> Result<u16, Problem> {
         let mut resp: ResponseHeader = match up.response_header() {
@@ -628,9 +633,11 @@ pub(crate) fn caller_headers(req: &RequestHeader, provider: &Provider) -> Vec<(S
         .collect()
 }
 
-/// Where an attempt goes: the peer, its pool key and the provider's I/O timeout.
-struct Upstream {
-    peer: HttpPeer,
+/// Where an attempt goes: the provider at the pinned address, its pool key and I/O timeout. The
+/// Pingora peer is built only when a new connection is needed.
+struct Upstream<'a> {
+    provider: &'a Provider,
+    addr: SocketAddr,
     key: u64,
     io_timeout: Duration,
 }
