@@ -21,6 +21,9 @@ pub enum Mode {
     Throttle(u64),
     /// 200 after this many milliseconds.
     Delay(u64),
+    /// Read the request, then close the connection without answering (a keep-alive connection
+    /// the provider ended just as the request arrived).
+    Hangup,
 }
 
 /// One request as the provider received it.
@@ -222,6 +225,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
             }
+            Mode::Hangup => return,
         };
         let body = format!("{{\"ok\":{},\"status\":{status}}}", status < 400);
         let resp = format!(

@@ -311,6 +311,38 @@ async fn the_rate_limit_answers_429_with_retry_after_and_no_upstream_call() {
     assert_eq!(f.requests().len(), 2);
 }
 
+#[tokio::test]
+async fn a_pooled_connection_the_provider_closed_is_replaced_not_failed() {
+    // One attempt, and a POST without idempotency key: nothing may be retried as a failure.
+    let Some((_pki, hub, f, url)) = setup(json!({"maxAttempts": 1})).await else {
+        return;
+    };
+    let c = client(&hub);
+    let first = c.post(&url).body("first").send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(f.connections(), 1);
+    // The hub keeps that upstream connection for the next call through the same tunnel; the
+    // provider ends it just as that call arrives.
+    f.script([Mode::Hangup]);
+    let second = c.post(&url).body("second").send().await.unwrap();
+    assert_eq!(
+        second.status(),
+        200,
+        "a stale pooled connection is not the provider failing"
+    );
+    let bodies: Vec<_> = f.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        bodies,
+        [&b"first"[..], b"second", b"second"],
+        "sent on the pooled connection, then once more on a new one"
+    );
+    assert_eq!(f.connections(), 2);
+    assert!(
+        hub.exhausted.lock().await.try_recv().is_err(),
+        "no DLQ entry"
+    );
+}
+
 async fn redis_state(prefix: &str) -> Option<Arc<dyn SharedState>> {
     let url = hub_core::testing::redis_url().await?;
     let opts = RedisOptions {
