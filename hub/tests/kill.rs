@@ -7,16 +7,22 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports (all held until all are chosen, so none is handed out twice).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn start(dir: &Path, ports: (u16, u16, u16)) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_hub"))
+    // Both runs append to one log, shown when the hub does not come up.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("hub.log"))
+        .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
         .arg("up")
         .current_dir(dir)
         .env_clear()
@@ -25,13 +31,19 @@ fn start(dir: &Path, ports: (u16, u16, u16)) -> Child {
         .env("HUB_ADMIN_LISTEN", format!("127.0.0.1:{}", ports.1))
         .env("HUB_METRICS_LISTEN", format!("127.0.0.1:{}", ports.2))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
     for port in [ports.0, ports.1] {
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nothing listening on {port}");
+            let exited = child.try_wait().unwrap();
+            assert!(
+                exited.is_none() && Instant::now() < deadline,
+                "nothing listening on {port}; hub exited: {:?}; its log:\n{}",
+                exited,
+                std::fs::read_to_string(dir.join("hub.log")).unwrap_or_default()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -78,10 +90,11 @@ fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
 #[test]
 fn a_dlq_entry_survives_sigkill_right_after_the_502() {
     let dir = tempfile::tempdir().unwrap();
-    let ports = (free_port(), free_port(), free_port());
+    let [proxy, admin, metrics, dead] = free_ports::<4>();
+    let ports = (proxy, admin, metrics);
     let mut hub = start(dir.path(), ports);
     let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
-    let dead = free_port(); // nothing listens there: every attempt fails to connect
+    // Nothing listens on `dead`: every attempt fails to connect.
     let body = serde_json::json!({
         "name": "dead", "hosts": ["dead.kill.test"], "baseUrl": format!("http://127.0.0.1:{dead}"),
         "auth": {"type": "bearer", "token": "kill-test-secret"},

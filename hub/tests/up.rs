@@ -8,12 +8,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `N` distinct free ports (all held until all are chosen, so none is handed out twice).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 fn wait_for(port: u16) {
@@ -37,7 +37,7 @@ fn http_get(port: u16, raw: &str) -> String {
 #[test]
 fn hub_up_starts_from_nothing_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin, metrics) = (free_port(), free_port(), free_port());
+    let [proxy, admin, metrics] = free_ports::<3>();
     let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
         .arg("up")
         .current_dir(dir.path())
