@@ -2,18 +2,13 @@
 //! restart: the proxy answers only once the entry is spooled and fsync'd.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `N` distinct free ports (all held until all are chosen, so none is handed out twice).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
+mod common;
+use common::free_ports;
 
 fn start(dir: &Path, ports: (u16, u16, u16)) -> Child {
     // Both runs append to one log, shown when the hub does not come up.

@@ -3,18 +3,12 @@
 //! listeners, never print its secrets, and stop cleanly on SIGTERM.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// `N` distinct free ports (all held until all are chosen, so none is handed out twice).
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
+mod common;
+use common::free_ports;
 
 fn wait_for(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -24,6 +24,8 @@ pub enum Mode {
     /// Read the request, then close the connection without answering (a keep-alive connection
     /// the provider ended just as the request arrived).
     Hangup,
+    /// 200 with a head announcing 1000 bytes of body, 10 of them sent, then never the rest.
+    StallBody,
 }
 
 /// One request as the provider received it.
@@ -226,6 +228,15 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
                 return;
             }
             Mode::Hangup => return,
+            Mode::StallBody => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"partial\"";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
         };
         let body = format!("{{\"ok\":{},\"status\":{status}}}", status < 400);
         let resp = format!(

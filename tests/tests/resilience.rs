@@ -343,6 +343,28 @@ async fn a_pooled_connection_the_provider_closed_is_replaced_not_failed() {
     );
 }
 
+#[tokio::test]
+async fn a_provider_stalling_mid_body_does_not_hold_the_caller() {
+    let Some((_pki, hub, f, url)) = setup(json!({"timeoutMs": 300})).await else {
+        return;
+    };
+    f.set_mode(Mode::StallBody);
+    let started = Instant::now();
+    // The caller cannot get a whole answer: the connection ends (with or without the head,
+    // which the hub may still hold with the first bytes of the body when the provider stalls).
+    let outcome = match client(&hub).get(&url).send().await {
+        Ok(resp) => resp.bytes().await.map(|b| b.len()),
+        Err(e) => Err(e),
+    };
+    assert!(outcome.is_err(), "{outcome:?}");
+    // Bounded by the provider's timeout per read, far below the client's own 30 s.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 async fn redis_state(prefix: &str) -> Option<Arc<dyn SharedState>> {
     let url = hub_core::testing::redis_url().await?;
     let opts = RedisOptions {

@@ -79,6 +79,15 @@ fn cross_field_rules() {
     c.redis.url = Some("http://x".into());
     assert!(c.validate().is_err());
     let mut c = HubConfig::default();
+    c.proxy.worker_threads = 1025;
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::Invalid {
+            key: "proxy.worker_threads",
+            ..
+        })
+    ));
+    let mut c = HubConfig::default();
     c.log.access_flush_ms = 10_001;
     assert!(matches!(
         c.validate(),
