@@ -118,6 +118,8 @@ pub struct Registry {
     current: ArcSwap<Snapshot>,
     store: Arc<dyn Store>,
     vault: Arc<Vault>,
+    /// One refresh at a time: two overlapping ones could install the older snapshot last.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
@@ -130,6 +132,7 @@ impl Registry {
             }),
             store,
             vault,
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -140,6 +143,7 @@ impl Registry {
 
     /// Reloads when the store's revision moved; returns whether a new snapshot was installed.
     pub async fn refresh(&self) -> Result<bool, hub_core::store::StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         let revision = self.store.registry_revision().await?;
         let old = self.current.load_full();
         if revision == old.revision {
