@@ -40,6 +40,9 @@ fn hub_up_starts_from_nothing_and_stops_on_sigterm() {
         .env("HUB_PROXY_LISTEN", format!("127.0.0.1:{proxy}"))
         .env("HUB_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
         .env("HUB_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
+        // Access lines batched far beyond this test: only a later line (shutdown logs some) or
+        // the flush at exit can write them.
+        .env("HUB_LOG_ACCESS_FLUSH_MS", "10000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -129,6 +132,11 @@ fn hub_up_starts_from_nothing_and_stops_on_sigterm() {
         "the dev key is announced loudly"
     );
     assert!(logs.contains("ca.pem"), "the log says where the CA is");
+    assert!(
+        logs.lines().any(|l| l.contains(r#""target":"hub::access""#)
+            && l.contains(r#""code":"unknown_provider""#)),
+        "the refused call's access line is not lost in the batch"
+    );
     let key_line = std::fs::read_to_string(data.join("master.key")).unwrap();
     let key_b64 = key_line.trim().rsplit(':').next().unwrap().to_owned();
     let token = std::fs::read_to_string(data.join("admin.token")).unwrap();

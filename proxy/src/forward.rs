@@ -211,7 +211,6 @@ impl Forwarder {
             provider,
             addr,
             key: pool_key(provider, addr),
-            io_timeout: Duration::from_millis(provider.config.timeout_ms.into()),
         };
         let mut attempts = 0u32;
         let mut last: Option<(AttemptEnd, String)> = None;
@@ -417,8 +416,9 @@ impl Forwarder {
     ) -> Result<UpstreamSession, SendError> {
         if let UpstreamSession::H1(h1) = &mut up {
             // Each read and write of the response body relay, too, is bounded.
-            h1.read_timeout = Some(peer.io_timeout);
-            h1.write_timeout = Some(peer.io_timeout);
+            let io = io_timeout(peer.provider);
+            h1.read_timeout = Some(io);
+            h1.write_timeout = Some(io);
         }
         if let Err(e) = up.write_request_header(Box::new(header.clone())).await {
             return Err(SendError {
@@ -633,13 +633,17 @@ pub(crate) fn caller_headers(req: &RequestHeader, provider: &Provider) -> Vec<(S
         .collect()
 }
 
-/// Where an attempt goes: the provider at the pinned address, its pool key and I/O timeout. The
+/// Where an attempt goes: the provider at the pinned address and its pool key. The
 /// Pingora peer is built only when a new connection is needed.
 struct Upstream<'a> {
     provider: &'a Provider,
     addr: SocketAddr,
     key: u64,
-    io_timeout: Duration,
+}
+
+/// The provider's per-operation timeout (connect, each read and write).
+fn io_timeout(provider: &Provider) -> Duration {
+    Duration::from_millis(provider.config.timeout_ms.into())
 }
 
 /// A failed send, and whether the request head had been written.
@@ -682,7 +686,7 @@ fn pool_key(provider: &Provider, addr: SocketAddr) -> u64 {
 
 fn peer_for(provider: &Provider, addr: SocketAddr) -> HttpPeer {
     let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
-    let timeout = Duration::from_millis(provider.config.timeout_ms.into());
+    let timeout = io_timeout(provider);
     peer.options.connection_timeout = Some(timeout);
     peer.options.total_connection_timeout = Some(timeout);
     peer.options.read_timeout = Some(timeout);

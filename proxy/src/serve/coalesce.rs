@@ -79,19 +79,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesced<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesced<S> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        if this.buf.len() + data.len() > HOLD {
-            ready!(this.poll_drain(cx))?;
-            if data.len() >= HOLD {
-                return Pin::new(&mut this.inner).poll_write(cx, data);
-            }
-        }
-        this.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(
