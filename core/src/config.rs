@@ -30,6 +30,10 @@ pub const DEFAULT_REGISTRY_POLL_MS: u64 = 500;
 pub const DEFAULT_LEAF_CACHE_SIZE: usize = 10_000;
 /// Default leaf certificate lifetime.
 pub const DEFAULT_LEAF_VALIDITY_HOURS: u32 = 24;
+/// Default `proxy.max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Default `proxy.max_connections_per_source`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 5_000;
 
 /// A configuration problem; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +137,15 @@ pub struct ProxyConfig {
     /// serving proxy connections, each a single-threaded runtime holding its connections from
     /// accept to close (no work stealing). At most 1024.
     pub worker_threads: usize,
+    /// `proxy.max_connections` (env `HUB_PROXY_MAX_CONNECTIONS`, default 20000): open
+    /// connections at most (tunnels included, ~44 KiB each when idle). A connection over the cap
+    /// is answered `503` (`code: overloaded`) at once and closed; counted in
+    /// `integration_connections_refused_total{reason="total"}`.
+    pub max_connections: usize,
+    /// `proxy.max_connections_per_source` (env `HUB_PROXY_MAX_CONNECTIONS_PER_SOURCE`, default
+    /// 5000): open connections from one source address at most (one pod, one node behind SNAT);
+    /// over it, the same `503` with `reason="per_source"`.
+    pub max_connections_per_source: usize,
 }
 
 /// `admin:` section.
@@ -263,6 +276,8 @@ impl Default for ProxyConfig {
             leaf_cache_size: DEFAULT_LEAF_CACHE_SIZE,
             leaf_validity_hours: DEFAULT_LEAF_VALIDITY_HOURS,
             worker_threads: 0,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
         }
     }
 }
@@ -397,6 +412,13 @@ impl HubConfig {
         if let Some(v) = get("HUB_OTLP_ENDPOINT").or_else(|| get("OTEL_EXPORTER_OTLP_ENDPOINT")) {
             self.log.otlp_endpoint = Some(v);
         }
+        if let Some(v) = get("HUB_PROXY_MAX_CONNECTIONS") {
+            self.proxy.max_connections = parse("HUB_PROXY_MAX_CONNECTIONS", &v)?;
+        }
+        if let Some(v) = get("HUB_PROXY_MAX_CONNECTIONS_PER_SOURCE") {
+            self.proxy.max_connections_per_source =
+                parse("HUB_PROXY_MAX_CONNECTIONS_PER_SOURCE", &v)?;
+        }
         if let Some(v) = get("HUB_PROXY_WORKER_THREADS") {
             self.proxy.worker_threads = parse("HUB_PROXY_WORKER_THREADS", &v)?;
         }
@@ -431,6 +453,12 @@ impl HubConfig {
         }
         if self.proxy.leaf_cache_size == 0 {
             return invalid("proxy.leaf_cache_size", "must be at least 1");
+        }
+        if self.proxy.max_connections == 0 || self.proxy.max_connections_per_source == 0 {
+            return invalid(
+                "proxy.max_connections",
+                "max_connections and max_connections_per_source must be at least 1",
+            );
         }
         if self.proxy.worker_threads > 1024 {
             return invalid("proxy.worker_threads", "must be at most 1024");

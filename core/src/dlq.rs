@@ -43,7 +43,7 @@ pub use service::Dlq;
 pub use writer::{DlqSender, HandoffError, WriterOptions};
 
 /// Response header naming the DLQ entry of a failed call.
-pub const DLQ_ID_HEADER: &str = "x-hub-dlq-id";
+pub const DLQ_ID_HEADER: &str = crate::wire::DLQ_ID;
 
 /// A failed call as the proxy saw it. Never holds a credential: headers are the caller's minus
 /// credentials and hop-by-hop, and query credentials are redacted from `path`.

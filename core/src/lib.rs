@@ -11,6 +11,7 @@
 //! - [`access`]: admin API roles, API tokens (hashed) and audit entries.
 //! - [`dlq`]: the dead-letter queue (writer, spool, replay, retention).
 //! - [`jobs`]: asynchronous calls, the work queue (database or RabbitMQ) and its worker.
+//! - [`wire`]: the hub's own header names, stripped-header lists and problem codes.
 
 pub mod access;
 pub mod ca;
@@ -26,3 +27,4 @@ pub mod store;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;
 pub mod vault;
+pub mod wire;

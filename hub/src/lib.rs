@@ -312,6 +312,10 @@ pub async fn start_proxy(
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         }),
+        limits: hub_proxy::serve::ConnLimits {
+            total: hub.config.proxy.max_connections,
+            per_source: hub.config.proxy.max_connections_per_source,
+        },
     };
     ProxyServer::new(registry, hub.ca.clone(), &opts)
 }

@@ -14,23 +14,38 @@ use crate::hygiene::REQUEST_ID;
 use crate::inject;
 use crate::problem::Problem;
 use crate::registry::Provider;
+use hub_core::wire::problem;
 
 /// The caller's callback URL header.
 pub const CALLBACK_HEADER: &str = "x-hub-callback-url";
 
+fn too_large(limit: usize) -> Problem {
+    Problem::new(
+        problem::BODY_TOO_LARGE,
+        format!("asynchronous calls carry at most {limit} bytes of body"),
+    )
+}
+
 async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Problem> {
+    if session
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+        && !session.is_body_empty()
+    {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|_| Problem::bad_request("could not answer Expect: 100-continue"))?;
+    }
     let mut buf = BytesMut::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 buf.extend_from_slice(&chunk);
                 if buf.len() > limit {
-                    return Err(Problem::new(
-                        413,
-                        "body_too_large",
-                        "Body too large",
-                        format!("asynchronous calls carry at most {limit} bytes of body"),
-                    ));
+                    return Err(too_large(limit));
                 }
             }
             Ok(None) => return Ok(buf.freeze()),
@@ -74,22 +89,15 @@ pub async fn accept(
         callback_url: header_value(CALLBACK_HEADER),
     };
     let receipt = jobs.submit(job).await.map_err(|e| match e {
-        JobError::InvalidCallback(why) => Problem::new(400, "invalid_callback", "Invalid callback URL", why),
-        JobError::BodyTooLarge { limit } => Problem::new(
-            413,
-            "body_too_large",
-            "Body too large",
-            format!("asynchronous calls carry at most {limit} bytes of body"),
-        ),
+        JobError::InvalidCallback(why) => Problem::new(problem::INVALID_CALLBACK, why),
+        JobError::BodyTooLarge { limit } => too_large(limit),
         JobError::Conflict { existing } => Problem::new(
-            409,
-            "idempotency_conflict",
-            "Idempotency key reused",
+            problem::IDEMPOTENCY_CONFLICT,
             format!("the idempotency key already belongs to job {existing} for another request"),
         ),
         other => {
             tracing::error!(error = %other, kind = other.kind(), "cannot persist an asynchronous call");
-            Problem::new(503, "jobs_unavailable", "Jobs unavailable", "the hub cannot accept asynchronous calls right now")
+            Problem::new(problem::JOBS_UNAVAILABLE, "the hub cannot accept asynchronous calls right now")
         }
     })?;
     let body = serde_json::json!({

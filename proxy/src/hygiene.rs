@@ -2,33 +2,43 @@
 
 use pingora::http::RequestHeader;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the proxy's own credentials: never forwarded.
-/// Framing (`Transfer-Encoding`, `Content-Length`) is Pingora's job and is left alone.
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "upgrade",
-];
+pub use hub_core::wire::{ANSWERED_BY_HUB, HOP_BY_HOP, HUB_CONTROL, REQUEST_ID};
+use hub_core::wire::{SINGLETON_REQUEST_HEADERS, problem};
 
-/// The hub's own control headers (DLQ replay, job attempt, caller name, budget): read by the hub,
-/// never forwarded to a provider.
-pub const HUB_CONTROL: &[&str] = &[
-    "x-hub-dlq-replay",
-    "x-hub-job-id",
-    "x-hub-caller",
-    "x-hub-timeout-ms",
-    "x-hub-callback-url",
-];
+use crate::problem::Problem;
 
-/// The request id header, propagated or generated, echoed to the caller.
-pub const REQUEST_ID: &str = "x-request-id";
+/// Largest request head (request line and header fields) the hub reads: above it, `431`.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Removes hop-by-hop headers, including any named in `Connection`.
+/// Checks what Pingora's parser leaves to the application: an HTTP/1.1 request names its
+/// `Host`; the headers that route, frame or authenticate a call appear at most once (a
+/// duplicate is refused, never resolved silently); the head fits [`MAX_HEAD_BYTES`].
+pub fn check_request(req: &RequestHeader) -> Result<(), Problem> {
+    let mut size = req.method.as_str().len() + req.raw_path().len() + 12;
+    for (k, v) in &req.headers {
+        size += k.as_str().len() + v.len() + 4;
+    }
+    if size > MAX_HEAD_BYTES {
+        return Err(Problem::new(
+            problem::HEADERS_TOO_LARGE,
+            format!("the request head exceeds {} KiB", MAX_HEAD_BYTES / 1024),
+        ));
+    }
+    if req.version == http::Version::HTTP_11 && !req.headers.contains_key("host") {
+        return Err(Problem::bad_request("an HTTP/1.1 request must carry Host"));
+    }
+    for name in SINGLETON_REQUEST_HEADERS {
+        if req.headers.get_all(*name).iter().nth(1).is_some() {
+            return Err(Problem::bad_request(format!(
+                "the {name} header may appear only once"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Removes hop-by-hop headers (including any named in `Connection`), what the hub answers
+/// itself (`Expect`) and the hub's control headers.
 pub fn strip_hop_by_hop(req: &mut RequestHeader) {
     let named: Vec<String> = req
         .headers
@@ -47,7 +57,7 @@ pub fn strip_hop_by_hop(req: &mut RequestHeader) {
     for h in named {
         req.remove_header(h.as_str());
     }
-    for h in HUB_CONTROL {
+    for h in HUB_CONTROL.iter().chain(ANSWERED_BY_HUB) {
         req.remove_header(*h);
     }
 }

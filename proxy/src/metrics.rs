@@ -55,6 +55,9 @@ pub struct Metrics {
     pub open_tunnels: IntGauge,
     /// `integration_registry_providers`.
     pub providers: IntGauge,
+    /// `integration_connections_refused_total{reason}`: connections closed at accept because a
+    /// cap was reached (`total` or `per_source`).
+    pub connections_refused: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -193,6 +196,12 @@ impl Metrics {
                 &r,
                 "integration_registry_providers",
                 "Live providers in the proxy's registry snapshot",
+            ),
+            connections_refused: counter(
+                &r,
+                "integration_connections_refused_total",
+                "Connections closed at accept because a connection cap was reached",
+                &["reason"],
             ),
             registry: r,
         }

@@ -16,7 +16,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::escape::{EgressError, Resolver};
-use crate::forward::Forwarder;
+use crate::forward::{Call, CallReport, Forwarder};
 use crate::hygiene;
 use crate::inject;
 use crate::metrics::{METRICS, method_label};
@@ -25,6 +25,7 @@ use crate::registry::{Provider, Registry};
 use crate::trace::TraceContext;
 use hub_core::jobs::JobSubmitter;
 use hub_core::otlp::{CallSpan, OtlpExporter};
+use hub_core::wire::problem;
 use tracing::Instrument;
 
 /// The target of the CONNECT tunnel a request arrived through.
@@ -36,6 +37,16 @@ pub struct TunnelTarget {
     pub port: u16,
 }
 
+/// What a connection carries from request to request: its tunnel target (none for plain HTTP)
+/// and the guard of its request heads.
+#[derive(Debug, Clone)]
+pub struct ConnCtx {
+    /// The CONNECT target, for requests inside a tunnel.
+    pub tunnel: Option<TunnelTarget>,
+    /// Disarmed once the head is parsed (see `serve::guard`).
+    pub head: Arc<crate::serve::guard::HeadControl>,
+}
+
 /// Per-request state.
 pub struct RequestCtx {
     started: Instant,
@@ -45,10 +56,9 @@ pub struct RequestCtx {
     upstream_addr: Option<SocketAddr>,
     /// Path and query as the caller sent them (origin-form).
     path_and_query: String,
-    idempotency_key: Option<String>,
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
-    attempts: u32,
+    call: CallReport,
     problem_code: Option<&'static str>,
     trace: Option<TraceContext>,
 }
@@ -100,9 +110,7 @@ fn target_of(req: &RequestHeader, tunnel: Option<&TunnelTarget>) -> Result<Targe
             .ok_or_else(|| Problem::bad_request("malformed Host header"))?;
         if normalize_host(&h) != t.host || p.is_some_and(|p| p != t.port) {
             return Err(Problem::new(
-                421,
-                "misdirected_request",
-                "Misdirected request",
+                problem::MISDIRECTED_REQUEST,
                 format!(
                     "Host {host_header} does not match the tunnel target {}:{}",
                     t.host, t.port
@@ -178,15 +186,11 @@ pub fn route(
 fn egress_problem(e: &EgressError, provider: &str) -> Problem {
     match e {
         EgressError::Forbidden { .. } => Problem::new(
-            403,
-            "forbidden_destination",
-            "Forbidden destination",
+            problem::FORBIDDEN_DESTINATION,
             format!("provider {provider} resolves to a private, loopback or link-local address"),
         ),
         EgressError::Resolve { host, .. } => Problem::new(
-            502,
-            "upstream_dns_failed",
-            "Upstream name resolution failed",
+            problem::UPSTREAM_DNS_FAILED,
             format!("cannot resolve {host} for provider {provider}"),
         ),
     }
@@ -194,6 +198,7 @@ fn egress_problem(e: &EgressError, provider: &str) -> Problem {
 
 impl HubProxy {
     async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Problem> {
+        hygiene::check_request(session.req_header())?;
         let target = target_of(session.req_header(), ctx.tunnel.as_ref())?;
         let provider = route(
             &self.registry,
@@ -203,9 +208,7 @@ impl HubProxy {
         )?;
         if provider.auth.is_none() {
             return Err(Problem::new(
-                503,
-                "credentials_unavailable",
-                "Credentials unavailable",
+                problem::CREDENTIALS_UNAVAILABLE,
                 format!(
                     "the hub cannot decrypt the credentials of provider {}",
                     provider.name
@@ -247,10 +250,9 @@ impl ProxyHttp for HubProxy {
             provider: None,
             upstream_addr: None,
             path_and_query: String::new(),
-            idempotency_key: None,
             upstream_started: None,
             upstream_time: None,
-            attempts: 0,
+            call: CallReport::default(),
             problem_code: None,
             trace: None,
         }
@@ -262,8 +264,10 @@ impl ProxyHttp for HubProxy {
         ctx: &mut RequestCtx,
         prev: Box<dyn std::any::Any + Send + Sync>,
     ) {
-        if let Ok(t) = prev.downcast::<TunnelTarget>() {
-            ctx.tunnel = Some(*t);
+        if let Ok(c) = prev.downcast::<ConnCtx>() {
+            // The head is parsed: the guard stops watching before any body byte is read.
+            c.head.disarm();
+            ctx.tunnel = c.tunnel;
         }
     }
 
@@ -317,15 +321,13 @@ impl ProxyHttp for HubProxy {
                 ctx.upstream_started = Some(Instant::now());
                 // Boxed: the call's future is large, and moving it into this one (and into an
                 // `Instrumented`) was a measurable share of memcpy per request.
-                let call = Box::pin(self.forwarder.call(
-                    session,
-                    &provider,
+                let call = Call {
+                    provider: &provider,
                     addr,
-                    &ctx.path_and_query,
-                    &rid,
-                    &mut ctx.idempotency_key,
-                    &mut ctx.attempts,
-                ));
+                    path_and_query: &ctx.path_and_query,
+                    request_id: &rid,
+                };
+                let call = Box::pin(self.forwarder.call(session, &call, &mut ctx.call));
                 let r = if span.is_disabled() {
                     call.await
                 } else {
@@ -366,12 +368,11 @@ impl ProxyHttp for HubProxy {
         // Upstream outcomes never arrive here: the forwarder answers them (502/504 with the DLQ
         // id). What remains is input Pingora could not parse, a caller gone, or a hub fault.
         let problem = match e.etype() {
-            HTTPStatus(code) if *code >= 400 => Some(Problem::new(
-                *code,
-                "bad_request",
-                "Bad request",
-                "the request could not be processed",
-            )),
+            HTTPStatus(code) if *code >= 400 => {
+                let mut p = Problem::bad_request("the request could not be processed");
+                p.status = *code;
+                Some(p)
+            }
             _ => match e.esource() {
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed => None,
@@ -379,9 +380,7 @@ impl ProxyHttp for HubProxy {
                 },
                 ErrorSource::Upstream | ErrorSource::Internal | ErrorSource::Unset => {
                     Some(Problem::new(
-                        500,
-                        "internal_error",
-                        "Internal error",
+                        problem::INTERNAL_ERROR,
                         "the hub failed to process the request",
                     ))
                 }
@@ -436,7 +435,8 @@ impl ProxyHttp for HubProxy {
             path = %Self::log_path(ctx),
             tunnel = ctx.tunnel.is_some(),
             status,
-            attempts = ctx.attempts,
+            attempts = ctx.call.attempts,
+            cut = ctx.call.cut.map_or("", |c| c.as_str()),
             code = ctx.problem_code.unwrap_or(""),
             error = e.map_or(String::new(), |e| e.etype().as_str().to_owned()),
             upstream_ms = ctx.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1e3),
@@ -463,7 +463,7 @@ impl ProxyHttp for HubProxy {
                 ],
                 int_attributes: vec![
                     ("http.response.status_code", i64::from(status)),
-                    ("hub.attempts", i64::from(ctx.attempts)),
+                    ("hub.attempts", i64::from(ctx.call.attempts)),
                 ],
                 error: status == 0 || status >= 500,
             });

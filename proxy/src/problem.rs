@@ -2,8 +2,9 @@
 //! Bodies never carry secrets: details are built from provider names, hosts and error kinds.
 
 use bytes::Bytes;
+use hub_core::wire::{self, ProblemKind, problem};
 use pingora::http::ResponseHeader;
-use pingora::proxy::Session;
+use pingora::protocols::http::ServerSession;
 
 /// A problem the hub answers instead of the provider.
 #[derive(Debug, Clone)]
@@ -25,17 +26,12 @@ pub struct Problem {
 }
 
 impl Problem {
-    /// Builds a problem.
-    pub fn new(
-        status: u16,
-        code: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    /// A problem of `kind` (one of [`hub_core::wire::problem`]).
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
         Self {
-            status,
-            code,
-            title,
+            status: kind.status,
+            code: kind.code,
+            title: kind.title,
             detail: detail.into(),
             retry_after: None,
             circuit_open: false,
@@ -45,15 +41,13 @@ impl Problem {
 
     /// 400: the request is not something a forward proxy can act on.
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(400, "bad_request", "Bad request", detail)
+        Self::new(problem::BAD_REQUEST, detail)
     }
 
     /// 403: no registered provider for the host.
     pub fn unknown_provider(host: &str) -> Self {
         Self::new(
-            403,
-            "unknown_provider",
-            "Unknown provider",
+            problem::UNKNOWN_PROVIDER,
             format!("no provider is registered for host {host}; the hub denies by default"),
         )
     }
@@ -61,9 +55,7 @@ impl Problem {
     /// 403: the provider exists but is disabled.
     pub fn provider_disabled(name: &str) -> Self {
         Self::new(
-            403,
-            "provider_disabled",
-            "Provider disabled",
+            problem::PROVIDER_DISABLED,
             format!("provider {name} is disabled"),
         )
     }
@@ -71,9 +63,7 @@ impl Problem {
     /// 403: the port is not one the provider is reached on.
     pub fn forbidden_port(host: &str, port: u16) -> Self {
         Self::new(
-            403,
-            "forbidden_port",
-            "Port not allowed",
+            problem::FORBIDDEN_PORT,
             format!("port {port} is not a port of the provider serving {host}"),
         )
     }
@@ -110,13 +100,13 @@ impl Problem {
             body.len()
         );
         if let Some(id) = request_id {
-            out.push_str(&format!("x-request-id: {id}\r\n"));
+            out.push_str(&format!("{}: {id}\r\n", wire::REQUEST_ID));
         }
         if let Some(s) = self.retry_after {
             out.push_str(&format!("retry-after: {s}\r\n"));
         }
         if self.circuit_open {
-            out.push_str("x-circuit-breaker-open: true\r\n");
+            out.push_str(&format!("{}: true\r\n", wire::CIRCUIT_OPEN));
         }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
@@ -127,7 +117,7 @@ impl Problem {
     /// Writes the problem as the response of `session`.
     pub async fn send(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         request_id: Option<&str>,
     ) -> pingora::Result<()> {
         let body = self.body(request_id);
@@ -135,20 +125,20 @@ impl Problem {
         resp.insert_header("content-type", "application/problem+json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         if let Some(id) = request_id {
-            resp.insert_header("x-request-id", id)?;
+            resp.insert_header(wire::REQUEST_ID, id)?;
         }
         if let Some(s) = self.retry_after {
             resp.insert_header("retry-after", s.to_string())?;
         }
         if self.circuit_open {
-            resp.insert_header("x-circuit-breaker-open", "true")?;
+            resp.insert_header(wire::CIRCUIT_OPEN, "true")?;
         }
         if let Some(id) = self.dlq_id {
-            resp.insert_header(hub_core::dlq::DLQ_ID_HEADER, id.to_string())?;
+            resp.insert_header(wire::DLQ_ID, id.to_string())?;
         }
         session.set_keepalive(None);
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await?;
+        session.write_response_header(Box::new(resp)).await?;
+        session.write_response_body(body, true).await?;
         Ok(())
     }
 }

@@ -1,10 +1,18 @@
 //! Ingress: the proxy's accept loop. Pingora has no CONNECT endpoint of its own, so each
 //! connection is classified here: a CONNECT head is answered by the hub (route check, `200`,
 //! TLS termination with a minted leaf) and the decrypted stream is handed to the shared Pingora
-//! `HttpProxy` request by request (keep-alive), with the tunnel target as connection context;
-//! anything else is rewound and handed to the same `HttpProxy` as plain HTTP (absolute-form).
+//! `HttpProxy` request by request (keep-alive, pipelined requests answered in order), with the
+//! tunnel target as connection context; anything else is rewound and handed to the same
+//! `HttpProxy` as plain HTTP (absolute-form). Every request head passes [`guard`] (size and
+//! time bounds); connections are capped in total and per source address ([`ConnLimits`]).
+//!
+//! A refused CONNECT (unknown or disabled provider, forbidden port) is still accepted: the hub
+//! completes the TLS handshake with a leaf for the refused name (bounded, see
+//! `tls::RefusalLeaves`), answers the first request with the problem+json and closes, so the
+//! module's HTTP client shows the status and the `code`. Nothing is dialled or resolved.
 
 mod coalesce;
+pub mod guard;
 mod tls;
 mod workers;
 
@@ -28,40 +36,78 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use coalesce::Coalesced;
-pub use tls::LeafResolver;
+pub use tls::{LeafResolver, RefusalLeaves};
 use workers::Workers;
 
 use crate::forward::{Forwarder, ForwarderOptions};
 use crate::metrics::OPEN_TUNNELS;
-use crate::pipeline::{HubProxy, TunnelTarget, route};
+use crate::pipeline::{ConnCtx, HubProxy, TunnelTarget, route};
 use crate::problem::Problem;
 use crate::registry::Registry;
+use guard::{Guarded, HeadControl};
 use hub_core::dlq::DeadLetterSink;
 use hub_core::jobs::JobSubmitter;
 
 /// Largest CONNECT head accepted.
 pub const MAX_CONNECT_HEAD: usize = 16 * 1024;
 /// Time allowed for a client to send its first bytes / its CONNECT head.
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEAD_TIMEOUT: Duration = guard::HEAD_TIMEOUT;
 /// Time allowed for the TLS handshake inside a tunnel.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle keep-alive time on a connection, seconds.
 pub const KEEPALIVE_SECS: u64 = 60;
 
-/// Connections in flight, for draining on shutdown.
+/// Caps on open connections. A connection over a cap is closed at accept with a `503`
+/// (`code: overloaded`, written without waiting) and counted in
+/// `integration_connections_refused_total{reason}`; the hub keeps serving the others.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// Open connections at most (`proxy.max_connections`).
+    pub total: usize,
+    /// Open connections from one source address at most (`proxy.max_connections_per_source`).
+    pub per_source: usize,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            total: hub_core::config::DEFAULT_MAX_CONNECTIONS,
+            per_source: hub_core::config::DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+        }
+    }
+}
+
+/// Connections in flight, for the caps and for draining on shutdown.
 #[derive(Default)]
 struct Active {
     count: std::sync::atomic::AtomicUsize,
+    per_source: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     idle: tokio::sync::Notify,
 }
 
 /// One live connection; dropping it (also when its task is cancelled) releases it.
-struct ActiveGuard(Arc<Active>);
+struct ActiveGuard(Arc<Active>, std::net::IpAddr);
 
 impl Active {
-    fn enter(this: &Arc<Self>) -> ActiveGuard {
+    /// Admits a connection from `ip` within `limits`; `Err` names the cap that refused it.
+    fn enter(
+        this: &Arc<Self>,
+        ip: std::net::IpAddr,
+        limits: ConnLimits,
+    ) -> Result<ActiveGuard, &'static str> {
+        if this.count.load(Ordering::Acquire) >= limits.total {
+            return Err("total");
+        }
+        {
+            let mut per = this.per_source.lock().expect("per-source lock");
+            let n = per.entry(ip).or_insert(0);
+            if *n >= limits.per_source {
+                return Err("per_source");
+            }
+            *n += 1;
+        }
         this.count.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard(this.clone())
+        Ok(ActiveGuard(this.clone(), ip))
     }
 
     async fn drained(&self) {
@@ -77,6 +123,15 @@ impl Active {
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
+        {
+            let mut per = self.0.per_source.lock().expect("per-source lock");
+            if let Some(n) = per.get_mut(&self.1) {
+                *n -= 1;
+                if *n == 0 {
+                    per.remove(&self.1);
+                }
+            }
+        }
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -127,6 +182,8 @@ pub struct ProxyOptions {
     /// Connection threads, each a single-threaded runtime (see `serve/workers.rs`); `None` runs
     /// connections on the runtime that calls [`ProxyServer::serve`] (tests on a paused clock).
     pub worker_threads: Option<usize>,
+    /// Caps on open connections.
+    pub limits: ConnLimits,
 }
 
 /// The running proxy's shared parts.
@@ -135,9 +192,12 @@ pub struct ProxyServer {
     state: Arc<dyn SharedState>,
     hub_default_rate: u32,
     acceptor: Acceptor,
+    refusal_acceptor: Acceptor,
+    refusals: Arc<RefusalLeaves>,
     registry: Arc<Registry>,
     resolver: Arc<LeafResolver>,
     workers: Option<Workers>,
+    limits: ConnLimits,
 }
 
 /// Writes system roots plus `extra` into one PEM bundle under `data_dir` (Pingora's connector
@@ -208,12 +268,14 @@ impl ProxyServer {
             ),
         ));
         let resolver = Arc::new(LeafResolver::new(
-            ca,
+            ca.clone(),
             registry.clone(),
             opts.leaf_cache_size,
             opts.leaf_validity,
         ));
         let acceptor = Acceptor::from_server_config(tls::server_config(resolver.clone())?);
+        let refusals = Arc::new(RefusalLeaves::new(ca));
+        let refusal_acceptor = Acceptor::from_server_config(tls::server_config(refusals.clone())?);
         let workers = match opts.worker_threads {
             Some(n) => Some(
                 Workers::start(n)
@@ -226,9 +288,12 @@ impl ProxyServer {
             state: opts.state.clone(),
             hub_default_rate: opts.hub_default_rate,
             acceptor,
+            refusal_acceptor,
+            refusals,
             registry,
             resolver,
             workers,
+            limits: opts.limits,
         }))
     }
 
@@ -310,9 +375,24 @@ impl ProxyServer {
             };
             match accepted {
                 Ok((tcp, peer)) => {
+                    let guard = match Active::enter(&active, peer.ip(), self.limits) {
+                        Ok(g) => g,
+                        Err(reason) => {
+                            crate::metrics::METRICS
+                                .connections_refused
+                                .with_label_values(&[reason])
+                                .inc();
+                            let p = Problem::new(
+                                hub_core::wire::problem::OVERLOADED,
+                                "the hub has too many open connections; retry later",
+                            );
+                            // Best effort and never waiting: the accept loop goes on.
+                            let _ = tcp.try_write(&p.to_http1(None));
+                            continue;
+                        }
+                    };
                     let this = self.clone();
                     let shutdown = shutdown.clone();
-                    let guard = Active::enter(&active);
                     match &self.workers {
                         None => {
                             tokio::spawn(async move {
@@ -375,7 +455,10 @@ impl ProxyServer {
         }
         if !buf.starts_with(b"CONNECT ") {
             stream.rewind(&buf);
-            ServerApp::process_new(&self.app, Box::new(Coalesced::new(stream)), &shutdown).await;
+            let control = Arc::new(HeadControl::default());
+            let stream = Guarded::new(Coalesced::new(stream), control.clone());
+            self.serve_http(Box::new(stream), control, None, &shutdown)
+                .await;
             return;
         }
         let (target, head_len) = match self.read_connect_head(&mut stream, &mut buf).await {
@@ -387,11 +470,13 @@ impl ProxyServer {
             }
             Err(None) => return,
         };
+        if buf.len() > head_len {
+            stream.rewind(&buf[head_len..]);
+        }
         if let Err(problem) = route(&self.registry, &target.host, target.port, true) {
             tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
                 code = problem.code, status = problem.status, "connect refused");
-            let _ = stream.write_all(&problem.to_http1(None)).await;
-            let _ = stream.shutdown().await;
+            self.refuse_in_tunnel(stream, &target, &problem).await;
             return;
         }
         if stream
@@ -400,9 +485,6 @@ impl ProxyServer {
             .is_err()
         {
             return;
-        }
-        if buf.len() > head_len {
-            stream.rewind(&buf[head_len..]);
         }
         let tls = match tokio::time::timeout(
             TLS_HANDSHAKE_TIMEOUT,
@@ -421,11 +503,31 @@ impl ProxyServer {
             }
         };
         let _open = TunnelGuard::new();
-        let mut session = ServerSession::new_http1(Box::new(tls));
+        let control = Arc::new(HeadControl::default());
+        let stream = Guarded::new(tls, control.clone());
+        self.serve_http(Box::new(stream), control, Some(target), &shutdown)
+            .await;
+    }
+
+    /// Serves HTTP/1.1 requests on `stream` until it ends: each head is guarded (armed here,
+    /// disarmed by the pipeline once parsed), pipelined requests are answered in order.
+    async fn serve_http(
+        &self,
+        stream: pingora::protocols::Stream,
+        control: Arc<HeadControl>,
+        tunnel: Option<TunnelTarget>,
+        shutdown: &watch::Receiver<bool>,
+    ) {
+        let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(Some(KEEPALIVE_SECS));
+        session.set_pipelining_enabled(true);
         loop {
-            session.set_connection_user_context(Some(Box::new(target.clone())));
-            let Some(reused) = self.app.process_new_http(session, &shutdown).await else {
+            control.arm();
+            session.set_connection_user_context(Some(Box::new(ConnCtx {
+                tunnel: tunnel.clone(),
+                head: control.clone(),
+            })));
+            let Some(reused) = self.app.process_new_http(session, shutdown).await else {
                 break;
             };
             let (stream, settings) = reused.consume();
@@ -434,6 +536,50 @@ impl ProxyServer {
                 settings.apply_to_session(&mut session);
             }
         }
+    }
+
+    /// Answers a refused CONNECT inside the tunnel: `200`, a handshake with a refusal leaf, the
+    /// problem as the answer to the first request, then the end. Past the minting bound (or for
+    /// a client that sends no TLS), the refusal is the bare answer to the CONNECT.
+    async fn refuse_in_tunnel(
+        &self,
+        mut stream: L4Stream,
+        target: &TunnelTarget,
+        problem: &Problem,
+    ) {
+        if !self.refusals.prepare(&target.host) {
+            let _ = stream.write_all(&problem.to_http1(None)).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        if stream
+            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let Ok(Ok(tls)) = tokio::time::timeout(
+            TLS_HANDSHAKE_TIMEOUT,
+            self.refusal_acceptor.tls_handshake(Coalesced::new(stream)),
+        )
+        .await
+        else {
+            return;
+        };
+        let control = Arc::new(HeadControl::default());
+        control.arm();
+        let mut session = ServerSession::new_http1(Box::new(Guarded::new(tls, control)));
+        let head =
+            tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECS), session.read_request()).await;
+        if !matches!(head, Ok(Ok(true))) {
+            return;
+        }
+        let rid = crate::hygiene::request_id(session.req_header());
+        if let Err(e) = problem.send(&mut session, Some(&rid)).await {
+            tracing::debug!(error = %e, "could not answer the refused tunnel's request");
+        }
+        session.shutdown().await;
     }
 
     /// Reads the rest of a CONNECT head into `buf`; returns the target and the head's length.
@@ -462,9 +608,7 @@ impl ProxyServer {
                 }
                 if buf.len() >= MAX_CONNECT_HEAD {
                     return Err(Some(Problem::new(
-                        431,
-                        "headers_too_large",
-                        "Request header fields too large",
+                        hub_core::wire::problem::HEADERS_TOO_LARGE,
                         "CONNECT head exceeds 16 KiB",
                     )));
                 }

@@ -26,6 +26,16 @@ pub enum Mode {
     Hangup,
     /// 200 with a head announcing 1000 bytes of body, 10 of them sent, then never the rest.
     StallBody,
+    /// `100 Continue` and `102 Processing` first (interim answers), then 200.
+    Interim,
+    /// A chunked `text/event-stream` of `count` events, `gap_ms` apart, then its end
+    /// (`count == usize::MAX`: the events stop and the stream stays open, silent).
+    Events {
+        /// Events sent.
+        count: usize,
+        /// Silence between two events.
+        gap_ms: u64,
+    },
 }
 
 /// One request as the provider received it.
@@ -37,8 +47,14 @@ pub struct Recorded {
     pub target: String,
     /// Headers in order, names lower-cased.
     pub headers: Vec<(String, String)>,
-    /// Body bytes.
+    /// Body bytes (decoded from chunked), when at most [`KEEP_BODY`].
     pub body: Vec<u8>,
+    /// Body length, whatever its size.
+    pub body_len: usize,
+    /// Hex SHA-256 of the body.
+    pub body_sha256: String,
+    /// Which accepted connection it came on (0-based).
+    pub connection: usize,
 }
 
 impl Recorded {
@@ -72,6 +88,10 @@ struct Shared {
     mode: Option<Mode>,
     /// Answers used first, one per request, before `mode` applies again.
     script: std::collections::VecDeque<Mode>,
+    /// Raw bytes received, per connection (the first [`KEEP_RAW`] of each).
+    raw: Vec<Vec<u8>>,
+    /// Framing violations seen (each ended its connection).
+    malformed: Vec<String>,
 }
 
 /// A running fake provider.
@@ -153,59 +173,252 @@ impl FakeProvider {
         self.shared.lock().unwrap().requests.clone()
     }
 
+    /// Framing violations the provider saw (each ended its connection): a correct hub sends
+    /// none.
+    pub fn malformed(&self) -> Vec<String> {
+        self.shared.lock().unwrap().malformed.clone()
+    }
+
+    /// The raw bytes received on each connection (the first MiB of each).
+    pub fn raw(&self) -> Vec<Vec<u8>> {
+        self.shared.lock().unwrap().raw.clone()
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.lock().unwrap().connections
     }
 }
 
+/// Bodies up to this size are kept whole in [`Recorded::body`]; larger ones only hashed.
+pub const KEEP_BODY: usize = 8 * 1024 * 1024;
+/// Raw bytes kept per connection (for framing assertions).
+const KEEP_RAW: usize = 1024 * 1024;
+
+/// Reads more bytes into `buf`; `false` at end of stream.
+async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, raw: &mut Vec<u8>) -> bool {
+    let mut chunk = [0u8; 64 * 1024];
+    match s.read(&mut chunk).await {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            let room = KEEP_RAW.saturating_sub(raw.len());
+            raw.extend_from_slice(&chunk[..n.min(room)]);
+            true
+        }
+    }
+}
+
+/// A body as it is received: hashed as it goes, kept when small.
+struct BodySink {
+    hasher: sha2::Sha256,
+    len: usize,
+    kept: Vec<u8>,
+}
+
+impl BodySink {
+    fn new() -> Self {
+        use sha2::Digest;
+        Self {
+            hasher: sha2::Sha256::new(),
+            len: 0,
+            kept: Vec::new(),
+        }
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        use sha2::Digest;
+        self.hasher.update(bytes);
+        self.len += bytes.len();
+        if self.len <= KEEP_BODY {
+            self.kept.extend_from_slice(bytes);
+        } else {
+            self.kept = Vec::new();
+        }
+    }
+}
+
+/// Finds `\r\n` in `buf` from `from`.
+fn crlf(buf: &[u8], from: usize) -> Option<usize> {
+    buf.get(from..)?
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map(|p| from + p)
+}
+
+/// Reads a chunked body strictly (RFC 9112 §7.1: hex size, optional extensions, CRLF after the
+/// data, trailer fields, a final empty line). `Err` describes the first violation.
+async fn read_chunked<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    raw: &mut Vec<u8>,
+    sink: &mut BodySink,
+) -> Result<(), String> {
+    loop {
+        let line_end = loop {
+            if let Some(e) = crlf(buf, 0) {
+                break e;
+            }
+            if buf.len() > 4096 {
+                return Err("chunk-size line too long".into());
+            }
+            if !fill(s, buf, raw).await {
+                return Err("eof in chunk-size line".into());
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let size_text = line.split(';').next().unwrap_or("");
+        if size_text.is_empty() || !size_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("bad chunk size {line:?}"));
+        }
+        let size = usize::from_str_radix(size_text, 16).map_err(|e| e.to_string())?;
+        buf.drain(..line_end + 2);
+        if size == 0 {
+            // Trailer fields, then the empty line.
+            loop {
+                let end = loop {
+                    if let Some(e) = crlf(buf, 0) {
+                        break e;
+                    }
+                    if !fill(s, buf, raw).await {
+                        return Err("eof in trailers".into());
+                    }
+                };
+                let empty = end == 0;
+                buf.drain(..end + 2);
+                if empty {
+                    return Ok(());
+                }
+            }
+        }
+        let mut left = size;
+        while left > 0 {
+            if buf.is_empty() && !fill(s, buf, raw).await {
+                return Err("eof in chunk data".into());
+            }
+            let n = left.min(buf.len());
+            sink.put(&buf[..n]);
+            buf.drain(..n);
+            left -= n;
+        }
+        while buf.len() < 2 {
+            if !fill(s, buf, raw).await {
+                return Err("eof after chunk data".into());
+            }
+        }
+        if &buf[..2] != b"\r\n" {
+            return Err("chunk data not followed by CRLF".into());
+        }
+        buf.drain(..2);
+    }
+}
+
 async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mutex<Shared>>) {
+    let conn = {
+        let mut sh = shared.lock().unwrap();
+        sh.raw.push(Vec::new());
+        sh.raw.len() - 1
+    };
+    let mut raw = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Read one request head.
-        let (rec, head_len, content_length) = loop {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
+        let (mut rec, head_len, framing) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 128];
             let mut req = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(len)) = req.parse(&buf) {
-                let hs: Vec<(String, String)> = req
-                    .headers
-                    .iter()
-                    .map(|h| {
-                        (
-                            h.name.to_ascii_lowercase(),
-                            String::from_utf8_lossy(h.value).into_owned(),
-                        )
-                    })
-                    .collect();
-                let cl = hs
-                    .iter()
-                    .find(|(k, _)| k == "content-length")
-                    .and_then(|(_, v)| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                let rec = Recorded {
-                    method: req.method.unwrap_or_default().to_owned(),
-                    target: req.path.unwrap_or_default().to_owned(),
-                    headers: hs,
-                    body: Vec::new(),
-                };
-                break (rec, len, cl);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let hs: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    let te: Vec<&str> = hs
+                        .iter()
+                        .filter(|(k, _)| k == "transfer-encoding")
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    let cl: Vec<&str> = hs
+                        .iter()
+                        .filter(|(k, _)| k == "content-length")
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    let framing = match (te.as_slice(), cl.as_slice()) {
+                        ([], []) => Ok(Framing::Length(0)),
+                        ([], [v]) => v
+                            .parse::<usize>()
+                            .map(Framing::Length)
+                            .map_err(|_| format!("bad content-length {v:?}")),
+                        (["chunked"], []) => Ok(Framing::Chunked),
+                        _ => Err(format!("ambiguous framing: te={te:?} cl={cl:?}")),
+                    };
+                    let rec = Recorded {
+                        method: req.method.unwrap_or_default().to_owned(),
+                        target: req.path.unwrap_or_default().to_owned(),
+                        headers: hs,
+                        body: Vec::new(),
+                        body_len: 0,
+                        body_sha256: String::new(),
+                        connection: conn,
+                    };
+                    break (rec, len, framing);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => {
+                    shared
+                        .lock()
+                        .unwrap()
+                        .malformed
+                        .push(format!("unparsable head: {e}"));
+                    return;
+                }
             }
-            let mut chunk = [0u8; 8192];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            if !fill(&mut s, &mut buf, &mut raw).await {
+                shared.lock().unwrap().raw[conn] = raw;
+                return;
             }
         };
-        while buf.len() < head_len + content_length {
-            let mut chunk = [0u8; 8192];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        buf.drain(..head_len);
+        let mut sink = BodySink::new();
+        let read = match framing {
+            Err(e) => Err(e),
+            Ok(Framing::Length(n)) => {
+                let mut left = n;
+                let mut ok = Ok(());
+                while left > 0 {
+                    if buf.is_empty() && !fill(&mut s, &mut buf, &mut raw).await {
+                        ok = Err("eof in body".to_owned());
+                        break;
+                    }
+                    let k = left.min(buf.len());
+                    sink.put(&buf[..k]);
+                    buf.drain(..k);
+                    left -= k;
+                }
+                ok
             }
+            Ok(Framing::Chunked) => read_chunked(&mut s, &mut buf, &mut raw, &mut sink).await,
+        };
+        shared.lock().unwrap().raw[conn] = raw.clone();
+        if let Err(e) = read {
+            shared.lock().unwrap().malformed.push(e);
+            return;
         }
-        let mut rec = rec;
-        rec.body = buf[head_len..head_len + content_length].to_vec();
-        buf.drain(..head_len + content_length);
+        {
+            use sha2::Digest;
+            rec.body_len = sink.len;
+            rec.body_sha256 = hex::encode(sink.hasher.finalize());
+            rec.body = sink.kept;
+        }
+        let summary = format!(
+            "\"len\":{},\"sha256\":\"{}\"",
+            rec.body_len, rec.body_sha256
+        );
         let mode = {
             let mut sh = shared.lock().unwrap();
             sh.requests.push(rec);
@@ -237,8 +450,40 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
             }
+            Mode::Interim => {
+                let info = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n";
+                if s.write_all(info.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = s.flush().await;
+                (200, String::new())
+            }
+            Mode::Events { count, gap_ms } => {
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for i in 0..count {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+                    }
+                    let event = format!("data: event {i}\n\n");
+                    let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+                    if s.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let _ = s.flush().await;
+                }
+                if count == usize::MAX {
+                    return;
+                }
+                if s.write_all(b"0\r\n\r\n").await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
-        let body = format!("{{\"ok\":{},\"status\":{status}}}", status < 400);
+        let body = format!("{{\"ok\":{},\"status\":{status},{summary}}}", status < 400);
         let resp = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
             body.len()
@@ -247,4 +492,10 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
             return;
         }
     }
+}
+
+/// How a request's body is framed.
+enum Framing {
+    Length(usize),
+    Chunked,
 }

@@ -346,11 +346,12 @@ async fn deny_by_default_and_other_refusals_never_reach_the_provider() {
         hub.sync().await;
         let c = client(&hub);
 
-        // Unknown host through CONNECT: refused before any tunnel.
-        let err = c.get("https://nobody.test/x").send().await.unwrap_err();
-        assert!(
-            format!("{err:?}").contains("403") || err.is_connect(),
-            "{err:?}"
+        // Unknown host through CONNECT: answered inside the tunnel, so the client reads it
+        // like any answer (no upstream dial, no DNS lookup).
+        let (s, body) = problem(c.get("https://nobody.test/x").send().await.unwrap()).await;
+        assert_eq!(
+            (s, body["code"].as_str().unwrap()),
+            (403, "unknown_provider")
         );
         // Unknown host, absolute-form: problem+json.
         let (s, body) = problem(c.get("http://nobody.test/x").send().await.unwrap()).await;
@@ -383,20 +384,23 @@ async fn deny_by_default_and_other_refusals_never_reach_the_provider() {
             (403, "forbidden_destination")
         );
 
-        // Raw CONNECT answers: unknown → 403 problem; wrong port → 403 forbidden_port.
-        for (target, code) in [
-            ("nobody.test:443", "unknown_provider"),
-            ("strict.fake.test:22", "forbidden_port"),
+        // Raw CONNECT: accepted, then the first request inside gets the problem and the
+        // tunnel ends. Unknown → unknown_provider; wrong port → forbidden_port.
+        for (host, port, code) in [
+            ("nobody.test", 443, "unknown_provider"),
+            ("strict.fake.test", 22, "forbidden_port"),
+            ("off.fake.test", 443, "provider_disabled"),
         ] {
-            let mut tcp = TcpStream::connect(hub.proxy_addr).await.unwrap();
-            tcp.write_all(
-                format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes(),
-            )
-            .await
-            .unwrap();
-            let resp = read_response(&mut tcp).await;
+            let mut tls = raw_tunnel(&hub, host, port).await;
+            tls.write_all(format!("GET /x HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let resp = read_response(&mut tls).await;
             assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
-            assert!(resp.contains(code), "{resp}");
+            assert!(resp.contains(&format!("\"code\":\"{code}\"")), "{resp}");
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut rest)).await;
+            assert!(rest.is_empty(), "the refused tunnel ends after its answer");
         }
         assert_eq!(
             f.connections(),

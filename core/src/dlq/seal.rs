@@ -16,26 +16,19 @@ const BODY_AAD_PREFIX: &[u8] = b"hub/dlq/v1/";
 /// Request header a replay carries: the entry it replays. A failed replay is then recorded on
 /// that entry, never as a new one (the writer maps such a call onto the entry's id, and the
 /// insert of an existing id is a no-op).
-pub const REPLAY_HEADER: &str = "x-hub-dlq-replay";
+pub const REPLAY_HEADER: &str = crate::wire::DLQ_REPLAY;
 /// Request header an async job's attempt carries: its job id. Failed attempts are not DLQ
 /// entries of their own; a job that fails for good leaves one entry.
-pub const JOB_HEADER: &str = "x-hub-job-id";
+pub const JOB_HEADER: &str = crate::wire::JOB_ID;
 /// Request header a module may send to name itself (kept as the entry's `caller`).
-pub const CALLER_HEADER: &str = "x-hub-caller";
+pub const CALLER_HEADER: &str = crate::wire::CALLER;
 
 /// Headers never kept, whatever the proxy handed over: credentials under their usual names,
 /// and the hub's own control headers.
-const NEVER_KEPT: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    REPLAY_HEADER,
-    JOB_HEADER,
-    "x-hub-callback-url",
-];
+fn never_kept(name: &str) -> bool {
+    use crate::wire::{CREDENTIAL_HEADERS, HUB_CONTROL, listed};
+    listed(CREDENTIAL_HEADERS, name) || (listed(HUB_CONTROL, name) && name != CALLER_HEADER)
+}
 
 /// The associated data binding a sealed DLQ body to its entry.
 pub fn body_aad(id: Ulid) -> Vec<u8> {
@@ -49,7 +42,7 @@ pub fn body_aad(id: Ulid) -> Vec<u8> {
 pub fn keepable_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(k, _)| !NEVER_KEPT.iter().any(|n| k.eq_ignore_ascii_case(n)))
+        .filter(|(k, _)| !never_kept(&k.to_ascii_lowercase()))
         .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
         .collect()
 }

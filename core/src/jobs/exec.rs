@@ -21,36 +21,22 @@ pub const EXCERPT_LEN: usize = 512;
 const MARGIN: Duration = Duration::from_secs(10);
 /// Type URI prefix of the hub's own problem answers.
 const HUB_PROBLEM: &str = "urn:integration-hub:problem:";
-/// Stored headers never re-sent: framing, hop-by-hop, and what this module sets itself.
-const NOT_RESENT: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "proxy-connection",
-    "proxy-authorization",
-    "x-request-id",
-    "x-hub-dlq-replay",
-    "x-hub-job-id",
-    "x-hub-callback-url",
-    "x-hub-timeout-ms",
-];
+/// Whether a stored header is never re-sent: framing, hop-by-hop, what the hub answers itself,
+/// its control headers, and the request id (this module sets it).
+fn not_resent(name: &str) -> bool {
+    use crate::wire::{ANSWERED_BY_HUB, HOP_BY_HOP, HUB_CONTROL, REQUEST_ID, listed};
+    matches!(
+        name,
+        "host" | "content-length" | "transfer-encoding" | REQUEST_ID
+    ) || listed(HOP_BY_HOP, name)
+        || listed(ANSWERED_BY_HUB, name)
+        || listed(HUB_CONTROL, name)
+}
+
 /// Response headers that describe the hop, not the provider's answer.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+fn hop_response_header(name: &str) -> bool {
+    name == "transfer-encoding" || crate::wire::listed(crate::wire::HOP_BY_HOP, name)
+}
 
 /// The host the worker addresses a provider by.
 pub fn call_host(p: &ProviderRecord) -> Option<String> {
@@ -164,16 +150,13 @@ impl ProxyCaller {
         for (k, v) in out.headers {
             let k = k.to_ascii_lowercase();
             let is_async_prefer = k == "prefer" && v.contains(super::model::PREFER_ASYNC);
-            if NOT_RESENT.contains(&k.as_str())
-                || is_async_prefer
-                || Some(&k) == idem_header.as_ref()
-            {
+            if not_resent(&k) || is_async_prefer || Some(&k) == idem_header.as_ref() {
                 continue;
             }
             req = req.header(k, v);
         }
         req = req
-            .header("x-request-id", out.request_id)
+            .header(crate::wire::REQUEST_ID, out.request_id)
             .header(out.marker.0, out.marker.1.as_str());
         if let (Some(h), Some(key)) = (&idem_header, out.idempotency_key) {
             req = req.header(h.as_str(), key);
@@ -191,7 +174,7 @@ impl ProxyCaller {
         let headers: Vec<(String, String)> = resp
             .headers()
             .iter()
-            .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+            .filter(|(k, _)| !hop_response_header(k.as_str()))
             .map(|(k, v)| {
                 (
                     k.as_str().to_owned(),

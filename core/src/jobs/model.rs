@@ -14,9 +14,9 @@ use crate::vault::VaultError;
 /// Request header value asking for asynchronous processing (`Prefer: respond-async`, RFC 7240).
 pub const PREFER_ASYNC: &str = "respond-async";
 /// Response header of the 202: the job id. (Also the request header a job's attempts carry.)
-pub const JOB_ID_HEADER: &str = "x-hub-job-id";
+pub const JOB_ID_HEADER: &str = crate::wire::JOB_ID;
 /// Request header naming where to POST the job's outcome.
-pub const CALLBACK_URL_HEADER: &str = "x-hub-callback-url";
+pub const CALLBACK_URL_HEADER: &str = crate::wire::CALLBACK_URL;
 /// Where the job resource lives on the admin API: `Location: /api/v1/integrations/jobs/{id}`.
 pub const JOB_LOCATION_PREFIX: &str = "/api/v1/integrations/jobs/";
 

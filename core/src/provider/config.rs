@@ -9,10 +9,14 @@ use super::ValidationError;
 pub const DEFAULT_TIMEOUT_MS: u32 = 10_000;
 /// Per-attempt timeout ceiling (seed: 30 s).
 pub const MAX_TIMEOUT_MS: u32 = 30_000;
-/// Default total budget per call: attempts plus waits.
+/// Ceiling of `firstByteTimeoutMs` (a slow-to-start stream, e.g. a model's first token).
+pub const MAX_FIRST_BYTE_TIMEOUT_MS: u32 = 300_000;
+/// Ceiling of `idleTimeoutMs`: the longest silence a stream may be configured to survive.
+pub const MAX_IDLE_TIMEOUT_MS: u32 = 3_600_000;
+/// Default total budget per call: attempts, waits and the streamed response.
 pub const DEFAULT_TOTAL_TIMEOUT_MS: u32 = 60_000;
-/// Total budget ceiling.
-pub const MAX_TOTAL_TIMEOUT_MS: u32 = 120_000;
+/// Total budget ceiling (one hour: long streams must be configured for, never unbounded).
+pub const MAX_TOTAL_TIMEOUT_MS: u32 = 3_600_000;
 /// Hub-wide default rate limit (seed: 100 req/s; `INTEGRATION_RATE_LIMIT_PER_SEC` changes it).
 pub const DEFAULT_RATE_LIMIT_PER_SEC: u32 = 100;
 /// Default attempts per call (seed: 5).
@@ -52,9 +56,19 @@ impl Default for BreakerPolicy {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ProviderConfig {
-    /// Per-attempt timeout including connect and TLS (≤ 30 000).
+    /// Per-attempt timeout including connect and TLS (≤ 30 000); the default of
+    /// `connectTimeoutMs`, `firstByteTimeoutMs` and `idleTimeoutMs`.
     pub timeout_ms: u32,
-    /// Budget for the whole call, attempts plus waits (≤ 120 000).
+    /// TCP connect plus TLS handshake, per attempt (≤ `timeoutMs`'s ceiling); default `timeoutMs`.
+    pub connect_timeout_ms: Option<u32>,
+    /// From the start of an attempt to the provider's response head (≤ 300 000); default
+    /// `timeoutMs`. An attempt that gets no head in time is a timeout (retried within the rules).
+    pub first_byte_timeout_ms: Option<u32>,
+    /// Longest silence while a body streams, either direction (≤ 3 600 000); default `timeoutMs`.
+    /// A stream silent for longer is cut: the module sees the connection end, the access line
+    /// says `idle_timeout`.
+    pub idle_timeout_ms: Option<u32>,
+    /// Budget for the whole call: attempts, waits and the streamed response (≤ 3 600 000).
     pub total_timeout_ms: u32,
     /// Requests per second across all hub instances; `None` = the hub default.
     pub rate_limit_per_sec: Option<u32>,
@@ -85,6 +99,9 @@ impl Default for ProviderConfig {
     fn default() -> Self {
         Self {
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            connect_timeout_ms: None,
+            first_byte_timeout_ms: None,
+            idle_timeout_ms: None,
             total_timeout_ms: DEFAULT_TOTAL_TIMEOUT_MS,
             rate_limit_per_sec: None,
             burst: None,
@@ -127,6 +144,20 @@ impl ProviderConfig {
             1,
             MAX_TOTAL_TIMEOUT_MS.into(),
         )?;
+        if let Some(v) = self.connect_timeout_ms {
+            within("connectTimeoutMs", v.into(), 1, MAX_TIMEOUT_MS.into())?;
+        }
+        if let Some(v) = self.first_byte_timeout_ms {
+            within(
+                "firstByteTimeoutMs",
+                v.into(),
+                1,
+                MAX_FIRST_BYTE_TIMEOUT_MS.into(),
+            )?;
+        }
+        if let Some(v) = self.idle_timeout_ms {
+            within("idleTimeoutMs", v.into(), 1, MAX_IDLE_TIMEOUT_MS.into())?;
+        }
         if self.total_timeout_ms < self.timeout_ms {
             return Err(ValidationError::new(
                 "config.totalTimeoutMs",
@@ -179,8 +210,27 @@ impl ProviderConfig {
         Ok(())
     }
 
+    /// TCP connect plus TLS handshake, per attempt.
+    pub fn connect_timeout(&self) -> std::time::Duration {
+        ms(self.connect_timeout_ms.unwrap_or(self.timeout_ms))
+    }
+
+    /// From the start of an attempt to the response head.
+    pub fn first_byte_timeout(&self) -> std::time::Duration {
+        ms(self.first_byte_timeout_ms.unwrap_or(self.timeout_ms))
+    }
+
+    /// Longest silence while a body streams.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        ms(self.idle_timeout_ms.unwrap_or(self.timeout_ms))
+    }
+
     /// The effective rate limit given the hub default.
     pub fn rate_limit(&self, hub_default: u32) -> u32 {
         self.rate_limit_per_sec.unwrap_or(hub_default)
     }
+}
+
+fn ms(v: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(v.into())
 }

@@ -104,7 +104,7 @@ impl RetryPlan {
         Self {
             backoff: Backoff::from_config(config),
             max_attempts: config.max_attempts.max(1),
-            attempt_timeout: Duration::from_millis(config.timeout_ms.into()),
+            attempt_timeout: config.first_byte_timeout(),
             started,
             total: Duration::from_millis(config.total_timeout_ms.into()),
         }

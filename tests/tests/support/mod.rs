@@ -190,6 +190,7 @@ impl WorkHub {
             leaf_validity: Duration::from_secs(3600),
             // As deployed: connections on the proxy's own single-threaded runtimes.
             worker_threads: Some(2),
+            limits: hub_proxy::serve::ConnLimits::default(),
         };
         let server = ProxyServer::new(registry.clone(), Arc::new(ca), &opts).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,0 +1,160 @@
+//! The hub's own wire contract, in one place: the header names it reads and writes, the header
+//! lists it strips, and the problem codes it answers with. The proxy, the admin API and the
+//! background worker all take these from here, and `README.md`'s error table is checked against
+//! [`PROBLEMS`] by a test, so the three cannot drift apart.
+
+/// The request id, propagated or generated, echoed to the caller.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The DLQ entry a failed call was recorded as (on the hub's 502/504).
+pub const DLQ_ID: &str = "x-hub-dlq-id";
+/// A DLQ replay carries the entry it replays.
+pub const DLQ_REPLAY: &str = "x-hub-dlq-replay";
+/// An async job's attempt carries its job id (also on the 202 that accepted it).
+pub const JOB_ID: &str = "x-hub-job-id";
+/// The URL an async job's result is POSTed to.
+pub const CALLBACK_URL: &str = "x-hub-callback-url";
+/// A module may name itself (kept as the DLQ entry's `caller`).
+pub const CALLER: &str = "x-hub-caller";
+/// A caller may lower the call's total budget, in milliseconds.
+pub const TIMEOUT_MS: &str = "x-hub-timeout-ms";
+/// The seed's marker on a breaker rejection.
+pub const CIRCUIT_OPEN: &str = "x-circuit-breaker-open";
+
+/// Hop-by-hop request headers (RFC 9110 §7.6.1) plus the proxy's own credentials: never
+/// forwarded. Framing (`Transfer-Encoding`, `Content-Length`) is re-derived, not copied blindly.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Request headers the hub answers itself and never forwards: `Expect: 100-continue` is
+/// answered once the call is admitted, so the provider never sees the expectation.
+pub const ANSWERED_BY_HUB: &[&str] = &["expect"];
+
+/// The hub's control headers: read by the hub, never forwarded to a provider.
+pub const HUB_CONTROL: &[&str] = &[DLQ_REPLAY, JOB_ID, CALLER, TIMEOUT_MS, CALLBACK_URL];
+
+/// Headers that carry credentials under their usual names: never stored (DLQ entries, jobs, call
+/// records) whatever the provider's own scheme is.
+pub const CREDENTIAL_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    "api-key",
+    "x-auth-token",
+];
+
+/// Request headers that must appear at most once: routing, framing and credentials depend on
+/// them, and resolving duplicates silently is how requests get smuggled or misrouted.
+pub const SINGLETON_REQUEST_HEADERS: &[&str] = &["host", "content-length", "authorization"];
+
+/// One kind of answer the hub gives itself: status, stable `code`, title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProblemKind {
+    /// HTTP status.
+    pub status: u16,
+    /// Stable machine-readable code; modules branch on it.
+    pub code: &'static str,
+    /// Human-readable summary of the code.
+    pub title: &'static str,
+}
+
+macro_rules! problems {
+    ($($name:ident = $status:literal, $code:literal, $title:literal;)*) => {
+        /// The problem kinds, by name.
+        pub mod problem {
+            use super::ProblemKind;
+            $(
+                #[doc = concat!("`", $status, " ", $code, "`: ", $title, ".")]
+                pub const $name: ProblemKind = ProblemKind { status: $status, code: $code, title: $title };
+            )*
+        }
+        /// Every problem the proxy answers with (the README's error table lists exactly these).
+        pub const PROBLEMS: &[ProblemKind] = &[$(problem::$name),*];
+    };
+}
+
+problems! {
+    BAD_REQUEST = 400, "bad_request", "Bad request";
+    INVALID_CALLBACK = 400, "invalid_callback", "Invalid callback URL";
+    UNKNOWN_PROVIDER = 403, "unknown_provider", "Unknown provider";
+    PROVIDER_DISABLED = 403, "provider_disabled", "Provider disabled";
+    FORBIDDEN_PORT = 403, "forbidden_port", "Port not allowed";
+    FORBIDDEN_DESTINATION = 403, "forbidden_destination", "Forbidden destination";
+    REQUEST_TIMEOUT = 408, "request_timeout", "Request timeout";
+    IDEMPOTENCY_CONFLICT = 409, "idempotency_conflict", "Idempotency conflict";
+    BODY_TOO_LARGE = 413, "body_too_large", "Body too large";
+    EXPECTATION_FAILED = 417, "expectation_failed", "Expectation failed";
+    MISDIRECTED_REQUEST = 421, "misdirected_request", "Misdirected request";
+    RATE_LIMITED = 429, "rate_limited", "Rate limited";
+    QUOTA_EXHAUSTED = 429, "quota_exhausted", "Daily quota exhausted";
+    HEADERS_TOO_LARGE = 431, "headers_too_large", "Request header fields too large";
+    INTERNAL_ERROR = 500, "internal_error", "Internal error";
+    UPSTREAM_FAILED = 502, "upstream_failed", "Upstream failed";
+    UPSTREAM_DNS_FAILED = 502, "upstream_dns_failed", "Upstream name resolution failed";
+    CIRCUIT_OPEN = 503, "circuit_open", "Circuit open";
+    CREDENTIALS_UNAVAILABLE = 503, "credentials_unavailable", "Credentials unavailable";
+    JOBS_UNAVAILABLE = 503, "jobs_unavailable", "Jobs unavailable";
+    OVERLOADED = 503, "overloaded", "Too many connections";
+    UPSTREAM_TIMEOUT = 504, "upstream_timeout", "Upstream timeout";
+}
+
+/// Whether `name` (any case) is in `list`.
+pub fn listed(list: &[&str], name: &str) -> bool {
+    list.iter().any(|h| h.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's error table names exactly the problems the proxy answers with, each with its
+    /// status: a code added, renamed or dropped on one side only fails here.
+    #[test]
+    fn the_readme_error_table_and_the_problem_codes_agree() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let mut in_table = false;
+        let mut documented = Vec::new();
+        for line in readme.lines() {
+            if line.starts_with("| status | code |") {
+                in_table = true;
+                continue;
+            }
+            if !in_table {
+                continue;
+            }
+            if !line.starts_with('|') {
+                break;
+            }
+            let cols: Vec<&str> = line.split('|').map(str::trim).collect();
+            let Ok(status) = cols[1].parse::<u16>() else {
+                continue; // the |---| row
+            };
+            for code in cols[2].split('`').skip(1).step_by(2) {
+                documented.push((status, code.to_owned()));
+            }
+        }
+        let mut emitted: Vec<(u16, String)> = PROBLEMS
+            .iter()
+            .map(|p| (p.status, p.code.to_owned()))
+            .collect();
+        documented.sort();
+        emitted.sort();
+        assert_eq!(
+            documented, emitted,
+            "README.md's error table and core::wire::PROBLEMS differ"
+        );
+        let mut codes: Vec<_> = PROBLEMS.iter().map(|p| p.code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), PROBLEMS.len(), "a code is listed twice");
+    }
+}

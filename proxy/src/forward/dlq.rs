@@ -1,0 +1,83 @@
+//! The hand-off of a call that still failed to the DLQ writer.
+
+use hub_core::dlq::{DeadLetterSink, FailedCall, REPLAY_HEADER};
+use hub_core::state::AttemptEnd;
+use pingora::http::RequestHeader;
+
+use super::body::Body;
+use super::rewrite::caller_headers;
+use super::verdict::end_kind;
+use crate::inject;
+use crate::metrics::METRICS;
+use crate::registry::Provider;
+
+/// How a call ended when no attempt succeeded: what the DLQ entry and the problem report.
+pub(crate) struct CallFailure {
+    pub(crate) idempotency_key: Option<String>,
+    pub(crate) attempts: u32,
+    pub(crate) end: AttemptEnd,
+    /// Why the attempts stopped (`attempts_exhausted`, `body_streamed`, …).
+    pub(crate) stop: &'static str,
+    pub(crate) excerpt: String,
+}
+
+/// Records a failed call with the DLQ and waits until it is durable (bounded), so the caller's
+/// 502/504 is only sent for an entry that survives a crash. Returns the entry's id.
+pub(crate) async fn hand_off(
+    sink: Option<&dyn DeadLetterSink>,
+    req: &RequestHeader,
+    provider: &Provider,
+    path_and_query: &str,
+    request_id: &str,
+    body: &Body,
+    failure: CallFailure,
+) -> ulid::Ulid {
+    // A DLQ replay that fails again is recorded on its own entry, not as a new one.
+    let replayed = req
+        .headers
+        .get(REPLAY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<ulid::Ulid>().ok());
+    let call = FailedCall {
+        // (Not `unwrap_or_default`: the default ULID is the nil id, not a fresh one.)
+        id: match replayed {
+            Some(id) => id,
+            None => ulid::Ulid::new(),
+        },
+        provider_id: provider.id,
+        provider: provider.name.clone(),
+        method: req.method.as_str().to_owned(),
+        path: inject::loggable_path(provider.auth.as_ref(), path_and_query),
+        headers: caller_headers(req, provider),
+        body: match body {
+            Body::Full(b) => Some(b.clone()),
+            Body::Streaming(_) => None,
+        },
+        body_truncated: !body.replayable(),
+        idempotency_key: failure.idempotency_key,
+        request_id: request_id.to_owned(),
+        attempts: failure.attempts,
+        last_status: match failure.end {
+            AttemptEnd::Status(s) => Some(s),
+            _ => None,
+        },
+        last_error: end_kind(failure.end),
+        stop: failure.stop,
+        excerpt: failure.excerpt,
+        failed_at: chrono::Utc::now(),
+    };
+    let id = call.id;
+    METRICS
+        .dlq_handoffs
+        .with_label_values(&[&provider.name])
+        .inc();
+    tracing::warn!(target: "hub::exhausted", request_id, provider = %call.provider,
+        attempts = call.attempts, last_error = call.last_error, last_status = ?call.last_status,
+        stop = call.stop, "call failed after retries");
+    if let Some(sink) = sink
+        && let Err(e) = sink.hand_off(call).await
+    {
+        tracing::error!(request_id, error = %e, "failed call not durably recorded in the DLQ");
+    }
+    id
+}

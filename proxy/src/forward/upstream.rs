@@ -1,0 +1,336 @@
+//! Upstream I/O: connections (pooled per thread, or dialled), one attempt's request and
+//! response head, and the relay of the final response to the caller under the idle and total
+//! timeouts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hub_core::state::AttemptEnd;
+use pingora::connectors::http::Connector;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::v1::client::HttpSession as Http1Session;
+use pingora::proxy::Session;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use tokio::time::Instant;
+
+use super::body::Body;
+use super::pool;
+use super::verdict::classify;
+use crate::hygiene::{self, REQUEST_ID};
+use crate::registry::Provider;
+
+/// Opens new connections to providers (Pingora's connector in production; in-memory streams in
+/// the forwarder's own tests).
+#[async_trait]
+pub trait Dial: Send + Sync {
+    /// A new connection to `provider` at the checked address `addr`.
+    async fn dial(&self, provider: &Provider, addr: SocketAddr)
+    -> pingora::Result<UpstreamSession>;
+}
+
+/// Dials with Pingora's connector: TCP, then TLS verified against the system roots plus the
+/// hub's extra upstream CA, within the provider's connect timeout.
+pub struct PingoraDial(pub(crate) Connector);
+
+#[async_trait]
+impl Dial for PingoraDial {
+    async fn dial(
+        &self,
+        provider: &Provider,
+        addr: SocketAddr,
+    ) -> pingora::Result<UpstreamSession> {
+        let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+        let connect = provider.config.connect_timeout();
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        self.0.get_http_session(&peer).await.map(|(s, _)| s)
+    }
+}
+
+/// Where an attempt goes: the provider at the pinned address and its pool key.
+pub(crate) struct Upstream<'a> {
+    pub(crate) provider: &'a Provider,
+    pub(crate) addr: SocketAddr,
+    pub(crate) key: u64,
+}
+
+impl<'a> Upstream<'a> {
+    pub(crate) fn new(provider: &'a Provider, addr: SocketAddr) -> Self {
+        use std::hash::{Hash, Hasher};
+        // The provider as of this version (base URL, TLS settings) and the checked address.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (provider.id, provider.version, addr).hash(&mut h);
+        Self {
+            provider,
+            addr,
+            key: h.finish(),
+        }
+    }
+}
+
+/// What one attempt produced.
+pub(crate) struct Attempt {
+    pub(crate) end: AttemptEnd,
+    /// Whether bytes may have reached the provider.
+    pub(crate) bytes_sent: bool,
+    pub(crate) upstream: Option<UpstreamSession>,
+}
+
+/// A failed send, and whether the request head had been written.
+struct SendError {
+    error: Box<Error>,
+    header_written: bool,
+}
+
+impl SendError {
+    /// Whether a pooled connection failed as a closed one does, before any response byte.
+    fn stale(&self) -> bool {
+        matches!(
+            self.error.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+    }
+}
+
+fn attempt_of(sent: Result<UpstreamSession, SendError>) -> Attempt {
+    match sent {
+        Ok(up) => Attempt {
+            end: AttemptEnd::Status(up.response_header().map_or(502, |h| h.status.as_u16())),
+            bytes_sent: true,
+            upstream: Some(up),
+        },
+        Err(e) => Attempt {
+            end: classify(&e.error, e.header_written),
+            bytes_sent: e.header_written,
+            upstream: None,
+        },
+    }
+}
+
+/// One attempt: on a pooled connection when there is one. A pooled connection that turns out
+/// closed before any response byte (the provider ended it while idle, a race the pool's check
+/// cannot close) is not the provider failing: the request goes again, once, on a new
+/// connection, without counting as an attempt. `first_byte` bounds the wait for the response
+/// head once the request is sent.
+pub(crate) async fn attempt(
+    dial: &dyn Dial,
+    session: &mut Session,
+    peer: &Upstream<'_>,
+    header: &RequestHeader,
+    body: &Body,
+    first_byte: Duration,
+) -> Attempt {
+    if body.replayable()
+        && let Some(stream) = pool::take(peer.key)
+    {
+        let up = UpstreamSession::H1(Http1Session::new(stream));
+        match send(session, up, peer, header, body, first_byte).await {
+            Err(e) if e.stale() => {
+                tracing::debug!(error = %e.error.etype().as_str(), "pooled upstream connection was closed; reconnecting");
+            }
+            done => return attempt_of(done),
+        }
+    }
+    let up = match dial.dial(peer.provider, peer.addr).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(error = %e.etype().as_str(), "upstream connect failed");
+            return Attempt {
+                end: classify(&e, false),
+                bytes_sent: false,
+                upstream: None,
+            };
+        }
+    };
+    attempt_of(send(session, up, peer, header, body, first_byte).await)
+}
+
+/// Sends the request on `up` and reads the final response head (interim 1xx answers are read
+/// past: they are never the caller's answer).
+async fn send(
+    session: &mut Session,
+    mut up: UpstreamSession,
+    peer: &Upstream<'_>,
+    header: &RequestHeader,
+    body: &Body,
+    first_byte: Duration,
+) -> Result<UpstreamSession, SendError> {
+    if let UpstreamSession::H1(h1) = &mut up {
+        // Writes stall at most the idle timeout; the head's wait is bounded below.
+        h1.read_timeout = None;
+        h1.write_timeout = Some(peer.provider.config.idle_timeout());
+    }
+    if let Err(e) = up.write_request_header(Box::new(header.clone())).await {
+        return Err(SendError {
+            error: e,
+            header_written: false,
+        });
+    }
+    let sent = async {
+        body.send(session, &mut up).await?;
+        // Pingora's timer (10 ms ticks, shared, armed only once the wait begins): tokio's
+        // re-armed a reactor wake-up (an eventfd write) per request.
+        match pingora::time::timeout(first_byte, read_final_head(&mut up)).await {
+            Ok(r) => r,
+            Err(_) => Error::e_explain(ErrorType::ReadTimedout, "no response head in time"),
+        }
+    };
+    match sent.await {
+        Ok(()) => {
+            if let UpstreamSession::H1(h1) = &mut up {
+                h1.read_timeout = Some(peer.provider.config.idle_timeout());
+            }
+            Ok(up)
+        }
+        Err(e) => Err(SendError {
+            error: e,
+            header_written: true,
+        }),
+    }
+}
+
+async fn read_final_head(up: &mut UpstreamSession) -> pingora::Result<()> {
+    loop {
+        up.read_response_header().await?;
+        match up.response_header().map(|h| h.status.as_u16()) {
+            Some(s) if (100..200).contains(&s) && s != 101 => continue,
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Why a relay ended before the response did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The provider was silent for longer than the idle timeout.
+    IdleTimeout,
+    /// The call's total budget ran out mid-stream.
+    TotalTimeout,
+    /// The provider's connection failed mid-stream.
+    UpstreamError,
+    /// The caller went away.
+    CallerGone,
+}
+
+impl Cut {
+    /// As the access line says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IdleTimeout => "idle_timeout",
+            Self::TotalTimeout => "total_timeout",
+            Self::UpstreamError => "upstream_error",
+            Self::CallerGone => "caller_gone",
+        }
+    }
+}
+
+/// Streams the upstream response to the caller; returns its status and why it was cut, if it
+/// was. A cut response ends the caller's connection without a closing chunk, so the module sees
+/// a truncated answer, never a complete-looking one. The total budget is checked between chunks:
+/// a live stream is cut at most one idle period past it.
+pub(crate) async fn relay(
+    session: &mut Session,
+    mut up: UpstreamSession,
+    peer: &Upstream<'_>,
+    request_id: &str,
+    deadline: Instant,
+) -> (u16, Option<Cut>) {
+    let Some(head) = up.response_header() else {
+        return (502, Some(Cut::UpstreamError));
+    };
+    let mut resp: ResponseHeader = head.clone();
+    let status = resp.status.as_u16();
+    for h in hygiene::HOP_BY_HOP {
+        resp.remove_header(*h);
+    }
+    let _ = resp.insert_header(REQUEST_ID, request_id);
+    session.set_write_timeout(Some(peer.provider.config.idle_timeout()));
+    let cut = async {
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_err()
+        {
+            return Some(Cut::CallerGone);
+        }
+        loop {
+            let chunk = match up.read_response_body().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => return Some(Cut::IdleTimeout),
+                Err(_) => return Some(Cut::UpstreamError),
+            };
+            if session
+                .write_response_body(Some(chunk), false)
+                .await
+                .is_err()
+            {
+                return Some(Cut::CallerGone);
+            }
+            if Instant::now() >= deadline && !up.response_done() {
+                return Some(Cut::TotalTimeout);
+            }
+        }
+        session
+            .write_response_body(None, true)
+            .await
+            .err()
+            .map(|_| Cut::CallerGone)
+    }
+    .await;
+    match cut {
+        None => {
+            if up.response_done()
+                && let UpstreamSession::H1(mut h1) = up
+            {
+                h1.respect_keepalive();
+                if let Some(stream) = h1.reuse().await {
+                    pool::put(peer.key, stream);
+                }
+            }
+        }
+        Some(cut) => {
+            tracing::debug!(cut = cut.as_str(), "relay to caller cut");
+            // No closing chunk: Pingora's finish would write one on a chunked response.
+            session.set_keepalive(None);
+            session.shutdown().await;
+        }
+    }
+    (status, cut)
+}
+
+/// Up to [`EXCERPT_LEN`] bytes of a failed answer's body (bounded in time).
+pub(crate) async fn excerpt_of(up: &mut UpstreamSession) -> String {
+    /// Length of the upstream response excerpt kept for a failed call.
+    const EXCERPT_LEN: usize = 512;
+    let read = async {
+        let mut out = Vec::new();
+        while out.len() < EXCERPT_LEN {
+            match up.read_response_body().await {
+                Ok(Some(b)) => out.extend_from_slice(&b),
+                _ => break,
+            }
+        }
+        out.truncate(EXCERPT_LEN);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    tokio::time::timeout(Duration::from_millis(200), read)
+        .await
+        .unwrap_or_default()
+}
+
+/// The provider's `Retry-After`, in seconds form.
+pub(crate) fn retry_after_of(up: &UpstreamSession) -> Option<Duration> {
+    let v = up
+        .response_header()?
+        .headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
