@@ -6,14 +6,17 @@ pub use hub_core::wire::{ANSWERED_BY_HUB, HOP_BY_HOP, HUB_CONTROL, REQUEST_ID};
 use hub_core::wire::{SINGLETON_REQUEST_HEADERS, problem};
 
 use crate::problem::Problem;
+use pingora::protocols::http::ServerSession;
 
 /// Largest request head (request line and header fields) the hub reads: above it, `431`.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
 /// Checks what Pingora's parser leaves to the application: an HTTP/1.1 request names its
-/// `Host`; the headers that route, frame or authenticate a call appear at most once (a
-/// duplicate is refused, never resolved silently); the head fits [`MAX_HEAD_BYTES`].
-pub fn check_request(req: &RequestHeader) -> Result<(), Problem> {
+/// `Host`; its body is framed one way (`chunked` alone, or one `Content-Length`); the headers
+/// that route, frame or authenticate a call appear at most once (a duplicate is refused, never
+/// resolved silently); the head fits [`MAX_HEAD_BYTES`].
+pub fn check_request(session: &ServerSession) -> Result<(), Problem> {
+    let req = session.req_header();
     let mut size = req.method.as_str().len() + req.raw_path().len() + 12;
     for (k, v) in &req.headers {
         size += k.as_str().len() + v.len() + 4;
@@ -26,6 +29,41 @@ pub fn check_request(req: &RequestHeader) -> Result<(), Problem> {
     }
     if req.version == http::Version::HTTP_11 && !req.headers.contains_key("host") {
         return Err(Problem::bad_request("an HTTP/1.1 request must carry Host"));
+    }
+    // Framing: chunked alone, or a Content-Length alone (RFC 9112 §6.1 allows refusing both
+    // together; a request framed two ways is how bodies get smuggled).
+    let mut te = req.headers.get_all("transfer-encoding").iter().peekable();
+    if te.peek().is_some() {
+        let only_chunked = te.count() == 1
+            && req
+                .headers
+                .get("transfer-encoding")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+        if !only_chunked {
+            return Err(Problem::bad_request(
+                "Transfer-Encoding must be exactly \"chunked\"",
+            ));
+        }
+        // Pingora drops the Content-Length of such a request (and frames it by the chunks): the
+        // raw head still shows it.
+        let raw_cl = session.as_http1().is_some_and(|h| {
+            h.get_headers_raw_bytes()
+                .split(|b| *b == b'\n')
+                .any(|line| line.len() >= 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+        });
+        if raw_cl || req.headers.contains_key("content-length") {
+            return Err(Problem::bad_request(
+                "a request must not carry both Transfer-Encoding and Content-Length",
+            ));
+        }
+    }
+    if let Some(cl) = req.headers.get("content-length")
+        && (cl.is_empty() || !cl.as_bytes().iter().all(u8::is_ascii_digit))
+    {
+        return Err(Problem::bad_request(
+            "Content-Length must be one decimal number",
+        ));
     }
     for name in SINGLETON_REQUEST_HEADERS {
         if req.headers.get_all(*name).iter().nth(1).is_some() {

@@ -198,7 +198,7 @@ fn egress_problem(e: &EgressError, provider: &str) -> Problem {
 
 impl HubProxy {
     async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Problem> {
-        hygiene::check_request(session.req_header())?;
+        hygiene::check_request(session)?;
         let target = target_of(session.req_header(), ctx.tunnel.as_ref())?;
         let provider = route(
             &self.registry,

@@ -569,12 +569,13 @@ impl ProxyServer {
         };
         let control = Arc::new(HeadControl::default());
         control.arm();
-        let mut session = ServerSession::new_http1(Box::new(Guarded::new(tls, control)));
+        let mut session = ServerSession::new_http1(Box::new(Guarded::new(tls, control.clone())));
         let head =
             tokio::time::timeout(Duration::from_secs(KEEPALIVE_SECS), session.read_request()).await;
         if !matches!(head, Ok(Ok(true))) {
             return;
         }
+        control.disarm();
         let rid = crate::hygiene::request_id(session.req_header());
         if let Err(e) = problem.send(&mut session, Some(&rid)).await {
             tracing::debug!(error = %e, "could not answer the refused tunnel's request");

@@ -6,6 +6,7 @@ pub mod client;
 pub mod fake;
 pub mod harness;
 pub mod logs;
+pub mod raw;
 
 pub use fake::{FakeProvider, Mode, Recorded};
 pub use harness::{Backend, TestHub, TestPki};

@@ -1,10 +1,11 @@
 //! End-to-end: real clients (reqwest with a proxy, curl -x, raw sockets) through the hub to fake
 //! providers on loopback, on SQLite and on PostgreSQL.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use hub_tests::client::{client, problem, provider_json};
+use hub_tests::client::{
+    client, hub_tls_config, problem, provider_json, raw_tunnel, raw_tunnel_with, read_response,
+};
 use hub_tests::{Backend, FakeProvider, Mode, TestHub, TestPki};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -176,101 +177,6 @@ async fn curl_through_the_proxy_with_the_hub_ca() {
         f.requests()[0].header("authorization"),
         Some("Bearer curl_tok")
     );
-}
-
-/// Opens a raw tunnel: CONNECT, then TLS with the hub CA, returns the TLS stream.
-/// A TLS client config trusting only the hub CA (its session cache enables resumption).
-fn hub_tls_config(hub: &TestHub) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(pem_der(
-            &hub.ca_pem,
-        )))
-        .unwrap();
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(cfg)
-}
-
-async fn raw_tunnel(
-    hub: &TestHub,
-    host: &str,
-    port: u16,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    raw_tunnel_with(hub, host, port, hub_tls_config(hub)).await
-}
-
-/// Opens a raw tunnel: CONNECT, then TLS with `cfg`.
-async fn raw_tunnel_with(
-    hub: &TestHub,
-    host: &str,
-    port: u16,
-    cfg: Arc<rustls::ClientConfig>,
-) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut tcp = TcpStream::connect(hub.proxy_addr).await.unwrap();
-    tcp.write_all(
-        format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = tcp.read(&mut buf).await.unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&buf[..n])
-    );
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    connector
-        .connect(
-            rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap()
-}
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    use base64::Engine;
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(body)
-        .unwrap()
-}
-
-async fn read_response<S: AsyncReadExt + Unpin>(s: &mut S) -> String {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let cl = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + cl {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[tokio::test]

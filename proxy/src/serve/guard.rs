@@ -7,7 +7,9 @@
 //! ([`HeadControl::arm`]), the pipeline disarms it once the head is parsed. While armed, reads
 //! are limited to what is left of the head allowance, so a head over the cap can never be
 //! buffered, and a head that spans reads gets a deadline. A head that breaks either bound is
-//! answered by the guard itself (`431` or `408`, problem+json) and the connection ends.
+//! answered by the guard itself (`431` or `408`, problem+json) and the connection ends. A head
+//! Pingora refuses to parse (it writes a bare `400` while the head is still armed) gets the
+//! hub's problem+json `400` instead.
 //!
 //! Most heads arrive in one read: the guard sees the blank line that ends it and stops watching
 //! at once, so the common path arms no timer.
@@ -234,12 +236,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+impl<S> Guarded<S> {
+    /// A write while a head is armed can only be Pingora refusing a head it could not parse
+    /// (its bare `400`): the guard answers in the hub's own form instead. `true` = swallowed.
+    fn replaces_write(&mut self) -> bool {
+        if self.refusal.is_some() {
+            return true;
+        }
+        if !self.control.armed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.refuse(&Problem::bad_request(
+            "malformed request: the head or its framing is not valid HTTP/1.1",
+        ));
+        true
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if self.replaces_write() {
+            return Poll::Ready(Ok(data.len()));
+        }
         Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
@@ -248,6 +270,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.replaces_write() {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -256,17 +281,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_refusal(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_refusal(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 #[async_trait]
-impl<S: Shutdown + Send> Shutdown for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Shutdown + Unpin + Send> Shutdown for Guarded<S> {
     async fn shutdown(&mut self) {
+        if let Err(e) = std::future::poll_fn(|cx| self.poll_refusal(cx)).await {
+            tracing::debug!(error = %e, "could not write the refusal");
+        }
         self.inner.shutdown().await;
     }
 }
