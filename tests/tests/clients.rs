@@ -1,0 +1,250 @@
+//! Real clients through the hub, as module teams run them: curl, Python `requests` and Java's
+//! HttpClient upload 5 MiB (sized and chunked, with their default `Expect` behaviour and with
+//! `Expect: 100-continue` forced) and read the hub's refusals. The provider hashes what it
+//! receives; the client prints what the provider answered.
+//!
+//! A client missing from the machine skips its part (`SKIPPED`), and fails the test under
+//! `CI=true` (`.ci/run` installs them).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use hub_tests::client::provider_json;
+use hub_tests::raw::{data, sha256};
+use hub_tests::{Backend, FakeProvider, TestHub, TestPki};
+use serde_json::json;
+
+const HOST: &str = "api.clients.test";
+const SIZE: usize = 5 * 1024 * 1024;
+
+struct Setup {
+    hub: TestHub,
+    fake: FakeProvider,
+    dir: tempfile::TempDir,
+    body: PathBuf,
+    sha: String,
+    _pki: TestPki,
+}
+
+impl Setup {
+    async fn start() -> Option<Self> {
+        let pki = TestPki::new();
+        let hub = TestHub::start(Backend::Sqlite, &pki).await?;
+        let fake = FakeProvider::start(Some(pki.server_config.clone())).await;
+        hub.add_provider(provider_json(
+            "clients",
+            HOST,
+            &fake,
+            json!({"type": "bearer", "token": "clients_secret_token"}),
+        ))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &hub.ca_pem).unwrap();
+        let bytes = data(42, SIZE);
+        let body = dir.path().join("body.bin");
+        std::fs::write(&body, &bytes).unwrap();
+        Some(Self {
+            sha: sha256(&bytes),
+            hub,
+            fake,
+            dir,
+            body,
+            _pki: pki,
+        })
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://{HOST}:{}{path}", self.fake.port)
+    }
+}
+
+/// Whether `tool` runs here; under CI its absence fails the test.
+fn have(tool: &str, version_arg: &str) -> bool {
+    let ok = Command::new(tool)
+        .arg(version_arg)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{tool} is missing: .ci/run installs it"
+        );
+        println!("SKIPPED: {tool} is not installed");
+    }
+    ok
+}
+
+async fn run(mut cmd: Command) -> (String, String) {
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("the client runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+fn clients_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/clients"))
+}
+
+#[tokio::test]
+async fn curl_uploads_byte_exact_with_expect_and_chunked_and_reads_refusals() {
+    let Some(s) = Setup::start().await else {
+        return;
+    };
+    if !have("curl", "--version") {
+        return;
+    }
+    let proxy = s.hub.proxy_url();
+    let curl = |extra: &[&str], url: String| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "-v",
+            "--expect100-timeout",
+            "30",
+            "-x",
+            &proxy,
+            "--cacert",
+        ])
+        .arg(s.ca())
+        .args(extra)
+        .arg(url);
+        c
+    };
+    let body = format!("@{}", s.body.display());
+    // Defaults: above 1 MiB curl sends Expect: 100-continue by itself and waits for the 100.
+    for (name, extra) in [
+        ("default", vec!["--data-binary", body.as_str()]),
+        (
+            "chunked",
+            vec![
+                "-H",
+                "Transfer-Encoding: chunked",
+                "--data-binary",
+                body.as_str(),
+            ],
+        ),
+        (
+            "no-expect",
+            vec!["-H", "Expect:", "--data-binary", body.as_str()],
+        ),
+    ] {
+        let (out, err) = run(curl(&extra, s.url(&format!("/curl/{name}")))).await;
+        let answer: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| {
+            panic!("{name}: {e}: {out}\n{err}");
+        });
+        assert_eq!(answer["sha256"], s.sha, "{name}: {err}");
+        if name != "no-expect" {
+            assert!(
+                err.contains("HTTP/1.1 100 Continue"),
+                "{name}: the hub answers the 100 itself: {err}"
+            );
+        }
+    }
+    // A refusal: curl prints the body, with its code.
+    let (out, _) = run(curl(
+        &["-w", "\n%{http_code}"],
+        "https://unknown.clients.test/v1/x".into(),
+    ))
+    .await;
+    assert!(out.contains("\"code\":\"unknown_provider\""), "{out}");
+    assert!(out.trim_end().ends_with("403"), "{out}");
+    let got: Vec<(String, usize)> = s
+        .fake
+        .requests()
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.header("expect"), None);
+            (r.target, r.body_len)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/curl/default".into(), SIZE),
+            ("/curl/chunked".into(), SIZE),
+            ("/curl/no-expect".into(), SIZE)
+        ]
+    );
+    assert!(s.fake.malformed().is_empty());
+}
+
+#[tokio::test]
+async fn python_requests_uploads_byte_exact_and_reads_refusals() {
+    let Some(s) = Setup::start().await else {
+        return;
+    };
+    if !have("python3", "--version") {
+        return;
+    }
+    let script = clients_dir().join("hub_client.py");
+    let py = |url: String, mode: &str| {
+        let mut c = Command::new("python3");
+        c.arg(&script)
+            .arg(s.hub.proxy_url())
+            .arg(s.ca())
+            .arg(url)
+            .arg(&s.body)
+            .arg(mode);
+        c
+    };
+    for mode in ["plain", "expect", "chunked"] {
+        let (out, err) = run(py(s.url(&format!("/py/{mode}")), mode)).await;
+        let answer: serde_json::Value = serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("{mode}: {e}: {out}\n{err}"));
+        assert_eq!(answer["status"], 200, "{mode}: {out}");
+        assert_eq!(answer["body"]["sha256"], s.sha, "{mode}");
+    }
+    let (out, _) = run(py("https://unknown.clients.test/v1/x".into(), "refused")).await;
+    let answer: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(answer["status"], 403);
+    assert_eq!(answer["body"]["code"], "unknown_provider");
+    assert_eq!(s.fake.requests().len(), 3);
+    assert!(s.fake.malformed().is_empty());
+}
+
+#[tokio::test]
+async fn java_httpclient_uploads_byte_exact_with_expect_continue_and_reads_refusals() {
+    let Some(s) = Setup::start().await else {
+        return;
+    };
+    if !have("java", "-version") {
+        return;
+    }
+    let source = clients_dir().join("HubClient.java");
+    let java = |url: String, mode: &str| {
+        let mut c = Command::new("java");
+        c.arg(&source)
+            .arg(s.hub.proxy_addr.ip().to_string())
+            .arg(s.hub.proxy_addr.port().to_string())
+            .arg(s.ca())
+            .arg(url)
+            .arg(&s.body)
+            .arg(mode);
+        c
+    };
+    for mode in ["plain", "expect", "chunked"] {
+        let (out, err) = tokio::time::timeout(
+            std::time::Duration::from_secs(120),
+            run(java(s.url(&format!("/java/{mode}")), mode)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{mode}: the Java client hung"));
+        let (status, body) = out.trim().split_once(' ').unwrap_or(("", ""));
+        assert_eq!(status, "200", "{mode}: {out}\n{err}");
+        let answer: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(answer["sha256"], s.sha, "{mode}");
+    }
+    let (out, _) = run(java("https://unknown.clients.test/v1/x".into(), "refused")).await;
+    assert!(out.starts_with("403 "), "{out}");
+    assert!(out.contains("\"code\":\"unknown_provider\""), "{out}");
+    assert_eq!(s.fake.requests().len(), 3);
+    assert!(s.fake.malformed().is_empty());
+}
