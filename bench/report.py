@@ -17,12 +17,13 @@ TARGETS = {
     "direct": "direct (no proxy)",
     "hub": "hub (in-process state)",
     "hub-redis": "hub (Redis state)",
+    "hub-base": "hub, baseline build (--baseline)",
     "squid": "squid (plain)",
     "squid-bump": "squid ssl-bump",
     "tinyproxy": "tinyproxy",
 }
 ORDER = list(TARGETS)
-INTERCEPTS = {"hub", "hub-redis", "squid-bump"}
+INTERCEPTS = {"hub", "hub-redis", "hub-base", "squid-bump"}
 
 
 def mode_label(target, mode):
@@ -245,6 +246,11 @@ def bars(runs):
     sr, dr = m("hub", "slow", 64, "rps"), m("direct", "slow", 64, "rps")
     row("50 ms endpoint c64: hub req/s vs direct", (sr / dr - 1) * 100 if sr and dr else None, "within −3 %",
         bool(sr and dr and sr >= 0.97 * dr), " %")
+    for mode, conns in (("https", 64), ("http", 64), ("https", 1)):
+        hc, bc = m("hub", mode, conns, "cpu"), m("hub-base", mode, conns, "cpu")
+        if hc and bc:
+            row(f"{mode.upper()} c{conns}: hub CPU µs/req ÷ baseline build's", hc / bc, "≤ 1.0 + noise",
+                hc <= bc * 1.05, "×", digits=3)
     sp, dp = m("hub", "slow", 64, "p99"), m("direct", "slow", 64, "p99")
     row("50 ms endpoint c64: hub p99 − direct p99", sp - dp if sp is not None and dp is not None else None,
         "≤ 5 ms", sp is not None and dp is not None and sp - dp <= 5, " ms")
