@@ -4,11 +4,12 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use hub_core::jobs::{JobError, JobSubmitter, NewJob};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use crate::forward::body::{Body, Expectation};
 use crate::forward::caller_headers;
 use crate::hygiene::REQUEST_ID;
 use crate::inject;
@@ -27,30 +28,15 @@ fn too_large(limit: usize) -> Problem {
 }
 
 async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Problem> {
-    if session
-        .req_header()
-        .headers
-        .get("expect")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
-        && !session.is_body_empty()
-    {
+    if Expectation::of(session.req_header()) == Expectation::Continue && !session.is_body_empty() {
         session
             .write_continue_response()
             .await
             .map_err(|_| Problem::bad_request("could not answer Expect: 100-continue"))?;
     }
-    let mut buf = BytesMut::new();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(chunk)) => {
-                buf.extend_from_slice(&chunk);
-                if buf.len() > limit {
-                    return Err(too_large(limit));
-                }
-            }
-            Ok(None) => return Ok(buf.freeze()),
-            Err(_) => return Err(Problem::bad_request("could not read the request body")),
-        }
+    match Body::read(session, limit).await? {
+        Body::Full(b) => Ok(b),
+        Body::Streaming(_) => Err(too_large(limit)),
     }
 }
 

@@ -14,7 +14,7 @@
 //! Every attempt is admitted by the shared state (rate limit + breaker), its outcome recorded,
 //! and only the final attempt's response is streamed to the caller.
 
-mod body;
+pub(crate) mod body;
 mod dlq;
 mod pool;
 mod rewrite;
@@ -214,6 +214,12 @@ impl Forwarder {
                 first_byte,
             )
             .await;
+            if let Some(problem) = attempt.caller_failed {
+                // The provider is not at fault: the permit ends neutral, nothing goes to the DLQ
+                // (there is no whole request to replay).
+                self.state.record(permit_now, Outcome::Neutral).await;
+                return Err(problem);
+            }
             let outcome = attempt.end.outcome();
             self.state.record(permit_now, outcome).await;
             METRICS

@@ -368,11 +368,11 @@ impl ProxyHttp for HubProxy {
         // Upstream outcomes never arrive here: the forwarder answers them (502/504 with the DLQ
         // id). What remains is input Pingora could not parse, a caller gone, or a hub fault.
         let problem = match e.etype() {
-            HTTPStatus(code) if *code >= 400 => {
-                let mut p = Problem::bad_request("the request could not be processed");
-                p.status = *code;
-                Some(p)
-            }
+            // Every answer is one of `wire::PROBLEMS`: a status Pingora picked is reported as
+            // the request being unprocessable.
+            HTTPStatus(code) if *code >= 400 => Some(Problem::bad_request(format!(
+                "the request could not be processed ({code})"
+            ))),
             _ => match e.esource() {
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed => None,

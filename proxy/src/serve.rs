@@ -11,6 +11,77 @@
 //! `tls::RefusalLeaves`), answers the first request with the problem+json and closes, so the
 //! module's HTTP client shows the status and the `code`. Nothing is dialled or resolved.
 
+/// Implements Pingora's per-stream traits (everything `IO` needs but the reads, writes and
+/// `Shutdown`) for a wrapper `$t<S>` by delegating to its `inner` stream.
+macro_rules! delegate_stream_traits {
+    ($t:ident) => {
+        impl<S: pingora::protocols::UniqueID> pingora::protocols::UniqueID for $t<S> {
+            fn id(&self) -> pingora::protocols::UniqueIDType {
+                self.inner.id()
+            }
+        }
+
+        impl<S: pingora::protocols::Ssl> pingora::protocols::Ssl for $t<S> {
+            fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+                self.inner.get_ssl()
+            }
+
+            fn get_ssl_digest(&self) -> Option<std::sync::Arc<pingora::protocols::tls::SslDigest>> {
+                self.inner.get_ssl_digest()
+            }
+
+            fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+                self.inner.selected_alpn_proto()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl<S: pingora::protocols::Peek + Send> pingora::protocols::Peek for $t<S> {
+            async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+                self.inner.try_peek(buf).await
+            }
+        }
+
+        impl<S: pingora::protocols::GetTimingDigest> pingora::protocols::GetTimingDigest for $t<S> {
+            fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+                self.inner.get_timing_digest()
+            }
+
+            fn get_read_pending_time(&self) -> std::time::Duration {
+                self.inner.get_read_pending_time()
+            }
+
+            fn get_write_pending_time(&self) -> std::time::Duration {
+                self.inner.get_write_pending_time()
+            }
+        }
+
+        impl<S: pingora::protocols::GetProxyDigest> pingora::protocols::GetProxyDigest for $t<S> {
+            fn get_proxy_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+                self.inner.get_proxy_digest()
+            }
+
+            fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+                self.inner.set_proxy_digest(digest);
+            }
+        }
+
+        impl<S: pingora::protocols::GetSocketDigest> pingora::protocols::GetSocketDigest for $t<S> {
+            fn get_socket_digest(
+                &self,
+            ) -> Option<std::sync::Arc<pingora::protocols::SocketDigest>> {
+                self.inner.get_socket_digest()
+            }
+
+            fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+                self.inner.set_socket_digest(digest);
+            }
+        }
+    };
+}
+
 mod coalesce;
 pub mod guard;
 mod tls;
@@ -134,6 +205,36 @@ impl Drop for ActiveGuard {
         }
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Answers a CONNECT with `200` and completes the TLS handshake inside the tunnel, within
+/// [`TLS_HANDSHAKE_TIMEOUT`]; `None` when the client goes away or sends no good TLS.
+async fn establish(
+    mut stream: L4Stream,
+    acceptor: &Acceptor,
+    peer: SocketAddr,
+    target: &TunnelTarget,
+) -> Option<pingora::protocols::tls::TlsStream<Coalesced<L4Stream>>> {
+    stream
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .ok()?;
+    match tokio::time::timeout(
+        TLS_HANDSHAKE_TIMEOUT,
+        acceptor.tls_handshake(Coalesced::new(stream)),
+    )
+    .await
+    {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, host = %target.host, error = %e, "TLS handshake inside tunnel failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, host = %target.host, "TLS handshake inside tunnel timed out");
+            None
         }
     }
 }
@@ -476,31 +577,11 @@ impl ProxyServer {
         if let Err(problem) = route(&self.registry, &target.host, target.port, true) {
             tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
                 code = problem.code, status = problem.status, "connect refused");
-            self.refuse_in_tunnel(stream, &target, &problem).await;
+            self.refuse_in_tunnel(stream, peer, &target, &problem).await;
             return;
         }
-        if stream
-            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            .await
-            .is_err()
-        {
+        let Some(tls) = establish(stream, &self.acceptor, peer, &target).await else {
             return;
-        }
-        let tls = match tokio::time::timeout(
-            TLS_HANDSHAKE_TIMEOUT,
-            self.acceptor.tls_handshake(Coalesced::new(stream)),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, host = %target.host, error = %e, "TLS handshake inside tunnel failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, host = %target.host, "TLS handshake inside tunnel timed out");
-                return;
-            }
         };
         let _open = TunnelGuard::new();
         let control = Arc::new(HeadControl::default());
@@ -544,6 +625,7 @@ impl ProxyServer {
     async fn refuse_in_tunnel(
         &self,
         mut stream: L4Stream,
+        peer: SocketAddr,
         target: &TunnelTarget,
         problem: &Problem,
     ) {
@@ -552,19 +634,7 @@ impl ProxyServer {
             let _ = stream.shutdown().await;
             return;
         }
-        if stream
-            .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let Ok(Ok(tls)) = tokio::time::timeout(
-            TLS_HANDSHAKE_TIMEOUT,
-            self.refusal_acceptor.tls_handshake(Coalesced::new(stream)),
-        )
-        .await
-        else {
+        let Some(tls) = establish(stream, &self.refusal_acceptor, peer, target).await else {
             return;
         };
         let control = Arc::new(HeadControl::default());

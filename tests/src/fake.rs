@@ -191,7 +191,7 @@ impl FakeProvider {
 }
 
 /// Bodies up to this size are kept whole in [`Recorded::body`]; larger ones only hashed.
-pub const KEEP_BODY: usize = 8 * 1024 * 1024;
+pub const KEEP_BODY: usize = 1024 * 1024;
 /// Raw bytes kept per connection (for framing assertions).
 const KEEP_RAW: usize = 1024 * 1024;
 

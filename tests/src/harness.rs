@@ -13,6 +13,7 @@ use hub_core::secret::SecretString;
 use hub_core::store::{self, Store};
 use hub_core::testing;
 use hub_core::vault::Vault;
+use hub_proxy::serve::ConnLimits;
 use hub_proxy::{ProxyOptions, ProxyServer, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -136,6 +137,26 @@ impl TestHub {
         state: Arc<dyn hub_core::state::SharedState>,
         otlp: Option<String>,
     ) -> Option<Self> {
+        Self::start_inner(backend, pki, state, otlp, ConnLimits::default()).await
+    }
+
+    /// Starts a hub with these connection caps.
+    pub async fn start_limited(
+        backend: Backend,
+        pki: &TestPki,
+        limits: ConnLimits,
+    ) -> Option<Self> {
+        let state = Arc::new(hub_core::state::LocalState::new());
+        Self::start_inner(backend, pki, state, None, limits).await
+    }
+
+    async fn start_inner(
+        backend: Backend,
+        pki: &TestPki,
+        state: Arc<dyn hub_core::state::SharedState>,
+        otlp: Option<String>,
+        limits: ConnLimits,
+    ) -> Option<Self> {
         crate::logs::init();
         let dir = tempfile::tempdir().unwrap();
         let (url, pg) = match backend {
@@ -189,7 +210,7 @@ impl TestHub {
             leaf_validity: Duration::from_secs(3600),
             // As deployed: connections on the proxy's own single-threaded runtimes.
             worker_threads: Some(2),
-            limits: hub_proxy::serve::ConnLimits::default(),
+            limits,
         };
         let server = ProxyServer::new(registry.clone(), Arc::new(ca), &opts).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

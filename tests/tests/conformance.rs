@@ -164,115 +164,6 @@ async fn bodies_reach_the_provider_byte_exact_in_every_framing_and_write_split()
     }
 }
 
-fn peak_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Sends `len` bytes of seeded data as the body of one upload on `conn`, never holding it whole;
-/// returns the SHA-256 of what was sent.
-async fn stream_upload(
-    conn: &mut Conn,
-    head: String,
-    len: usize,
-    chunked: bool,
-    seed: u64,
-) -> String {
-    use rand::RngCore;
-    use sha2::Digest;
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut hasher = sha2::Sha256::new();
-    conn.write_all(head.as_bytes()).await.unwrap();
-    let mut block = vec![0u8; 256 * 1024];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(block.len());
-        rng.fill_bytes(&mut block[..n]);
-        hasher.update(&block[..n]);
-        if chunked {
-            conn.write_all(format!("{n:x}\r\n").as_bytes())
-                .await
-                .unwrap();
-            conn.write_all(&block[..n]).await.unwrap();
-            conn.write_all(b"\r\n").await.unwrap();
-        } else {
-            conn.write_all(&block[..n]).await.unwrap();
-        }
-        left -= n;
-    }
-    if chunked {
-        conn.write_all(b"0\r\n\r\n").await.unwrap();
-    }
-    conn.flush().await.unwrap();
-    hex::encode(hasher.finalize())
-}
-
-#[tokio::test]
-async fn eight_concurrent_100_mib_uploads_stream_through_in_bounded_memory() {
-    let Some(s) = Setup::start(
-        Backend::Sqlite,
-        json!({"timeoutMs": 30000, "totalTimeoutMs": 600000}),
-    )
-    .await
-    else {
-        return;
-    };
-    const LEN: usize = 100 * 1024 * 1024;
-    let before = peak_rss_kib();
-    let started = Instant::now();
-    let s = std::sync::Arc::new(s);
-    let mut tasks = Vec::new();
-    for i in 0..8u64 {
-        let s = s.clone();
-        tasks.push(tokio::spawn(async move {
-            let way = if i % 2 == 0 {
-                Way::Tunnel
-            } else {
-                Way::Absolute
-            };
-            let chunked = i % 4 < 2;
-            let mut conn = s.open(way).await;
-            let (target, host) = s.target(way, &format!("/big/{i}"));
-            let framing = if chunked {
-                "Transfer-Encoding: chunked".to_owned()
-            } else {
-                format!("Content-Length: {LEN}")
-            };
-            let head = format!("PUT {target} HTTP/1.1\r\nHost: {host}\r\n{framing}\r\n\r\n");
-            let sent = stream_upload(&mut conn, head, LEN, chunked, i).await;
-            let resp = read_response_within(&mut conn, Duration::from_secs(120))
-                .await
-                .expect("an answer");
-            assert_eq!(resp.status, 200, "{}", resp.head);
-            assert_eq!(
-                resp.json()["sha256"],
-                sent,
-                "upload {i} ({way:?}, chunked {chunked})"
-            );
-            assert_eq!(resp.json()["len"], LEN);
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let growth_mib = (peak_rss_kib() - before) / 1024;
-    println!(
-        "8 x 100 MiB in {:.1} s; peak RSS grew {growth_mib} MiB",
-        started.elapsed().as_secs_f64()
-    );
-    // 800 MiB went through; the hub holds at most a replay buffer (1 MiB) per upload plus the
-    // buffers of the connections. Buffering the bodies would show as hundreds of MiB.
-    assert!(growth_mib < 96, "peak RSS grew {growth_mib} MiB");
-    for fake in [&s.tls, &s.plain] {
-        assert_eq!(fake.malformed(), Vec::<String>::new());
-        assert_eq!(fake.requests().len(), 4);
-    }
-}
-
 #[tokio::test]
 async fn expect_100_continue_is_answered_by_the_hub_once_the_call_is_admitted() {
     let Some(s) = Setup::start(Backend::Sqlite, json!({})).await else {
@@ -870,4 +761,67 @@ async fn a_refused_connect_is_answered_inside_the_tunnel_without_a_dial() {
         "at most 10 refusal leaves a second are minted ({bare} bare)"
     );
     assert_eq!(s.tls.connections() + s.plain.connections(), 0);
+}
+
+#[tokio::test]
+async fn connections_over_the_caps_get_503_and_the_others_are_served() {
+    let pki = TestPki::new();
+    let limits = hub_proxy::serve::ConnLimits {
+        total: 1000,
+        per_source: 8,
+    };
+    let Some(hub) = TestHub::start_limited(Backend::Sqlite, &pki, limits).await else {
+        return;
+    };
+    let plain = FakeProvider::start(None).await;
+    hub.add_provider(provider_json(
+        "cap",
+        PLAIN_HOST,
+        &plain,
+        json!({"type": "none"}),
+    ))
+    .await;
+    let host = format!("{PLAIN_HOST}:{}", plain.port);
+    let get = format!("GET http://{host}/c HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        let mut c = TcpStream::connect(hub.proxy_addr).await.unwrap();
+        c.write_all(get.as_bytes()).await.unwrap();
+        assert_eq!(
+            read_response_within(&mut c, WAIT).await.unwrap().status,
+            200
+        );
+        held.push(c);
+    }
+    // The ninth from the same address: 503 overloaded at once, then the end.
+    let mut ninth = TcpStream::connect(hub.proxy_addr).await.unwrap();
+    let resp = read_response_within(&mut ninth, WAIT).await.unwrap();
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.json()["code"], "overloaded");
+    assert!(ends_within(&mut ninth, WAIT).await);
+    // The held ones keep working; closing one makes room for a new one.
+    let mut first = held.remove(0);
+    first.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(
+        read_response_within(&mut first, WAIT).await.unwrap().status,
+        200
+    );
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut again = TcpStream::connect(hub.proxy_addr).await.unwrap();
+    again.write_all(get.as_bytes()).await.unwrap();
+    assert_eq!(
+        read_response_within(&mut again, WAIT).await.unwrap().status,
+        200
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("integration_connections_refused_total{reason=\"per_source\"}"),
+        "{metrics}"
+    );
 }

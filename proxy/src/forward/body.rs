@@ -40,12 +40,7 @@ impl Body {
                     }
                 }
                 Ok(None) => return Ok(Self::Full(buf.freeze())),
-                Err(e) => {
-                    return Err(Problem::bad_request(format!(
-                        "could not read the request body ({})",
-                        e.etype().as_str()
-                    )));
-                }
+                Err(e) => return Err(caller_body_problem(&e)),
             }
         }
     }
@@ -77,7 +72,12 @@ impl Body {
             }
             Self::Streaming(prefix) => {
                 up.write_request_body(prefix.clone(), false).await?;
-                while let Some(chunk) = session.read_request_body().await? {
+                // A failure to read the caller is the caller's, not the provider's.
+                while let Some(chunk) = session
+                    .read_request_body()
+                    .await
+                    .map_err(pingora::Error::into_down)?
+                {
                     if !chunk.is_empty() {
                         up.write_request_body(chunk, false).await?;
                     }
@@ -85,6 +85,22 @@ impl Body {
             }
         }
         up.finish_request_body().await
+    }
+}
+
+/// The problem for a caller whose body could not be read: `408` when it went silent for longer
+/// than the provider's idle timeout, else `400` (malformed framing, the connection ended).
+pub(crate) fn caller_body_problem(e: &pingora::Error) -> Problem {
+    if *e.etype() == pingora::ErrorType::ReadTimedout {
+        Problem::new(
+            hub_core::wire::problem::REQUEST_TIMEOUT,
+            "the request body stalled for longer than the provider's idle timeout",
+        )
+    } else {
+        Problem::bad_request(format!(
+            "could not read the request body ({})",
+            e.etype().as_str()
+        ))
     }
 }
 

@@ -249,3 +249,74 @@ async fn a_stream_silent_past_the_idle_timeout_is_cut_and_reported() {
         "a cut stream gets no closing chunk: {text:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_body_is_sent_once_and_its_dlq_entry_says_why() {
+    let dial = ScriptedDial::new([Script::Answer(UNAVAILABLE), Script::Answer(OK)]);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    pingora::time::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(Duration::ZERO));
+    let fwd = Forwarder::with_dial(
+        dial.clone(),
+        ForwarderOptions {
+            state: Arc::new(LocalState::new()),
+            jitter: Arc::new(|_max: u64| 0i64),
+            hub_default_rate: 1000,
+            replay_limit: 1024,
+            exhausted: Some(Arc::new(tx)),
+        },
+    );
+    let p = provider(serde_json::json!({"maxAttempts": 3, "jitterMs": 0}));
+    // A PUT (idempotent: retryable were its body replayable) larger than the replay limit.
+    let body = "x".repeat(4096);
+    let put = format!(
+        "PUT /v1/x HTTP/1.1\r\nHost: mem.test\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (result, report, _, _) = run(&fwd, &p, &put).await;
+    assert_eq!(result.unwrap_err().status, 502);
+    assert_eq!(report.attempts, 1, "a streamed body cannot be sent again");
+    let entry = rx.recv().await.unwrap();
+    assert_eq!(entry.stop, "body_streamed");
+    assert!(entry.body_truncated && entry.body.is_none());
+    assert_eq!(*dial.dials.lock().unwrap(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_whose_streamed_body_stalls_gets_408_and_the_provider_is_not_blamed() {
+    let dial = ScriptedDial::new([Script::Silent]);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    pingora::time::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(Duration::ZERO));
+    let state = Arc::new(LocalState::new());
+    let fwd = Forwarder::with_dial(
+        dial,
+        ForwarderOptions {
+            state: state.clone(),
+            jitter: Arc::new(|_max: u64| 0i64),
+            hub_default_rate: 1000,
+            replay_limit: 1024,
+            exhausted: Some(Arc::new(tx)),
+        },
+    );
+    let p = provider(serde_json::json!({"idleTimeoutMs": 5000, "maxAttempts": 3}));
+    // 4096 bytes announced, 2048 sent, then silence: past the replay limit, so it streams.
+    let put = format!(
+        "PUT /v1/x HTTP/1.1\r\nHost: mem.test\r\nContent-Length: 4096\r\n\r\n{}",
+        "y".repeat(2048)
+    );
+    let (result, report, took, got) = run(&fwd, &p, &put).await;
+    let problem = result.unwrap_err();
+    assert_eq!((problem.status, problem.code), (408, "request_timeout"));
+    assert_eq!(report.attempts, 1);
+    assert_eq!(took, Duration::from_secs(5));
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"));
+    assert!(
+        rx.try_recv().is_err(),
+        "a caller's failure is not a DLQ entry"
+    );
+    let policy = hub_core::state::Policy::from_config(&p.config, 1000);
+    let snap = hub_core::state::SharedState::snapshot(state.as_ref(), p.id, &policy).await;
+    assert_eq!(
+        snap.breaker.consecutive_failures, 0,
+        "the caller's stall is not a provider failure"
+    );
+}

@@ -13,13 +13,14 @@ use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
 use pingora::proxy::Session;
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorSource, ErrorType};
 use tokio::time::Instant;
 
 use super::body::Body;
 use super::pool;
 use super::verdict::classify;
 use crate::hygiene::{self, REQUEST_ID};
+use crate::problem::Problem;
 use crate::registry::Provider;
 
 /// Opens new connections to providers (Pingora's connector in production; in-memory streams in
@@ -75,6 +76,9 @@ impl<'a> Upstream<'a> {
 
 /// What one attempt produced.
 pub(crate) struct Attempt {
+    /// The caller failed mid-attempt (its streamed body stalled or broke): not the provider's
+    /// fault, and the call ends with this problem.
+    pub(crate) caller_failed: Option<Problem>,
     pub(crate) end: AttemptEnd,
     /// Whether bytes may have reached the provider.
     pub(crate) bytes_sent: bool,
@@ -99,12 +103,20 @@ impl SendError {
 
 fn attempt_of(sent: Result<UpstreamSession, SendError>) -> Attempt {
     match sent {
+        Err(e) if *e.error.esource() == ErrorSource::Downstream => Attempt {
+            caller_failed: Some(super::body::caller_body_problem(&e.error)),
+            end: AttemptEnd::ConnectionLost,
+            bytes_sent: true,
+            upstream: None,
+        },
         Ok(up) => Attempt {
+            caller_failed: None,
             end: AttemptEnd::Status(up.response_header().map_or(502, |h| h.status.as_u16())),
             bytes_sent: true,
             upstream: Some(up),
         },
         Err(e) => Attempt {
+            caller_failed: None,
             end: classify(&e.error, e.header_written),
             bytes_sent: e.header_written,
             upstream: None,
@@ -141,6 +153,7 @@ pub(crate) async fn attempt(
         Err(e) => {
             tracing::debug!(error = %e.etype().as_str(), "upstream connect failed");
             return Attempt {
+                caller_failed: None,
                 end: classify(&e, false),
                 bytes_sent: false,
                 upstream: None,

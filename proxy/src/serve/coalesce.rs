@@ -15,15 +15,10 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use async_trait::async_trait;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
-};
-use pingora::protocols::{SocketDigest, TimingDigest};
+use pingora::protocols::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bytes held before they are written even without a flush (Pingora's
@@ -130,66 +125,7 @@ impl<S: AsyncWrite + Shutdown + Unpin + Send> Shutdown for Coalesced<S> {
     }
 }
 
-impl<S: UniqueID> UniqueID for Coalesced<S> {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl<S: Ssl> Ssl for Coalesced<S> {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-#[async_trait]
-impl<S: Peek + Send> Peek for Coalesced<S> {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
-
-impl<S: GetTimingDigest> GetTimingDigest for Coalesced<S> {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> std::time::Duration {
-        self.inner.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> std::time::Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl<S: GetProxyDigest> GetProxyDigest for Coalesced<S> {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest);
-    }
-}
-
-impl<S: GetSocketDigest> GetSocketDigest for Coalesced<S> {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest);
-    }
-}
+delegate_stream_traits!(Coalesced);
 
 #[cfg(test)]
 mod tests {

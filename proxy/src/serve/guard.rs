@@ -24,11 +24,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hub_core::wire::problem;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType,
-};
+use pingora::protocols::Shutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::hygiene::MAX_HEAD_BYTES;
@@ -301,66 +297,7 @@ impl<S: AsyncRead + AsyncWrite + Shutdown + Unpin + Send> Shutdown for Guarded<S
     }
 }
 
-impl<S: UniqueID> UniqueID for Guarded<S> {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl<S: Ssl> Ssl for Guarded<S> {
-    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-#[async_trait]
-impl<S: Peek + Send> Peek for Guarded<S> {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
-
-impl<S: GetTimingDigest> GetTimingDigest for Guarded<S> {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl<S: GetProxyDigest> GetProxyDigest for Guarded<S> {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest);
-    }
-}
-
-impl<S: GetSocketDigest> GetSocketDigest for Guarded<S> {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest);
-    }
-}
+delegate_stream_traits!(Guarded);
 
 #[cfg(test)]
 mod tests {
