@@ -51,7 +51,8 @@ pub struct ConnCtx {
 pub struct RequestCtx {
     started: Instant,
     request_id: Option<String>,
-    tunnel: Option<TunnelTarget>,
+    /// The connection's context (its tunnel target, its head guard); shared, not copied.
+    conn: Option<Arc<ConnCtx>>,
     provider: Option<Arc<Provider>>,
     upstream_addr: Option<SocketAddr>,
     /// Path and query as the caller sent them (origin-form).
@@ -196,15 +197,21 @@ fn egress_problem(e: &EgressError, provider: &str) -> Problem {
     }
 }
 
+impl RequestCtx {
+    fn tunnel(&self) -> Option<&TunnelTarget> {
+        self.conn.as_ref().and_then(|c| c.tunnel.as_ref())
+    }
+}
+
 impl HubProxy {
     async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Problem> {
         hygiene::check_request(session)?;
-        let target = target_of(session.req_header(), ctx.tunnel.as_ref())?;
+        let target = target_of(session.req_header(), ctx.tunnel())?;
         let provider = route(
             &self.registry,
             &target.host,
             target.port,
-            ctx.tunnel.is_some(),
+            ctx.tunnel().is_some(),
         )?;
         if provider.auth.is_none() {
             return Err(Problem::new(
@@ -246,7 +253,7 @@ impl ProxyHttp for HubProxy {
         RequestCtx {
             started: Instant::now(),
             request_id: None,
-            tunnel: None,
+            conn: None,
             provider: None,
             upstream_addr: None,
             path_and_query: String::new(),
@@ -264,10 +271,10 @@ impl ProxyHttp for HubProxy {
         ctx: &mut RequestCtx,
         prev: Box<dyn std::any::Any + Send + Sync>,
     ) {
-        if let Ok(c) = prev.downcast::<ConnCtx>() {
+        if let Ok(c) = prev.downcast::<Arc<ConnCtx>>() {
             // The head is parsed: the guard stops watching before any body byte is read.
             c.head.disarm();
-            ctx.tunnel = c.tunnel;
+            ctx.conn = Some(*c);
         }
     }
 
@@ -433,7 +440,7 @@ impl ProxyHttp for HubProxy {
             provider = ctx.provider.as_ref().map_or("-", |p| p.name.as_str()),
             method = req.method.as_str(),
             path = %Self::log_path(ctx),
-            tunnel = ctx.tunnel.is_some(),
+            tunnel = ctx.tunnel().is_some(),
             status,
             attempts = ctx.call.attempts,
             cut = ctx.call.cut.map_or("", |c| c.as_str()),

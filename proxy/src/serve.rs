@@ -602,12 +602,13 @@ impl ProxyServer {
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(Some(KEEPALIVE_SECS));
         session.set_pipelining_enabled(true);
+        let conn = Arc::new(ConnCtx {
+            tunnel,
+            head: control.clone(),
+        });
         loop {
             control.arm();
-            session.set_connection_user_context(Some(Box::new(ConnCtx {
-                tunnel: tunnel.clone(),
-                head: control.clone(),
-            })));
+            session.set_connection_user_context(Some(Box::new(conn.clone())));
             let Some(reused) = self.app.process_new_http(session, shutdown).await else {
                 break;
             };
