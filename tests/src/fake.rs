@@ -320,6 +320,8 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
         sh.raw.len() - 1
     };
     let mut raw = Vec::new();
+    // How much of `raw` the shared record already has (copied as it grows, never again).
+    let mut synced = 0;
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Read one request head.
@@ -379,7 +381,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
                 }
             }
             if !fill(&mut s, &mut buf, &mut raw).await {
-                shared.lock().unwrap().raw[conn] = raw;
+                shared.lock().unwrap().raw[conn].extend_from_slice(&raw[synced..]);
                 return;
             }
         };
@@ -404,7 +406,8 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
             }
             Ok(Framing::Chunked) => read_chunked(&mut s, &mut buf, &mut raw, &mut sink).await,
         };
-        shared.lock().unwrap().raw[conn] = raw.clone();
+        shared.lock().unwrap().raw[conn].extend_from_slice(&raw[synced..]);
+        synced = raw.len();
         if let Err(e) = read {
             shared.lock().unwrap().malformed.push(e);
             return;
