@@ -106,6 +106,21 @@ problems! {
     UPSTREAM_TIMEOUT = 504, "upstream_timeout", "Upstream timeout";
 }
 
+/// Request headers a call's sender never sets itself (a module through `POST /call`, the worker
+/// re-sending a stored call): framing, hop-by-hop, and what the hub answers itself.
+pub fn reserved_request_header(name: &str) -> bool {
+    ["host", "content-length", "transfer-encoding"]
+        .iter()
+        .any(|h| h.eq_ignore_ascii_case(name))
+        || listed(HOP_BY_HOP, name)
+        || listed(ANSWERED_BY_HUB, name)
+}
+
+/// Response headers that describe the hop, not the provider's answer.
+pub fn hop_response_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("transfer-encoding") || listed(HOP_BY_HOP, name)
+}
+
 /// Whether `name` (any case) is in `list`.
 pub fn listed(list: &[&str], name: &str) -> bool {
     list.iter().any(|h| h.eq_ignore_ascii_case(name))

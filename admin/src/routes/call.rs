@@ -40,32 +40,6 @@ const MARGIN: Duration = Duration::from_secs(5);
 const MAX_HEADERS: usize = 64;
 /// The methods a call may use.
 pub const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
-/// Headers a caller may not set: framing, hop-by-hop, and what the proxy owns.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-    "proxy-authorization",
-    "proxy-connection",
-];
-/// Response headers that describe the hop, not the provider's answer.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// The HTTP client that reaches the hub proxy.
 #[derive(Clone)]
 pub struct ProxyClient {
@@ -171,7 +145,7 @@ fn check_request(req: &CallRequest, record: &ProviderRecord) -> Result<Outgoing,
         let field = || format!("headers.{name}");
         let n = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| ApiError::validation(field(), "not a valid header name"))?;
-        if RESERVED_HEADERS.contains(&n.as_str()) {
+        if hub_core::wire::reserved_request_header(n.as_str()) {
             return Err(ApiError::validation(
                 field(),
                 "framing and hop-by-hop headers are set by the hub",
@@ -310,7 +284,7 @@ async fn relay(mut resp: reqwest::Response, proxy_url: &str) -> Result<CallRespo
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in resp.headers() {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || named_in_connection.iter().any(|c| c == n) {
+        if hub_core::wire::hop_response_header(n) || named_in_connection.iter().any(|c| c == n) {
             continue;
         }
         let v = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -21,21 +21,11 @@ pub const EXCERPT_LEN: usize = 512;
 const MARGIN: Duration = Duration::from_secs(10);
 /// Type URI prefix of the hub's own problem answers.
 const HUB_PROBLEM: &str = "urn:integration-hub:problem:";
-/// Whether a stored header is never re-sent: framing, hop-by-hop, what the hub answers itself,
-/// its control headers, and the request id (this module sets it).
+/// Whether a stored header is never re-sent: what no sender sets itself, the hub's control
+/// headers, and the request id (this module sets it).
 fn not_resent(name: &str) -> bool {
-    use crate::wire::{ANSWERED_BY_HUB, HOP_BY_HOP, HUB_CONTROL, REQUEST_ID, listed};
-    matches!(
-        name,
-        "host" | "content-length" | "transfer-encoding" | REQUEST_ID
-    ) || listed(HOP_BY_HOP, name)
-        || listed(ANSWERED_BY_HUB, name)
-        || listed(HUB_CONTROL, name)
-}
-
-/// Response headers that describe the hop, not the provider's answer.
-fn hop_response_header(name: &str) -> bool {
-    name == "transfer-encoding" || crate::wire::listed(crate::wire::HOP_BY_HOP, name)
+    use crate::wire::{HUB_CONTROL, REQUEST_ID, listed, reserved_request_header};
+    name == REQUEST_ID || reserved_request_header(name) || listed(HUB_CONTROL, name)
 }
 
 /// The host the worker addresses a provider by.
@@ -174,7 +164,7 @@ impl ProxyCaller {
         let headers: Vec<(String, String)> = resp
             .headers()
             .iter()
-            .filter(|(k, _)| !hop_response_header(k.as_str()))
+            .filter(|(k, _)| !crate::wire::hop_response_header(k.as_str()))
             .map(|(k, v)| {
                 (
                     k.as_str().to_owned(),
