@@ -9,7 +9,7 @@ use hub_core::jobs::{JobError, JobSubmitter, NewJob};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use crate::forward::body::{Body, Expectation};
+use crate::forward::body::{Body, Expectation, write_continue};
 use crate::forward::caller_headers;
 use crate::hygiene::REQUEST_ID;
 use crate::inject;
@@ -29,10 +29,7 @@ fn too_large(limit: usize) -> Problem {
 
 async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Problem> {
     if Expectation::of(session.req_header()) == Expectation::Continue && !session.is_body_empty() {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|_| Problem::bad_request("could not answer Expect: 100-continue"))?;
+        write_continue(session).await?;
     }
     match Body::read(session, limit).await? {
         Body::Full(b) => Ok(b),

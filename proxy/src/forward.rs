@@ -167,10 +167,7 @@ impl Forwarder {
         .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
         session.set_read_timeout(Some(provider.config.idle_timeout()));
         if expectation == Expectation::Continue && !session.is_body_empty() {
-            session
-                .write_continue_response()
-                .await
-                .map_err(|_| Problem::bad_request("could not answer Expect: 100-continue"))?;
+            body::write_continue(session).await?;
         }
         let body = Body::read(session, self.replay_limit).await?;
         body.frame(&mut header)

@@ -194,6 +194,14 @@ async fn expect_100_continue_is_answered_by_the_hub_once_the_call_is_admitted() 
         assert_eq!(resp.json()["sha256"], sha256(&body));
         let rec = s.fake(way).requests().pop().unwrap();
         assert_eq!(rec.header("expect"), None, "Expect is never forwarded");
+        // The interim answer does not cost the connection: the next request is served on it.
+        conn.write_all(format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let next = read_response_within(&mut conn, WAIT)
+            .await
+            .unwrap_or_else(|| panic!("{way:?}: the connection was closed after the 100"));
+        assert_eq!(next.status, 200, "{way:?}: {}", next.head);
     }
 
     // Refused before admission: the final answer comes at once, without 100, and the body is
@@ -824,4 +832,32 @@ async fn connections_over_the_caps_get_503_and_the_others_are_served() {
         metrics.contains("integration_connections_refused_total{reason=\"per_source\"}"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn pipelined_requests_with_bodies_reach_the_provider_whole() {
+    let Some(s) = Setup::start(Backend::Sqlite, json!({})).await else {
+        return;
+    };
+    for way in WAYS {
+        for size in [10_000usize, 2 * 1024 * 1024] {
+            let mut conn = s.open(way).await;
+            let body = data(size as u64, size);
+            let (target, host) = s.target(way, "/pb");
+            let mut all = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes();
+            all.extend_from_slice(
+                format!("POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n")
+                    .as_bytes(),
+            );
+            all.extend_from_slice(&body);
+            conn.write_all(&all).await.unwrap();
+            let first = read_response_within(&mut conn, WAIT).await.unwrap();
+            assert_eq!(first.status, 200, "{way:?} {size}");
+            let second = read_response_within(&mut conn, WAIT)
+                .await
+                .unwrap_or_else(|| panic!("{way:?} {size}: the second request was dropped"));
+            assert_eq!(second.status, 200, "{way:?} {size}: {}", second.head);
+            assert_eq!(second.json()["sha256"], sha256(&body), "{way:?} {size}");
+        }
+    }
 }

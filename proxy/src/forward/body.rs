@@ -104,6 +104,15 @@ pub(crate) fn caller_body_problem(e: &pingora::Error) -> Problem {
     }
 }
 
+/// Answers `100 Continue`. Pingora closes a connection whose response starts before the request
+/// body is read; an interim answer is not that, so the connection stays reusable.
+pub(crate) async fn write_continue(session: &mut Session) -> Result<(), Problem> {
+    session.set_close_on_response_before_downstream_finish(false);
+    let written = session.write_continue_response().await;
+    session.set_close_on_response_before_downstream_finish(true);
+    written.map_err(|_| Problem::bad_request("could not answer Expect: 100-continue"))
+}
+
 /// What the caller's `Expect` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Expectation {
