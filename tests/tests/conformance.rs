@@ -727,6 +727,10 @@ async fn streams_live_through_silences_shorter_than_the_idle_timeout_and_end_at_
             .any(|l| l.contains("\"path\":\"/stalls\"") && l.contains("\"cut\":\"idle_timeout\"")),
         "the access line records the cut"
     );
+    assert!(
+        !logs.contains(TOKEN),
+        "the injected credential reached a log line"
+    );
 }
 
 #[tokio::test]
