@@ -39,7 +39,7 @@ pub struct TunnelTarget {
 
 /// What a connection carries from request to request: its tunnel target (none for plain HTTP)
 /// and the guard of its request heads.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnCtx {
     /// The CONNECT target, for requests inside a tunnel.
     pub tunnel: Option<TunnelTarget>,

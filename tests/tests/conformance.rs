@@ -836,6 +836,50 @@ async fn connections_over_the_caps_get_503_and_the_others_are_served() {
         metrics.contains("integration_connections_refused_total{reason=\"per_source\"}"),
         "{metrics}"
     );
+
+    // The total cap, below the per-source one: the same answer, counted as "total".
+    let limits = hub_proxy::serve::ConnLimits {
+        total: 3,
+        per_source: 100,
+    };
+    let Some(small) = TestHub::start_limited(Backend::Sqlite, &pki, limits).await else {
+        return;
+    };
+    small
+        .add_provider(provider_json(
+            "cap",
+            PLAIN_HOST,
+            &plain,
+            json!({"type": "none"}),
+        ))
+        .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(small.proxy_addr).await.unwrap();
+        c.write_all(get.as_bytes()).await.unwrap();
+        // Answered and kept alive: the connection is counted before the next one opens.
+        assert_eq!(
+            read_response_within(&mut c, WAIT).await.unwrap().status,
+            200
+        );
+        open.push(c);
+    }
+    let mut fourth = TcpStream::connect(small.proxy_addr).await.unwrap();
+    let resp = read_response_within(&mut fourth, WAIT).await.unwrap();
+    assert_eq!(
+        (resp.status, resp.json()["code"].clone()),
+        (503, json!("overloaded"))
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", small.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("integration_connections_refused_total{reason=\"total\"}"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

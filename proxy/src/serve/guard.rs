@@ -172,13 +172,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
             ));
             return this.poll_refusal(cx);
         }
-        let mut small = [0u8; 4096];
         let polled = if buf.remaining() <= allowance {
             let before = buf.filled().len();
             Pin::new(&mut this.inner)
                 .poll_read(cx, buf)
                 .map_ok(|()| before)
         } else {
+            // Only near the cap: a stack buffer, so no byte past it is ever taken.
+            let mut small = [0u8; 4096];
             let take = allowance.min(small.len());
             let mut limited = ReadBuf::new(&mut small[..take]);
             match Pin::new(&mut this.inner).poll_read(cx, &mut limited) {
