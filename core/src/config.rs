@@ -536,9 +536,9 @@ impl HubConfig {
         format!("http://{listen}")
     }
 
-    /// The DLQ spool file: `<data_dir>/dlq.spool`.
-    pub fn dlq_spool_path(&self) -> PathBuf {
-        self.data_dir.join("dlq.spool")
+    /// The DLQ spool directory: `<data_dir>/dlq-spool`.
+    pub fn dlq_spool_dir(&self) -> PathBuf {
+        self.data_dir.join("dlq-spool")
     }
 
     /// The CA certificate path in force.

@@ -7,10 +7,12 @@
 //! - `seal`: the call becomes a [`SealedEntry`]: credentials and control headers dropped, the
 //!   body cut at `dlq.max_body_bytes` (then not replayable) and sealed by the vault, bound to
 //!   the entry id (`hub/dlq/v1/<id>`); `expiresAt` = creation + `dlq.retention_days`.
-//! - `spool` + `writer`: the background writer appends each batch to `<data_dir>/dlq.spool`
-//!   (fsync'd: from then on it survives SIGKILL), inserts it (idempotently, by id) and empties
-//!   the spool; while the database is down entries only spool, and are flushed once each when
-//!   it returns (and on the next start).
+//! - `spool` + `writer`: the writer appends each batch to `<data_dir>/dlq-spool/` (fsync'd:
+//!   from then on it survives SIGKILL) and only then lets the proxy answer; it never waits on
+//!   the database. The drainer inserts closed spool segments (idempotently, by id) and deletes
+//!   them; while the database is down they wait on disk (bounded by `dlq.spool_max_bytes`) and
+//!   are drained in order, once each, when it returns (and on the next start). A call the spool
+//!   refuses is answered without an id (`upstream_failed_unrecorded`).
 //! - `store`: the `dlq_entries` table (SQLite and PostgreSQL, the same SQL).
 //! - `service`: what operators do — [`Dlq::list`], [`Dlq::get`], [`Dlq::body`],
 //!   [`Dlq::retry`], [`Dlq::retry_all`], [`Dlq::delete`]; and what metrics and health read:
@@ -84,7 +86,8 @@ pub struct FailedCall {
 }
 
 /// How long the proxy waits for a failed call to be durable (spooled and fsync'd) before it
-/// answers the caller's 502/504. Only calls that already failed pay it.
+/// answers the caller's 502/504; past it the answer carries no DLQ id. Only calls that already
+/// failed pay it, and normally one fsync (a few ms) of it.
 pub const DURABLE_HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Where the proxy hands failed calls. Returns once the call is as durable as the sink makes it:
@@ -94,12 +97,21 @@ pub const DURABLE_HANDOFF_WAIT: std::time::Duration = std::time::Duration::from_
 pub trait DeadLetterSink: Send + Sync {
     /// Hands one failed call over.
     async fn hand_off(&self, call: FailedCall) -> Result<(), HandoffError>;
+
+    /// What the sink holds on local disk, when it spools.
+    fn spool_stats(&self) -> Option<spool::SpoolStats> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
 impl DeadLetterSink for DlqSender {
     async fn hand_off(&self, call: FailedCall) -> Result<(), HandoffError> {
         self.send_durable(call, DURABLE_HANDOFF_WAIT).await
+    }
+
+    fn spool_stats(&self) -> Option<spool::SpoolStats> {
+        Some(DlqSender::spool_stats(self))
     }
 }
 

@@ -10,6 +10,7 @@
 mod access;
 pub mod postgres;
 mod row;
+pub mod snapshot;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;

@@ -98,6 +98,7 @@ problems! {
     HEADERS_TOO_LARGE = 431, "headers_too_large", "Request header fields too large";
     INTERNAL_ERROR = 500, "internal_error", "Internal error";
     UPSTREAM_FAILED = 502, "upstream_failed", "Upstream failed";
+    UPSTREAM_FAILED_UNRECORDED = 502, "upstream_failed_unrecorded", "Upstream failed; not recorded in the DLQ";
     UPSTREAM_DNS_FAILED = 502, "upstream_dns_failed", "Upstream name resolution failed";
     CIRCUIT_OPEN = 503, "circuit_open", "Circuit open";
     CREDENTIALS_UNAVAILABLE = 503, "credentials_unavailable", "Credentials unavailable";

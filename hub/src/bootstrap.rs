@@ -50,14 +50,31 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// How a service opens the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreOpen {
+    /// Connect now and apply migrations (`hub up`, `hub migrate`).
+    Migrate,
+    /// Connect now (`hub rotate-keys`).
+    Connect,
+    /// Connect on first use (`hub proxy`, `hub admin`): a PostgreSQL outage does not stop the
+    /// service from starting; the proxy then routes from its last-known-good registry file and
+    /// the admin answers `503` on store-backed routes until the database returns.
+    Lazy,
+}
+
 /// Opens the store a URL names, and a DLQ/jobs handle on the same pool.
-async fn open_store(url: &str) -> Result<(Arc<dyn Store>, Db), StoreError> {
+async fn open_store(url: &str, lazy: bool) -> Result<(Arc<dyn Store>, Db), StoreError> {
     if url.starts_with("sqlite:") {
         let s = SqliteStore::connect(url).await?;
         let db = Db::sqlite(s.pool().clone());
         Ok((Arc::new(s), db))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let s = PgStore::connect(url).await?;
+        let s = if lazy {
+            PgStore::connect_lazy(url)?
+        } else {
+            PgStore::connect(url).await?
+        };
         let db = Db::postgres(s.pool().clone());
         Ok((Arc::new(s), db))
     } else {
@@ -79,8 +96,8 @@ fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 impl Hub {
-    /// Opens everything; applies migrations when `migrate` is set.
-    pub async fn open(config: HubConfig, migrate: bool) -> anyhow::Result<Self> {
+    /// Opens everything; how the store is opened is `store`'s choice.
+    pub async fn open(config: HubConfig, store: StoreOpen) -> anyhow::Result<Self> {
         ensure_data_dir(&config.data_dir)?;
         let env_keys = std::env::var("HUB_MASTER_KEYS")
             .ok()
@@ -124,10 +141,11 @@ impl Hub {
         }
 
         let url = config.database_url();
-        let (store, db) = open_store(&url)
+        let open = store;
+        let (store, db) = open_store(&url, open == StoreOpen::Lazy)
             .await
             .with_context(|| format!("cannot open database {}", redact_url(&url)))?;
-        if migrate {
+        if open == StoreOpen::Migrate {
             store.migrate().await.context("migrations failed")?;
         }
         tracing::info!(

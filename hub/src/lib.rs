@@ -17,7 +17,7 @@ use hub_proxy::{ProxyOptions, ProxyServer, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use bootstrap::Hub;
+pub use bootstrap::{Hub, StoreOpen};
 
 /// Integration Hub: the platform's single point of exit to third-party APIs.
 #[derive(Debug, Parser)]
@@ -136,12 +136,12 @@ fn init_logging(config: &HubConfig) {
 async fn run_command(command: Command, config: HubConfig) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            let hub = Hub::open(config, true).await?;
+            let hub = Hub::open(config, StoreOpen::Migrate).await?;
             tracing::info!(backend = hub.store.backend(), "migrations applied");
             Ok(())
         }
         Command::RotateKeys => {
-            let hub = Hub::open(config, false).await?;
+            let hub = Hub::open(config, StoreOpen::Connect).await?;
             let report = hub_core::vault::rotate_keys(hub.store.as_ref(), &hub.vault).await?;
             tracing::info!(
                 ?report,
@@ -150,9 +150,9 @@ async fn run_command(command: Command, config: HubConfig) -> anyhow::Result<()> 
             );
             Ok(())
         }
-        Command::Up => serve(Hub::open(config, true).await?, true, true).await,
-        Command::Proxy => serve(Hub::open(config, false).await?, true, false).await,
-        Command::Admin => serve(Hub::open(config, false).await?, false, true).await,
+        Command::Up => serve(Hub::open(config, StoreOpen::Migrate).await?, true, true).await,
+        Command::Proxy => serve(Hub::open(config, StoreOpen::Lazy).await?, true, false).await,
+        Command::Admin => serve(Hub::open(config, StoreOpen::Lazy).await?, false, true).await,
         Command::GenerateKey { .. } => unreachable!("handled before the runtime starts"),
     }
 }
@@ -248,7 +248,7 @@ pub async fn serve_proxy_ops(
             get(move || {
                 let server = server.clone();
                 async move {
-                    let (ready, body) = server.readiness().await;
+                    let (ready, body) = server.readiness();
                     let code = if ready {
                         StatusCode::OK
                     } else {
@@ -269,16 +269,36 @@ pub async fn serve_proxy_ops(
     }
 }
 
-/// Loads the registry, starts its refresher and builds the proxy.
+/// How long the proxy waits for the store at start before it routes from its last-known-good
+/// registry file instead.
+pub const STARTUP_STORE_WAIT: Duration = Duration::from_secs(2);
+
+/// Loads the registry (from the store, else from the last-known-good file), starts its
+/// refresher and builds the proxy.
 pub async fn start_proxy(
     hub: &Hub,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<ProxyServer>> {
-    let registry = Arc::new(Registry::new(hub.store.clone(), hub.vault.clone()));
-    registry
-        .refresh()
-        .await
-        .context("cannot load the provider registry")?;
+    let snapshot_file = hub.config.data_dir.join(hub_core::store::snapshot::FILE);
+    let registry = Arc::new(
+        Registry::new(hub.store.clone(), hub.vault.clone())
+            .with_snapshot_file(snapshot_file.clone()),
+    );
+    if let Err(why) = registry.refresh_within(STARTUP_STORE_WAIT).await {
+        let loaded = registry
+            .load_snapshot_file()
+            .await
+            .context("the store is unreachable and the registry snapshot cannot be read")?;
+        if !loaded {
+            anyhow::bail!(
+                "cannot load the provider registry: the store is unreachable ({why}) and there is \
+                 no last-known-good snapshot at {} (a proxy writes it once it has reached the \
+                 store). Restore the database connection, or copy the file from another replica",
+                snapshot_file.display()
+            );
+        }
+        tracing::warn!(error = %why, "store unreachable at start: routing from the last-known-good registry snapshot; reconnecting in the background");
+    }
     let period = Duration::from_millis(hub.config.proxy.registry_poll_ms);
     let url = hub.config.database_url();
     let wake = url.starts_with("postgres").then(|| {

@@ -293,7 +293,11 @@ impl Forwarder {
             Some(retry_after) => verdict::circuit_open(&provider.name, retry_after),
             None => verdict::exhausted(&provider.name, end, report.attempts, stop),
         };
-        problem.dlq_id = Some(id);
+        match id {
+            Some(id) => problem.dlq_id = Some(id),
+            None if self.exhausted.is_some() => problem = verdict::unrecorded(problem),
+            None => {}
+        }
         Err(problem)
     }
 

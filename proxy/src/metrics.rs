@@ -43,6 +43,15 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     /// `integration_dlq_handoffs_total{provider}`: failed calls handed to the DLQ writer.
     pub dlq_handoffs: IntCounterVec,
+    /// `integration_dlq_unrecorded_total{reason}`: failed calls answered without a DLQ id
+    /// because the spool refused them (`spool_full`, `spool_unwritable`, …).
+    pub dlq_unrecorded: IntCounterVec,
+    /// `integration_dlq_spool_bytes`: bytes in the local spool not yet in the database.
+    pub dlq_spool_bytes: IntGauge,
+    /// `integration_dlq_spool_entries`: entries in the local spool not yet in the database.
+    pub dlq_spool_entries: IntGauge,
+    /// `integration_dlq_spool_max_bytes`: the bound (`dlq.spool_max_bytes`).
+    pub dlq_spool_max_bytes: IntGauge,
     /// `integration_state_backend_errors_total`.
     pub state_errors: IntCounter,
     /// `integration_state_backend_round_trips_total`.
@@ -55,6 +64,12 @@ pub struct Metrics {
     pub open_tunnels: IntGauge,
     /// `integration_registry_providers`.
     pub providers: IntGauge,
+    /// `integration_registry_age_seconds`: since the store last confirmed the routes in force.
+    pub registry_age: IntGauge,
+    /// `integration_registry_from_snapshot`: 1 while routing from the last-known-good file.
+    pub registry_from_snapshot: IntGauge,
+    /// `integration_store_available`: 1 when the registry's last store check answered.
+    pub store_available: IntGauge,
     /// `integration_connections_refused_total{reason}`: connections closed at accept because a
     /// cap was reached (`total` or `per_source`).
     pub connections_refused: IntCounterVec,
@@ -171,6 +186,27 @@ impl Metrics {
                 "Failed calls handed to the dead-letter queue",
                 &["provider"],
             ),
+            dlq_unrecorded: counter(
+                &r,
+                "integration_dlq_unrecorded_total",
+                "Failed calls answered without a DLQ id: the spool refused them",
+                &["reason"],
+            ),
+            dlq_spool_bytes: gauge(
+                &r,
+                "integration_dlq_spool_bytes",
+                "Bytes in the local DLQ spool not yet in the database",
+            ),
+            dlq_spool_entries: gauge(
+                &r,
+                "integration_dlq_spool_entries",
+                "Entries in the local DLQ spool not yet in the database",
+            ),
+            dlq_spool_max_bytes: gauge(
+                &r,
+                "integration_dlq_spool_max_bytes",
+                "Bound of the local DLQ spool (dlq.spool_max_bytes)",
+            ),
             state_errors: plain_counter(
                 &r,
                 "integration_state_backend_errors_total",
@@ -196,6 +232,21 @@ impl Metrics {
                 &r,
                 "integration_registry_providers",
                 "Live providers in the proxy's registry snapshot",
+            ),
+            registry_age: gauge(
+                &r,
+                "integration_registry_age_seconds",
+                "Seconds since the store last confirmed the registry in force",
+            ),
+            registry_from_snapshot: gauge(
+                &r,
+                "integration_registry_from_snapshot",
+                "1 while the proxy routes from its last-known-good snapshot file",
+            ),
+            store_available: gauge(
+                &r,
+                "integration_store_available",
+                "1 when the registry's last check of the store answered",
             ),
             connections_refused: counter(
                 &r,

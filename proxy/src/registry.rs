@@ -4,9 +4,17 @@
 //!
 //! Credentials are decrypted once per provider version, when a snapshot is built, and held in
 //! memory inside [`Auth`] (whose `Debug` never prints a secret).
+//!
+//! Every revision installed from the store is also written to the last-known-good file
+//! (`hub_core::store::snapshot`, credentials still sealed), and a proxy that cannot reach the
+//! store at start loads that file instead ([`Registry::load_snapshot_file`]) and catches up in
+//! the background. [`Registry::status`] reports where the routes came from and how old they are
+//! without asking the store: it is what the refresher last observed.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -15,6 +23,7 @@ use hub_core::provider::{
     parse_base_url,
 };
 use hub_core::store::Store;
+use hub_core::store::snapshot::{self, RegistrySnapshot, SnapshotError};
 use hub_core::vault::Vault;
 
 /// A live provider as the request path needs it.
@@ -113,6 +122,46 @@ impl Snapshot {
     }
 }
 
+/// Where the routes in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrySource {
+    /// Nothing loaded yet: every call is refused.
+    None,
+    /// Loaded from the store.
+    Store,
+    /// Loaded from the last-known-good file: the store was unreachable at start.
+    Snapshot,
+}
+
+/// What the refresher last observed of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreState {
+    /// Not asked yet.
+    Unknown,
+    /// The last check answered.
+    Available,
+    /// The last check failed or timed out.
+    Unavailable,
+}
+
+/// The registry's state as readiness and metrics report it (no I/O to compute).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryStatus {
+    /// Where the routes came from.
+    pub registry_source: RegistrySource,
+    /// The store revision in force (-1: none).
+    pub registry_revision: i64,
+    /// Seconds since the store last confirmed the revision in force was current.
+    pub registry_age_seconds: u64,
+    /// Providers routed.
+    pub providers: usize,
+    /// The store as last observed.
+    pub store: StoreState,
+}
+
 /// The registry: current snapshot plus what it takes to rebuild it.
 pub struct Registry {
     current: ArcSwap<Snapshot>,
@@ -120,6 +169,16 @@ pub struct Registry {
     vault: Arc<Vault>,
     /// One refresh at a time: two overlapping ones could install the older snapshot last.
     refreshing: tokio::sync::Mutex<()>,
+    /// The last-known-good file, when kept.
+    snapshot_file: Option<PathBuf>,
+    source: AtomicU8,
+    store_state: AtomicU8,
+    /// Unix ms when the store last confirmed the revision in force.
+    confirmed_at_ms: AtomicI64,
+}
+
+fn unix_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 impl Registry {
@@ -133,7 +192,85 @@ impl Registry {
             store,
             vault,
             refreshing: tokio::sync::Mutex::new(()),
+            snapshot_file: None,
+            source: AtomicU8::new(RegistrySource::None as u8),
+            store_state: AtomicU8::new(StoreState::Unknown as u8),
+            confirmed_at_ms: AtomicI64::new(0),
         }
+    }
+
+    /// Keeps the last-known-good file at `path` (`<data_dir>/registry.snapshot.json`).
+    #[must_use]
+    pub fn with_snapshot_file(mut self, path: PathBuf) -> Self {
+        self.snapshot_file = Some(path);
+        self
+    }
+
+    /// Installs the last-known-good file; `Ok(false)` when there is none (or no file is kept).
+    pub async fn load_snapshot_file(&self) -> Result<bool, SnapshotError> {
+        let Some(path) = self.snapshot_file.clone() else {
+            return Ok(false);
+        };
+        let _one_at_a_time = self.refreshing.lock().await;
+        let read = tokio::task::spawn_blocking(move || snapshot::read(&path))
+            .await
+            .unwrap_or(Ok(None))?;
+        let Some(snap) = read else {
+            return Ok(false);
+        };
+        let old = self.current.load_full();
+        let built = snap
+            .providers
+            .into_iter()
+            .filter_map(|r| self.build_provider(&old, r))
+            .collect();
+        self.current
+            .store(Arc::new(Snapshot::new(snap.revision, built)));
+        self.confirmed_at_ms
+            .store(snap.confirmed_at_ms, Ordering::Relaxed);
+        self.source
+            .store(RegistrySource::Snapshot as u8, Ordering::Relaxed);
+        tracing::warn!(
+            revision = snap.revision,
+            age_seconds = self.status().registry_age_seconds,
+            "registry loaded from the last-known-good snapshot (store unreachable)"
+        );
+        Ok(true)
+    }
+
+    /// Where the routes came from, how old they are, what the store did last (no I/O).
+    pub fn status(&self) -> RegistryStatus {
+        let snap = self.current.load();
+        let confirmed = self.confirmed_at_ms.load(Ordering::Relaxed);
+        let source = match self.source.load(Ordering::Relaxed) {
+            x if x == RegistrySource::Store as u8 => RegistrySource::Store,
+            x if x == RegistrySource::Snapshot as u8 => RegistrySource::Snapshot,
+            _ => RegistrySource::None,
+        };
+        RegistryStatus {
+            registry_source: source,
+            registry_revision: snap.revision,
+            registry_age_seconds: if confirmed > 0 {
+                u64::try_from((unix_ms() - confirmed).max(0) / 1000).unwrap_or(0)
+            } else {
+                0
+            },
+            providers: snap.len(),
+            store: match self.store_state.load(Ordering::Relaxed) {
+                x if x == StoreState::Available as u8 => StoreState::Available,
+                x if x == StoreState::Unavailable as u8 => StoreState::Unavailable,
+                _ => StoreState::Unknown,
+            },
+        }
+    }
+
+    fn observed(&self, ok: bool) {
+        let state = if ok {
+            StoreState::Available
+        } else {
+            StoreState::Unavailable
+        };
+        self.store_state.store(state as u8, Ordering::Relaxed);
     }
 
     /// The current snapshot (cheap: an atomic load).
@@ -143,19 +280,67 @@ impl Registry {
 
     /// Reloads when the store's revision moved; returns whether a new snapshot was installed.
     pub async fn refresh(&self) -> Result<bool, hub_core::store::StoreError> {
+        let result = self.refresh_inner().await;
+        self.observed(result.is_ok());
+        result
+    }
+
+    /// [`Registry::refresh`] bounded by `limit`; the error says why it did not happen.
+    pub async fn refresh_within(&self, limit: Duration) -> Result<bool, String> {
+        match tokio::time::timeout(limit, self.refresh()).await {
+            Ok(Ok(changed)) => Ok(changed),
+            Ok(Err(e)) => Err(format!("{e} ({})", e.kind())),
+            Err(_) => {
+                self.observed(false);
+                Err(format!("no answer within {limit:?}"))
+            }
+        }
+    }
+
+    async fn refresh_inner(&self) -> Result<bool, hub_core::store::StoreError> {
         let _one_at_a_time = self.refreshing.lock().await;
+        let asked_at = unix_ms();
         let revision = self.store.registry_revision().await?;
         let old = self.current.load_full();
         if revision == old.revision {
+            self.confirmed_at_ms.store(asked_at, Ordering::Relaxed);
+            if self
+                .source
+                .swap(RegistrySource::Store as u8, Ordering::Relaxed)
+                == RegistrySource::Snapshot as u8
+            {
+                tracing::info!(
+                    revision,
+                    "registry store reachable: the snapshot was current"
+                );
+            }
             return Ok(false);
         }
         let records = self.store.live_providers().await?;
+        let keep = self.snapshot_file.as_ref().map(|_| RegistrySnapshot {
+            revision,
+            confirmed_at_ms: asked_at,
+            providers: records.clone(),
+        });
         let built = records
             .into_iter()
             .filter_map(|r| self.build_provider(&old, r))
             .collect();
         self.current.store(Arc::new(Snapshot::new(revision, built)));
+        self.confirmed_at_ms.store(asked_at, Ordering::Relaxed);
+        self.source
+            .store(RegistrySource::Store as u8, Ordering::Relaxed);
         tracing::info!(revision, "registry snapshot installed");
+        if let (Some(path), Some(keep)) = (self.snapshot_file.clone(), keep) {
+            // Under the refresh lock: files are written in revision order.
+            let written = tokio::task::spawn_blocking(move || snapshot::write(&path, &keep)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e,
+                    "cannot write the registry snapshot: a restart while the store is down would not route"),
+                Err(e) => tracing::error!(error = %e, "registry snapshot task failed"),
+            }
+        }
         Ok(true)
     }
 
@@ -202,11 +387,6 @@ impl Registry {
     /// Whether a snapshot has been loaded (the proxy can route).
     pub fn loaded(&self) -> bool {
         self.current.load().revision >= 0
-    }
-
-    /// Whether the store answers.
-    pub async fn store_reachable(&self) -> bool {
-        self.store.ping().await.is_ok()
     }
 
     /// Keeps the snapshot fresh until `shutdown` flips: checks the revision every `period`, and

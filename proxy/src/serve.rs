@@ -299,6 +299,8 @@ pub struct ProxyServer {
     resolver: Arc<LeafResolver>,
     workers: Option<Workers>,
     limits: ConnLimits,
+    /// The DLQ spool's gauges, when failed calls go to the writer.
+    spool: Option<hub_core::dlq::spool::SpoolStats>,
 }
 
 /// Writes system roots plus `extra` into one PEM bundle under `data_dir` (Pingora's connector
@@ -395,6 +397,7 @@ impl ProxyServer {
             resolver,
             workers,
             limits: opts.limits,
+            spool: opts.exhausted.as_ref().and_then(|s| s.spool_stats()),
         }))
     }
 
@@ -403,23 +406,33 @@ impl ProxyServer {
         &self.resolver
     }
 
-    /// Readiness: the proxy can route once a registry snapshot is loaded. A store or Redis
-    /// outage does not make it unready: it keeps serving from its snapshot and local state, and
-    /// failing every replica's probe at once would turn a degraded dependency into an outage.
-    /// The body says what is degraded.
-    pub async fn readiness(&self) -> (bool, serde_json::Value) {
+    /// Readiness: the proxy can route once a registry is loaded, from the store or from the
+    /// last-known-good file. A store or Redis outage does not make it unready: it keeps serving
+    /// from its snapshot and local state, and failing every replica's probe at once would turn a
+    /// degraded dependency into an outage. Answers at once: it never asks the store or Redis, it
+    /// reports what the background checks last observed. The body says what is degraded.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
         let loaded = self.registry.loaded();
-        let store = self.registry.store_reachable().await;
+        let status = self.registry.status();
         let stats = self.state.stats();
-        (
-            loaded,
-            serde_json::json!({
-                "registryLoaded": loaded,
-                "providers": self.registry.snapshot().len(),
-                "storeReachable": store,
-                "stateBackendErrors": stats.errors,
-            }),
-        )
+        let mut body = serde_json::json!({
+            "ready": loaded,
+            "registryLoaded": loaded,
+            "registrySource": status.registry_source,
+            "registryRevision": status.registry_revision,
+            "registryAgeSeconds": status.registry_age_seconds,
+            "providers": status.providers,
+            "store": status.store,
+            "stateBackendErrors": stats.errors,
+        });
+        if let Some(spool) = &self.spool {
+            body["dlqSpool"] = serde_json::json!({
+                "entries": spool.entries(),
+                "bytes": spool.bytes(),
+                "maxBytes": spool.max_bytes(),
+            });
+        }
+        (loaded, body)
     }
 
     /// Refreshes the gauges that mirror shared state (breaker state per provider, backend
@@ -441,6 +454,22 @@ impl ProxyServer {
             METRICS
                 .providers
                 .set(i64::try_from(snap.len()).unwrap_or(i64::MAX));
+            let status = self.registry.status();
+            METRICS
+                .registry_age
+                .set(i64::try_from(status.registry_age_seconds).unwrap_or(i64::MAX));
+            METRICS.registry_from_snapshot.set(i64::from(
+                status.registry_source == crate::registry::RegistrySource::Snapshot,
+            ));
+            METRICS.store_available.set(i64::from(
+                status.store == crate::registry::StoreState::Available,
+            ));
+            if let Some(spool) = &self.spool {
+                let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                METRICS.dlq_spool_bytes.set(gauge(spool.bytes()));
+                METRICS.dlq_spool_entries.set(gauge(spool.entries()));
+                METRICS.dlq_spool_max_bytes.set(gauge(spool.max_bytes()));
+            }
             for p in snap.providers() {
                 let policy = Policy::from_config(&p.config, self.hub_default_rate);
                 let s = self.state.snapshot(p.id, &policy).await;

@@ -174,7 +174,10 @@ async fn entries_spool_while_the_database_is_down_and_flush_once(v: Variant) {
         (spool_len(&hub) > 0).then_some(())
     })
     .await;
-    let spool = std::fs::read(hub.config.dlq_spool_path()).unwrap();
+    let spool: Vec<u8> = std::fs::read_dir(hub.config.dlq_spool_dir())
+        .unwrap()
+        .flat_map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
     assert!(
         !spool.windows(9).any(|w| w == b"PLAINTEXT"),
         "body in clear in the spool"

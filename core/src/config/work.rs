@@ -13,6 +13,8 @@ pub const DEFAULT_DLQ_RETENTION_PERIOD_SECS: u64 = 3600;
 pub const DEFAULT_DLQ_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default interval between attempts to flush the spool while the database is down.
 pub const DEFAULT_DLQ_FLUSH_INTERVAL_MS: u64 = 2_000;
+/// Default bound of the DLQ spool on disk (what a database outage can hold).
+pub const DEFAULT_DLQ_SPOOL_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 /// Default worker concurrency in a process that runs the worker.
 pub const DEFAULT_JOBS_WORKERS: usize = 4;
@@ -52,9 +54,15 @@ pub struct DlqConfig {
     /// `dlq.max_body_bytes` (env `HUB_DLQ_MAX_BODY_BYTES`, default 1 MiB): larger bodies are
     /// kept truncated and the entry is not replayable.
     pub max_body_bytes: usize,
-    /// `dlq.flush_interval_ms` (default 2000): while the database is down, entries go to
-    /// `<data_dir>/dlq.spool`; this is how often the writer tries to flush it.
+    /// `dlq.flush_interval_ms` (default 2000): every failed call is spooled (fsync'd) to
+    /// `<data_dir>/dlq-spool/` before its 502/504 leaves, then drained to the database; while
+    /// the database is down, this is how often the drainer tries again.
     pub flush_interval_ms: u64,
+    /// `dlq.spool_max_bytes` (env `HUB_DLQ_SPOOL_MAX_BYTES`, default 1 GiB): the most the spool
+    /// holds on disk. Past it (or when the disk refuses a write) a failed call is answered
+    /// `502 upstream_failed_unrecorded` without `X-Hub-DLQ-Id`: never an id that does not
+    /// exist. Watch `integration_dlq_spool_bytes`.
+    pub spool_max_bytes: u64,
 }
 
 /// `jobs:` section.
@@ -119,6 +127,7 @@ impl Default for DlqConfig {
             retention_period_secs: DEFAULT_DLQ_RETENTION_PERIOD_SECS,
             max_body_bytes: DEFAULT_DLQ_MAX_BODY_BYTES,
             flush_interval_ms: DEFAULT_DLQ_FLUSH_INTERVAL_MS,
+            spool_max_bytes: DEFAULT_DLQ_SPOOL_MAX_BYTES,
         }
     }
 }
@@ -178,6 +187,9 @@ pub(super) fn apply_env(
     if let Some(v) = get("HUB_DLQ_MAX_BODY_BYTES") {
         dlq.max_body_bytes = parse("HUB_DLQ_MAX_BODY_BYTES", &v)?;
     }
+    if let Some(v) = get("HUB_DLQ_SPOOL_MAX_BYTES") {
+        dlq.spool_max_bytes = parse("HUB_DLQ_SPOOL_MAX_BYTES", &v)?;
+    }
     if let Some(v) = get("HUB_JOBS_WORKERS") {
         jobs.workers = parse("HUB_JOBS_WORKERS", &v)?;
     }
@@ -225,6 +237,9 @@ pub(super) fn validate(dlq: &DlqConfig, jobs: &JobsConfig) -> Result<(), ConfigE
     }
     if !(10..=600_000).contains(&dlq.flush_interval_ms) {
         return invalid("dlq.flush_interval_ms", "must be between 10 and 600000");
+    }
+    if dlq.spool_max_bytes < 64 * 1024 {
+        return invalid("dlq.spool_max_bytes", "must be at least 65536");
     }
     if jobs.workers > 256 {
         return invalid("jobs.workers", "must be at most 256");

@@ -1,42 +1,48 @@
-//! The DLQ writer: the background task that persists failed calls off the request path.
+//! The DLQ writer: two background tasks that persist failed calls off the request path.
 //!
-//! The proxy hands a [`FailedCall`] to a bounded channel ([`DlqSender`]). The writer takes what
-//! is waiting (up to [`BATCH`]), seals each body, appends the batch to the spool with one
-//! `fsync` (the write-ahead step: from here an entry survives SIGKILL), acknowledges durable
-//! hand-offs, then inserts the batch into the database and empties the spool. While the
-//! database is down (an insert fails or takes longer than [`DB_TIMEOUT`]), batches only go to
-//! the spool and the writer tries to flush the whole spool every `flush_interval`; the database
-//! is not asked in between, so an outage costs the request path nothing. On start, whatever a
-//! crashed hub left in the spool is flushed first.
+//! The proxy hands a [`FailedCall`] to a bounded channel ([`DlqSender`]). The **writer** takes
+//! what is waiting (up to [`BATCH`]), seals each body, appends the batch to the spool's active
+//! segment with one `fsync` (the write-ahead step: from here an entry survives SIGKILL) and
+//! answers every durable hand-off: `Ok` once on disk, an error when the spool refused the batch
+//! (full, disk full, read-only). It never waits on the database, so whatever the database is
+//! doing (up, down, slow, flapping) an acknowledgement costs one group-committed fsync.
+//!
+//! The **drainer** moves closed segments into the database, oldest first: it asks the writer to
+//! close the active segment when nothing else waits, inserts the segment's entries (idempotent
+//! by id), deletes it, and goes on. While the database is down (an insert fails or takes longer
+//! than [`DB_TIMEOUT`]) it tries again every `flush_interval`; segments pile up on disk, bounded
+//! by `dlq.spool_max_bytes`. On start, what an earlier run left in the spool is drained first.
+//! A batch the spool refused is still offered to the database directly (best effort: its callers
+//! were told it was *not* recorded, so an entry that lands anyway is a bonus, never a lie).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::FailedCall;
 use super::seal::{SealedEntry, seal_failed_call};
-use super::spool::{Spool, SpoolError};
+use super::spool::{Closed, Spool, SpoolError, SpoolStats};
 use super::store::EntryStore;
 use crate::jobs::db::Db;
 use crate::state::Clock;
 use crate::vault::Vault;
 
-/// Most calls sealed, spooled and inserted together.
+/// Most calls sealed and spooled together, and most entries inserted per statement batch.
 pub const BATCH: usize = 64;
-/// Longest wait for one database insert before the writer treats the database as down.
+/// Longest wait for one database insert before the drainer treats the database as down.
 pub const DB_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A failed call on its way to the writer, with an optional acknowledgement once it is durable.
 #[derive(Debug)]
 pub struct Handoff {
     call: FailedCall,
-    durable: Option<oneshot::Sender<()>>,
+    durable: Option<oneshot::Sender<Result<(), HandoffError>>>,
 }
 
-/// Why a hand-off did not happen.
+/// Why a hand-off did not happen. With any of these the call's id must not be told to anyone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HandoffError {
     /// The channel is full (the writer is far behind): the entry is not recorded.
@@ -45,15 +51,39 @@ pub enum HandoffError {
     /// The writer has stopped.
     #[error("the DLQ writer has stopped")]
     Closed,
-    /// Queued, but not yet durable when the wait ended (it most likely will be).
+    /// Queued, but not yet durable when the wait ended (the disk is stalled).
     #[error("the DLQ entry was not durable in time")]
     NotDurableYet,
+    /// The spool refused it: `dlq.spool_max_bytes` reached.
+    #[error("the DLQ spool is full")]
+    SpoolFull,
+    /// The spool could not be written (disk full, read-only, I/O error).
+    #[error("the DLQ spool cannot be written")]
+    SpoolUnwritable,
+    /// The call could not be sealed (key ring fault).
+    #[error("the failed call could not be sealed")]
+    Unsealable,
+}
+
+impl HandoffError {
+    /// Stable label for metrics and logs.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Full => "queue_full",
+            Self::Closed => "writer_stopped",
+            Self::NotDurableYet => "not_durable_in_time",
+            Self::SpoolFull => "spool_full",
+            Self::SpoolUnwritable => "spool_unwritable",
+            Self::Unsealable => "unsealable",
+        }
+    }
 }
 
 /// The proxy's end of the writer's channel. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct DlqSender {
     tx: mpsc::Sender<Handoff>,
+    stats: SpoolStats,
 }
 
 impl DlqSender {
@@ -72,7 +102,8 @@ impl DlqSender {
 
     /// Queues a call and waits (at most `wait`) until it is in the fsync'd spool: after `Ok`, a
     /// SIGKILL cannot lose it. Answer the caller's 502 after this to make "the 502 names an
-    /// entry that exists" hold across crashes; the wait is one group-committed fsync.
+    /// entry that exists" hold across crashes; the wait is one group-committed fsync, whatever
+    /// the database is doing.
     pub async fn send_durable(&self, call: FailedCall, wait: Duration) -> Result<(), HandoffError> {
         let (ack, done) = oneshot::channel();
         self.tx
@@ -85,51 +116,95 @@ impl DlqSender {
                 mpsc::error::TrySendError::Closed(_) => HandoffError::Closed,
             })?;
         match tokio::time::timeout(wait, done).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(HandoffError::Closed),
             Err(_) => Err(HandoffError::NotDurableYet),
         }
+    }
+
+    /// What the spool holds (gauges, readiness).
+    pub fn spool_stats(&self) -> SpoolStats {
+        self.stats.clone()
     }
 }
 
 /// Settings of the writer.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
-    /// `<data_dir>/dlq.spool`.
-    pub spool_path: PathBuf,
+    /// `<data_dir>/dlq-spool`.
+    pub spool_dir: PathBuf,
+    /// `<data_dir>/dlq.spool`, the single-file spool of older hubs (drained first when present).
+    pub legacy_spool: Option<PathBuf>,
+    /// `dlq.spool_max_bytes`.
+    pub spool_max_bytes: u64,
     /// Channel bound.
     pub capacity: usize,
     /// Largest body kept whole (`dlq.max_body_bytes`).
     pub max_body_bytes: usize,
     /// `dlq.retention_days`, as milliseconds.
     pub retention_ms: i64,
-    /// How often to try flushing the spool while the database is down.
+    /// How often the drainer tries again while the database is down.
     pub flush_interval: Duration,
 }
 
-/// Opens the spool and starts the writer; returns its sender and its task (which ends once
-/// every sender is dropped and what was queued is spooled, and flushed if the database is up).
+/// Opens the spool and starts the writer and the drainer; returns the sender and a task that
+/// ends once every sender is dropped, what was queued is spooled, and (if the database is up)
+/// drained.
 pub fn spawn(
     db: Db,
     vault: Arc<Vault>,
     clock: Clock,
     opts: WriterOptions,
 ) -> Result<(DlqSender, JoinHandle<()>), SpoolError> {
-    let (spool, leftover) = Spool::open(&opts.spool_path)?;
-    if !leftover.is_empty() {
-        tracing::warn!(entries = leftover.len(), path = %opts.spool_path.display(),
-            "DLQ spool holds entries from before the last stop; flushing them");
+    let spool = Spool::open(
+        &opts.spool_dir,
+        opts.legacy_spool.as_deref(),
+        opts.spool_max_bytes,
+    )?;
+    let stats = spool.stats();
+    if stats.entries() > 0 {
+        tracing::warn!(entries = stats.entries(), path = %opts.spool_dir.display(),
+            "DLQ spool holds entries from before the last stop; draining them to the database");
     }
     let (tx, rx) = mpsc::channel(opts.capacity.max(1));
-    let writer = Writer {
+    let wake = Arc::new(Notify::new());
+    let rotate = Arc::new(Notify::new());
+    let (direct_tx, direct_rx) = mpsc::channel(opts.capacity.max(1));
+    let drainer = Drainer {
         store: EntryStore::new(db),
-        vault,
         clock,
+        closed: spool.closed(),
+        stats: stats.clone(),
+        wake: wake.clone(),
+        rotate: rotate.clone(),
+        direct: direct_rx,
+        flush_interval: opts.flush_interval,
+    };
+    let writer = Writer {
+        vault,
         spool: Some(spool),
-        backlog: !leftover.is_empty(),
+        wake,
+        rotate,
+        direct: direct_tx,
         opts,
     };
-    Ok((DlqSender { tx }, tokio::spawn(writer.run(rx))))
+    let (writer_done_tx, writer_done) = oneshot::channel();
+    // Aborting the returned task (a test's SIGKILL) stops the drainer too.
+    let mut drain = AbortOnDrop(tokio::spawn(drainer.run(writer_done)));
+    let task = tokio::spawn(async move {
+        writer.run(rx).await;
+        let _ = writer_done_tx.send(());
+        let _ = (&mut drain.0).await;
+    });
+    Ok((DlqSender { tx, stats }, task))
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Forwards a plain `FailedCall` channel (the proxy's current hand-off) into the writer.
@@ -148,78 +223,233 @@ pub fn bridge(mut rx: mpsc::Receiver<FailedCall>, to: DlqSender) -> JoinHandle<(
 }
 
 struct Writer {
-    store: EntryStore,
     vault: Arc<Vault>,
-    clock: Clock,
     /// `None` only while a blocking file operation holds it.
     spool: Option<Spool>,
-    /// The spool holds entries the database does not have yet.
-    backlog: bool,
+    /// Tells the drainer something was appended or closed.
+    wake: Arc<Notify>,
+    /// The drainer asks for the active segment to be closed.
+    rotate: Arc<Notify>,
+    /// Batches the spool refused, offered to the database directly.
+    direct: mpsc::Sender<Vec<SealedEntry>>,
     opts: WriterOptions,
 }
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Handoff>) {
-        if self.backlog {
-            self.flush_spool().await;
-        }
-        let mut flush_tick = tokio::time::interval(self.opts.flush_interval);
-        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let rotate = self.rotate.clone();
         loop {
             let mut batch = Vec::new();
             tokio::select! {
+                biased;
                 got = rx.recv_many(&mut batch, BATCH) => {
                     if got == 0 {
                         break;
                     }
                     self.write(batch).await;
                 }
-                _ = flush_tick.tick(), if self.backlog => self.flush_spool().await,
+                () = rotate.notified() => {
+                    if self.with_spool(Spool::rotate).await.is_ok() {
+                        self.wake.notify_one();
+                    }
+                }
             }
         }
-        if self.backlog {
-            self.flush_spool().await;
+        // Closing what is left lets the drainer take it before the task ends.
+        if self.with_spool(Spool::rotate).await.is_ok() {
+            self.wake.notify_one();
         }
     }
 
     async fn write(&mut self, batch: Vec<Handoff>) {
         let retention = self.opts.retention_ms;
         let mut sealed = Vec::with_capacity(batch.len());
-        let mut acks = Vec::new();
+        let mut acks = Vec::with_capacity(batch.len());
         for h in batch {
             match seal_failed_call(&h.call, &self.vault, self.opts.max_body_bytes, retention) {
-                Ok(e) => sealed.push(e),
-                Err(e) => tracing::error!(request_id = %h.call.request_id, error = e.kind(),
-                    "cannot seal a failed call's body: DLQ entry not recorded"),
+                Ok(e) => {
+                    sealed.push(e);
+                    acks.push(h.durable);
+                }
+                Err(e) => {
+                    tracing::error!(request_id = %h.call.request_id, error = e.kind(),
+                        "cannot seal a failed call's body: DLQ entry not recorded");
+                    if let Some(ack) = h.durable {
+                        let _ = ack.send(Err(HandoffError::Unsealable));
+                    }
+                }
             }
-            acks.extend(h.durable);
         }
-        let spooled = self.append(sealed.clone()).await;
-        for ack in acks {
-            let _ = ack.send(());
-        }
-        if !spooled {
-            // Not durable on disk: insert now whatever the backlog says.
-            if self.insert(&sealed).await {
-                return;
-            }
-            tracing::error!(
-                entries = sealed.len(),
-                "DLQ entries lost: neither the spool nor the database took them"
-            );
+        if sealed.is_empty() {
             return;
         }
-        if self.backlog {
-            return; // the database is down: the flush tick takes the whole spool later
+        let entries = sealed.clone();
+        let result = match self.with_spool(move |s| s.append(&entries)).await {
+            Ok(()) => Ok(()),
+            Err(SpoolError::Full { .. }) => Err(HandoffError::SpoolFull),
+            Err(_) => Err(HandoffError::SpoolUnwritable),
+        };
+        for ack in acks.into_iter().flatten() {
+            let _ = ack.send(result);
         }
-        if self.insert(&sealed).await {
-            self.clear_spool().await;
-        } else {
-            self.backlog = true;
-            tracing::warn!(
-                "DLQ database unavailable: entries spool to {} until it returns",
-                self.opts.spool_path.display()
-            );
+        match result {
+            Ok(()) => self.wake.notify_one(),
+            Err(e) => {
+                tracing::error!(
+                    entries = sealed.len(),
+                    reason = e.kind(),
+                    "DLQ spool refused failed calls: their callers got no DLQ id; \
+                     offering them to the database directly"
+                );
+                if self.direct.try_send(sealed).is_err() {
+                    tracing::error!(
+                        "DLQ entries lost: the spool refused them and the database queue is full"
+                    );
+                }
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Runs a blocking spool operation off the async threads; the error is logged.
+    async fn with_spool<T: Send + 'static>(
+        &mut self,
+        op: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let Some(mut spool) = self.spool.take() else {
+            return Err(SpoolError::Io {
+                path: self.opts.spool_dir.clone(),
+                source: std::io::Error::other("the spool could not be reopened"),
+            });
+        };
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = op(&mut spool);
+            (spool, r)
+        })
+        .await;
+        let (spool, result) = match joined {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, "DLQ spool task failed; reopening the spool");
+                match Spool::open(&self.opts.spool_dir, None, self.opts.spool_max_bytes) {
+                    Ok(s) => self.spool = Some(s),
+                    Err(e) => tracing::error!(error = %e, "cannot reopen the DLQ spool"),
+                }
+                return Err(SpoolError::Io {
+                    path: self.opts.spool_dir.clone(),
+                    source: std::io::Error::other("the spool task failed"),
+                });
+            }
+        };
+        self.spool = Some(spool);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, kind = e.kind(), "DLQ spool operation failed");
+        }
+        result
+    }
+}
+
+struct Drainer {
+    store: EntryStore,
+    clock: Clock,
+    closed: Closed,
+    stats: SpoolStats,
+    wake: Arc<Notify>,
+    rotate: Arc<Notify>,
+    direct: mpsc::Receiver<Vec<SealedEntry>>,
+    flush_interval: Duration,
+}
+
+impl Drainer {
+    async fn run(mut self, mut writer_done: oneshot::Receiver<()>) {
+        let mut down = false;
+        let mut finishing = false;
+        loop {
+            while let Ok(batch) = self.direct.try_recv() {
+                if !self.insert(&batch).await {
+                    tracing::error!(
+                        entries = batch.len(),
+                        "DLQ entries lost: neither the spool nor the database took them"
+                    );
+                }
+            }
+            if let Some(segment) = self.closed.front() {
+                match self.drain(segment).await {
+                    Ok(()) => {
+                        if down {
+                            down = false;
+                            tracing::info!("DLQ database reachable again: spool drained");
+                        }
+                        continue;
+                    }
+                    Err(()) => {
+                        if !down {
+                            down = true;
+                            tracing::warn!(
+                                entries = self.stats.entries(),
+                                "DLQ database unavailable: failed calls stay in the spool until it returns"
+                            );
+                        }
+                        if finishing {
+                            return; // leave the rest for the next start
+                        }
+                        tokio::select! {
+                            () = tokio::time::sleep(self.flush_interval) => {}
+                            _ = &mut writer_done => finishing = true,
+                        }
+                        continue;
+                    }
+                }
+            }
+            if finishing {
+                return;
+            }
+            if self.stats.entries() > 0 {
+                // Only the active segment holds entries: have the writer close it.
+                self.rotate.notify_one();
+            }
+            tokio::select! {
+                () = self.wake.notified() => {}
+                Some(batch) = self.direct.recv() => {
+                    if !self.insert(&batch).await {
+                        tracing::error!(entries = batch.len(),
+                            "DLQ entries lost: neither the spool nor the database took them");
+                    }
+                }
+                _ = &mut writer_done => finishing = true,
+            }
+        }
+    }
+
+    /// Inserts one closed segment and deletes it; `Err` while the database is unavailable.
+    async fn drain(&mut self, segment: super::spool::Segment) -> Result<(), ()> {
+        let read = segment.clone();
+        let entries = match tokio::task::spawn_blocking(move || read.read()).await {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot read a DLQ spool segment; will retry");
+                return Err(());
+            }
+            Err(_) => return Err(()),
+        };
+        for chunk in entries.chunks(BATCH) {
+            if !self.insert(chunk).await {
+                return Err(());
+            }
+        }
+        let stats = self.stats.clone();
+        let done = segment.clone();
+        match tokio::task::spawn_blocking(move || done.remove(&stats)).await {
+            Ok(Ok(())) => {
+                self.closed.pop();
+                tracing::debug!(entries = entries.len(), "DLQ spool segment drained");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot delete a drained DLQ spool segment");
+                Err(())
+            }
+            Err(_) => Err(()),
         }
     }
 
@@ -233,61 +463,6 @@ impl Writer {
                 false
             }
             Err(_) => false,
-        }
-    }
-
-    async fn flush_spool(&mut self) {
-        let Some(entries) = self.with_spool(|s| s.read_all()).await else {
-            return;
-        };
-        for chunk in entries.chunks(BATCH) {
-            if !self.insert(chunk).await {
-                return; // still down; the next tick tries again
-            }
-        }
-        if self.clear_spool().await {
-            self.backlog = false;
-            tracing::info!(entries = entries.len(), "DLQ spool flushed to the database");
-        }
-    }
-
-    async fn append(&mut self, entries: Vec<SealedEntry>) -> bool {
-        self.with_spool(move |s| s.append(&entries)).await.is_some()
-    }
-
-    async fn clear_spool(&mut self) -> bool {
-        self.with_spool(|s| s.clear()).await.is_some()
-    }
-
-    /// Runs a blocking spool operation off the async threads; `None` (logged) when it failed.
-    async fn with_spool<T: Send + 'static>(
-        &mut self,
-        op: impl FnOnce(&mut Spool) -> Result<T, SpoolError> + Send + 'static,
-    ) -> Option<T> {
-        let mut spool = self.spool.take()?;
-        let (spool, result) = match tokio::task::spawn_blocking(move || {
-            let r = op(&mut spool);
-            (spool, r)
-        })
-        .await
-        {
-            Ok(pair) => pair,
-            Err(e) => {
-                tracing::error!(error = %e, "DLQ spool task failed; reopening the spool");
-                match Spool::open(&self.opts.spool_path) {
-                    Ok((s, _)) => self.spool = Some(s),
-                    Err(e) => tracing::error!(error = %e, "cannot reopen the DLQ spool"),
-                }
-                return None;
-            }
-        };
-        self.spool = Some(spool);
-        match result {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::error!(error = %e, kind = e.kind(), "DLQ spool operation failed");
-                None
-            }
         }
     }
 }

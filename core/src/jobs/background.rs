@@ -104,7 +104,9 @@ impl Background {
     /// The DLQ writer's settings from the configuration.
     pub fn writer_options(&self) -> WriterOptions {
         WriterOptions {
-            spool_path: self.config.dlq_spool_path(),
+            spool_dir: self.config.dlq_spool_dir(),
+            legacy_spool: Some(self.config.data_dir.join(crate::dlq::spool::LEGACY_FILE)),
+            spool_max_bytes: self.config.dlq.spool_max_bytes,
             capacity: WRITER_CAPACITY,
             max_body_bytes: self.config.dlq.max_body_bytes,
             retention_ms: i64::from(self.config.dlq.retention_days) * 86_400_000,

@@ -51,6 +51,16 @@ impl PgStore {
         Ok(Self { pool })
     }
 
+    /// A pool that connects on first use: opening it never waits on (or fails with) the server,
+    /// so a service can start while the database is down and serve what does not need it.
+    pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy(url)?;
+        Ok(Self { pool })
+    }
+
     /// The underlying pool (for `LISTEN` on [`REGISTRY_CHANNEL`] and for tests).
     pub fn pool(&self) -> &PgPool {
         &self.pool

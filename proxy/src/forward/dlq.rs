@@ -22,7 +22,8 @@ pub(crate) struct CallFailure {
 }
 
 /// Records a failed call with the DLQ and waits until it is durable (bounded), so the caller's
-/// 502/504 is only sent for an entry that survives a crash. Returns the entry's id.
+/// 502/504 is only sent for an entry that survives a crash. Returns the entry's id, or `None`
+/// when it is not durably recorded: then no one may be told an id.
 pub(crate) async fn hand_off(
     sink: Option<&dyn DeadLetterSink>,
     req: &RequestHeader,
@@ -31,7 +32,7 @@ pub(crate) async fn hand_off(
     request_id: &str,
     body: &Body,
     failure: CallFailure,
-) -> ulid::Ulid {
+) -> Option<ulid::Ulid> {
     // A DLQ replay that fails again is recorded on its own entry, not as a new one.
     let replayed = req
         .headers
@@ -74,10 +75,14 @@ pub(crate) async fn hand_off(
     tracing::warn!(target: "hub::exhausted", request_id, provider = %call.provider,
         attempts = call.attempts, last_error = call.last_error, last_status = ?call.last_status,
         stop = call.stop, "call failed after retries");
-    if let Some(sink) = sink
-        && let Err(e) = sink.hand_off(call).await
-    {
-        tracing::error!(request_id, error = %e, "failed call not durably recorded in the DLQ");
+    let sink = sink?;
+    match sink.hand_off(call).await {
+        Ok(()) => Some(id),
+        Err(e) => {
+            METRICS.dlq_unrecorded.with_label_values(&[e.kind()]).inc();
+            tracing::error!(request_id, reason = e.kind(), error = %e,
+                "failed call NOT recorded in the DLQ: answered without an id");
+            None
+        }
     }
-    id
 }

@@ -67,6 +67,19 @@ pub(super) fn exhausted(provider: &str, end: AttemptEnd, attempts: u32, stop: &s
     }
 }
 
+/// The answer to a failed call the DLQ could not record: a distinct code, no id, the reason
+/// the call failed kept in the detail.
+pub(super) fn unrecorded(failed: Problem) -> Problem {
+    Problem::new(
+        problem::UPSTREAM_FAILED_UNRECORDED,
+        format!(
+            "{} — and it was NOT recorded in the dead-letter queue (the hub's spool refused it): \
+             retry it yourself",
+            failed.detail
+        ),
+    )
+}
+
 /// Classifies a Pingora error from one attempt, given whether the request head was written.
 pub(super) fn classify(e: &Error, header_written: bool) -> AttemptEnd {
     use ErrorType::*;

@@ -46,7 +46,7 @@ pub async fn entry_of(hub: &WorkHub, id: Ulid) -> hub_core::dlq::DlqEntry {
 }
 
 pub fn spool_len(hub: &WorkHub) -> u64 {
-    std::fs::metadata(hub.config.dlq_spool_path()).map_or(0, |m| m.len())
+    hub_core::dlq::spool::dir_bytes(&hub.config.dlq_spool_dir())
 }
 
 /// An outage of the writer's database, and what ends it.

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use sqlx::Connection;
 use ulid::Ulid;
 
 use super::{WriterOptions, spawn};
 use crate::dlq::FailedCall;
-use crate::dlq::spool::Spool;
+use crate::dlq::spool::read_dir_records;
 use crate::dlq::store::EntryStore;
 use crate::jobs::db::Db;
 use crate::secret::SecretString;
@@ -42,12 +43,26 @@ fn call() -> FailedCall {
 
 fn options(dir: &std::path::Path) -> WriterOptions {
     WriterOptions {
-        spool_path: dir.join("dlq.spool"),
+        spool_dir: dir.join("dlq-spool"),
+        legacy_spool: None,
+        spool_max_bytes: 1024 * 1024,
         capacity: 16,
         max_body_bytes: 1024,
         retention_ms: 86_400_000,
         flush_interval: Duration::from_millis(50),
     }
+}
+
+/// A SQLite database in `dir` with the hub's tables, and its URL.
+async fn migrated(dir: &std::path::Path) -> (Db, String) {
+    let url = testing::fresh_sqlite_url(dir);
+    crate::store::connect(&url)
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    (Db::connect(&url).await.unwrap(), url)
 }
 
 #[tokio::test]
@@ -65,9 +80,7 @@ async fn an_acknowledged_handoff_is_on_disk_and_reaches_the_database_once() {
         .send_durable(c.clone(), Duration::from_secs(5))
         .await
         .expect("acknowledged once durable");
-    let copy = dir.path().join("copy.spool");
-    std::fs::copy(dir.path().join("dlq.spool"), &copy).unwrap();
-    let (_, on_disk) = Spool::open(&copy).unwrap();
+    let on_disk = read_dir_records(&dir.path().join("dlq-spool")).unwrap();
     assert_eq!(on_disk.iter().map(|e| e.id).collect::<Vec<_>>(), vec![c.id]);
     assert!(
         on_disk[0].headers.iter().all(|(k, _)| k != "authorization"),
@@ -76,14 +89,7 @@ async fn an_acknowledged_handoff_is_on_disk_and_reaches_the_database_once() {
     // SIGKILL, then a restart against a working database: the spool is flushed first.
     task.abort();
     let _ = task.await;
-    let url = testing::fresh_sqlite_url(dir.path());
-    crate::store::connect(&url)
-        .await
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    let db = Db::connect(&url).await.unwrap();
+    let (db, _) = migrated(dir.path()).await;
     let (sender, task) = spawn(db.clone(), vault, Clock::system(), options(dir.path())).unwrap();
     let store = EntryStore::new(db);
     for _ in 0..200 {
@@ -96,6 +102,89 @@ async fn an_acknowledged_handoff_is_on_disk_and_reaches_the_database_once() {
     assert_eq!(row.request_id, "r");
     drop(sender);
     task.await.unwrap();
-    let (_, left) = Spool::open(&dir.path().join("dlq.spool")).unwrap();
-    assert!(left.is_empty(), "the spool is emptied once flushed");
+    let left = read_dir_records(&dir.path().join("dlq-spool")).unwrap();
+    assert!(left.is_empty(), "the spool is emptied once drained");
+}
+
+/// The hand-off never waits on the database: with every insert hanging (a database that
+/// accepts connections and never answers), acknowledgements still come after one fsync.
+#[tokio::test]
+async fn acknowledgements_do_not_wait_for_a_stalled_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
+    let (db, url) = migrated(dir.path()).await;
+    // Another connection holds SQLite's write lock: every insert waits (busy timeout) until
+    // the drainer's own bound, as on a stuck database.
+    let mut lock = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut lock)
+        .await
+        .unwrap();
+    let (sender, task) = spawn(db.clone(), vault, Clock::system(), options(dir.path())).unwrap();
+    let mut ids = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let c = call();
+        ids.push(c.id);
+        let t = std::time::Instant::now();
+        sender
+            .send_durable(c, Duration::from_millis(250))
+            .await
+            .expect("durable while the database is stuck");
+        slowest = slowest.max(t.elapsed());
+    }
+    assert!(
+        slowest < Duration::from_millis(250),
+        "an acknowledgement took {slowest:?}"
+    );
+    assert_eq!(sender.spool_stats().entries(), 20);
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    drop(lock);
+    let store = EntryStore::new(db);
+    for _ in 0..600 {
+        if store.get(ids[19]).await.unwrap().is_some() && sender.spool_stats().entries() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for id in &ids {
+        assert!(store.get(*id).await.unwrap().is_some(), "{id} drained");
+    }
+    assert_eq!(
+        sender.spool_stats().entries(),
+        0,
+        "the spool is empty once drained"
+    );
+    drop(sender);
+    task.await.unwrap();
+}
+
+/// A full spool refuses the hand-off: the caller learns its call was not recorded.
+#[tokio::test]
+async fn a_full_spool_refuses_the_handoff() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
+    let broken = Db::connect(&testing::fresh_sqlite_url(dir.path()))
+        .await
+        .unwrap();
+    let mut opts = options(dir.path());
+    opts.spool_max_bytes = 4096;
+    let (sender, _task) = spawn(broken, vault, Clock::system(), opts).unwrap();
+    let mut refused = None;
+    for n in 0..100 {
+        if let Err(e) = sender.send_durable(call(), Duration::from_secs(5)).await {
+            refused = Some((n, e));
+            break;
+        }
+    }
+    let (n, e) = refused.expect("the bound is reached");
+    assert!(n > 0, "the first entries fit");
+    assert_eq!(e, super::HandoffError::SpoolFull);
+    assert_eq!(
+        read_dir_records(&dir.path().join("dlq-spool"))
+            .unwrap()
+            .len(),
+        n,
+        "exactly the acknowledged entries are on disk"
+    );
 }
