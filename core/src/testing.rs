@@ -4,6 +4,8 @@
 //! A service that is not running skips the test locally (with a `SKIPPED:` line on stderr) and
 //! fails it loudly in CI (`CI=true`), so a broken CI database never passes as green.
 
+pub mod chaos;
+
 use std::path::Path;
 use std::time::Duration;
 

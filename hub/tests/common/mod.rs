@@ -9,3 +9,5 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
         .collect();
     std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
+
+pub mod process;

@@ -6,80 +6,12 @@
 use std::net::SocketAddr;
 
 use sqlx::Connection;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 
-/// Forwards TCP to an upstream, or cuts it.
-pub struct ChaosProxy {
-    addr: SocketAddr,
-    up: watch::Sender<bool>,
-}
-
-impl ChaosProxy {
-    /// A proxy to `upstream`, passing traffic.
-    pub async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (up, rx) = watch::channel(true);
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !*rx.borrow() {
-                    let _ = client.shutdown().await;
-                    continue;
-                }
-                let Ok(mut server) = TcpStream::connect(upstream).await else {
-                    continue;
-                };
-                let mut down = rx.clone();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Self { addr, up }
-    }
-
-    /// Its address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Cuts every connection and refuses new ones (`false`), or passes traffic again (`true`).
-    pub fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
-    }
-}
-
-/// `url` with its `host:port` replaced by `addr`.
-pub fn via(url: &str, addr: SocketAddr) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap();
-    let (userinfo, hostpath) = match rest.rsplit_once('@') {
-        Some((u, h)) => (format!("{u}@"), h),
-        None => (String::new(), rest),
-    };
-    let path = hostpath.find('/').map_or("", |i| &hostpath[i..]);
-    format!("{scheme}://{userinfo}{addr}{path}")
-}
+pub use hub_core::testing::chaos::{ChaosProxy, via};
 
 /// The PostgreSQL server address of a URL.
 pub async fn pg_addr(url: &str) -> SocketAddr {
-    let rest = url.split_once("://").unwrap().1;
-    let hostpath = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-    let authority = hostpath.split('/').next().unwrap();
-    let authority = if authority.contains(':') {
-        authority.to_owned()
-    } else {
-        format!("{authority}:5432")
-    };
-    tokio::net::lookup_host(authority)
-        .await
-        .unwrap()
-        .next()
-        .unwrap()
+    hub_core::testing::chaos::server_addr(url).await
 }
 
 /// Holds SQLite's write lock from another connection while it lives.

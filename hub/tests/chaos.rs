@@ -1,0 +1,404 @@
+//! Outages that lose nothing, with the real binary and real servers: PostgreSQL cut under load
+//! (a chaos TCP proxy in front of a fresh database on the shared server), the proxy SIGKILLed
+//! during the outage and restarted while it lasts, the DLQ spool drained afterwards and counted
+//! against every id a client was told; a spool that cannot take more (its bound, a full disk).
+//!
+//! Needs PostgreSQL (`HUB_TEST_POSTGRES_URL`); skipped without it, failed under `CI=true`.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hub_core::provider::NewProvider;
+use hub_core::secret::SecretString;
+use hub_core::testing::chaos::{ChaosProxy, Mode, server_addr, via};
+use hub_core::vault::Vault;
+
+mod common;
+use common::free_ports;
+use common::process::{HubProcess, MASTER_KEYS, Response, try_request_bytes};
+
+/// A fresh database on the shared server, migrated, with the providers registered; `None` when
+/// PostgreSQL is not there (outside CI).
+async fn database(providers: &[serde_json::Value]) -> Option<hub_core::testing::TestDb> {
+    let db = hub_core::testing::fresh_postgres().await?;
+    let store = hub_core::store::connect(db.url()).await.unwrap();
+    store.migrate().await.unwrap();
+    let vault = Vault::from_spec(&SecretString::new(MASTER_KEYS)).unwrap();
+    for p in providers {
+        let new: NewProvider = serde_json::from_value(p.clone()).unwrap();
+        hub_core::catalog::register(store.as_ref(), &vault, new)
+            .await
+            .unwrap();
+    }
+    Some(db)
+}
+
+/// A provider whose every attempt fails at once (nothing listens on `port`); its breaker and
+/// rate limit stay out of the way (every call must reach the DLQ).
+fn dead_provider(name: &str, host: &str, port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "name": name, "hosts": [host], "baseUrl": format!("http://127.0.0.1:{port}"),
+        "auth": {"type": "bearer", "token": "sk_live_CHAOS_SECRET_0001"},
+        "config": {
+            "allowInsecureUpstream": true, "allowPrivateNetwork": true, "maxAttempts": 1,
+            "rateLimitPerSec": 100000, "burst": 100000,
+            "breaker": {"failureThreshold": 1000, "failureWindowMs": 1, "openMs": 1}
+        }
+    })
+}
+
+fn failing_call(proxy: u16, host: &str, dead: u16, body: &[u8]) -> Option<Response> {
+    let mut raw = format!(
+        "POST http://{host}:{dead}/v1/charges HTTP/1.1\r\nHost: {host}:{dead}\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    try_request_bytes(proxy, &raw)
+}
+
+/// What the clients were told.
+#[derive(Default)]
+struct Told {
+    ids: Vec<String>,
+    unrecorded: usize,
+    other: Vec<String>,
+}
+
+impl Told {
+    fn note(&mut self, r: Option<Response>) {
+        match r {
+            Some(r) if r.status == 502 && r.body.contains("\"upstream_failed\"") => {
+                let id = r
+                    .header("x-hub-dlq-id")
+                    .expect("a 502 upstream_failed names its entry");
+                self.ids.push(id.to_owned());
+            }
+            Some(r) if r.body.contains("upstream_failed_unrecorded") => {
+                assert_eq!(r.status, 502);
+                assert!(
+                    r.header("x-hub-dlq-id").is_none(),
+                    "never an id that does not exist"
+                );
+                self.unrecorded += 1;
+            }
+            Some(r) => self.other.push(format!("{} {:.200}", r.status, r.body)),
+            None => self.other.push("no answer".into()),
+        }
+    }
+}
+
+/// `threads` clients each sending `per_thread` failing calls (bounded in count).
+fn load(
+    proxy: u16,
+    host: &str,
+    dead: u16,
+    threads: usize,
+    per_thread: usize,
+    told: &Arc<Mutex<Told>>,
+) {
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                for _ in 0..per_thread {
+                    let r = failing_call(proxy, host, dead, b"{\"amount\":4200}");
+                    told.lock().unwrap().note(r);
+                }
+            });
+        }
+    });
+}
+
+async fn dlq_ids(url: &str) -> HashSet<String> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let rows: Vec<String> = sqlx::query_scalar("SELECT id FROM dlq_entries")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    rows.into_iter().collect()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_database_outage_with_a_sigkill_and_a_restart_loses_no_dlq_entry() {
+    let rt = runtime();
+    let [dead] = free_ports::<1>();
+    let host = "pay.chaos.test";
+    let Some(db) = rt.block_on(database(&[dead_provider("pay", host, dead)])) else {
+        return;
+    };
+    let chaos = rt.block_on(async { ChaosProxy::start(server_addr(db.url()).await).await });
+    let dir = tempfile::tempdir().unwrap();
+    let hub = HubProcess::proxy(dir.path(), &via(db.url(), chaos.addr()));
+    let proxy = hub.start(Duration::from_secs(60));
+    let told = Arc::new(Mutex::new(Told::default()));
+
+    // Before the outage, and during it. The database first hangs (connections open, nothing
+    // answers: the nastier outage), later refuses outright.
+    load(proxy.proxy, host, dead, 4, 10, &told);
+    chaos.set(Mode::Stall);
+    load(proxy.proxy, host, dead, 4, 15, &told);
+
+    // Readiness answers at once and says what the background checks saw.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (r, took) = proxy.readyz();
+        assert_eq!(
+            r.status, 200,
+            "a store outage does not make the proxy unready: {}",
+            r.body
+        );
+        assert!(
+            took < Duration::from_millis(250),
+            "/readyz took {took:?} during the outage"
+        );
+        if r.body.contains("\"store\":\"unavailable\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outage never showed in /readyz: {}",
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // SIGKILL in the middle of traffic, while the database is still down.
+    let port = proxy.proxy;
+    std::thread::scope(|s| {
+        let t = s.spawn(|| load(port, host, dead, 2, 300, &told));
+        std::thread::sleep(Duration::from_millis(150));
+        proxy.kill();
+        let _ = t.join();
+    });
+
+    // Restarted while the outage lasts: it routes from its snapshot within 5 s.
+    let started = Instant::now();
+    let proxy = hub.start(Duration::from_secs(5));
+    let ready_after = started.elapsed();
+    let (r, _) = proxy.readyz();
+    assert!(
+        r.body.contains("\"registrySource\":\"snapshot\""),
+        "{}",
+        r.body
+    );
+    let first = failing_call(proxy.proxy, host, dead, b"{}");
+    let served_after = started.elapsed();
+    assert!(
+        served_after < Duration::from_secs(5),
+        "the restarted proxy served after {served_after:?}"
+    );
+    told.lock().unwrap().note(first);
+    load(proxy.proxy, host, dead, 4, 10, &told);
+    chaos.set(Mode::Cut);
+    load(proxy.proxy, host, dead, 4, 10, &told);
+    std::thread::sleep(Duration::from_millis(1100)); // one gauge period
+    let spooled = proxy.metric("integration_dlq_spool_entries").unwrap_or(0.0);
+    assert!(spooled > 0.0, "the spool holds the outage's entries");
+
+    // The database returns: every id a client was told is there exactly once.
+    chaos.set_up(true);
+    let told = std::mem::take(&mut *told.lock().unwrap());
+    // Only the calls cut by the SIGKILL got no answer.
+    assert!(
+        told.other.iter().all(|o| o == "no answer"),
+        "unexpected answers: {:?}",
+        &told.other[..told.other.len().min(3)]
+    );
+    let ids: HashSet<String> = told.ids.iter().cloned().collect();
+    assert_eq!(ids.len(), told.ids.len(), "ids are unique");
+    assert!(ids.len() >= 100, "{} ids told", ids.len());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let stored = rt.block_on(dlq_ids(db.url()));
+        if ids.is_subset(&stored) || Instant::now() > deadline {
+            break stored;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let missing: Vec<_> = ids.difference(&stored).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} ids missing: {missing:?}",
+        missing.len(),
+        ids.len()
+    );
+    assert_eq!(told.unrecorded, 0, "the spool had room for everything");
+    let log = proxy.log();
+    assert!(
+        !log.contains("sk_live_CHAOS_SECRET_0001"),
+        "a credential reached the log"
+    );
+    eprintln!(
+        "chaos: {} ids told, all stored; {} requests cut by the SIGKILL; ready {ready_after:?} \
+         and serving {served_after:?} after the restart during the outage",
+        ids.len(),
+        told.other.len()
+    );
+}
+
+/// Entries that cannot be spooled are answered without an id, under the spool's own bound and
+/// on a disk that is full; the ones that were spooled all reach the database.
+#[test]
+fn a_spool_that_cannot_take_more_answers_without_an_id() {
+    let rt = runtime();
+    let [dead] = free_ports::<1>();
+    let host = "big.chaos.test";
+    let Some(db) = rt.block_on(database(&[dead_provider("big", host, dead)])) else {
+        return;
+    };
+    let bound = tempfile::tempdir().unwrap();
+    fill_the_spool(&rt, db.url(), bound.path(), host, dead, Some("524288"));
+    match Tmpfs::mount("4m") {
+        Some(disk) => fill_the_spool(&rt, db.url(), disk.path(), host, dead, None),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but a tmpfs cannot be mounted for the disk-full case (needs root)")
+        }
+        None => eprintln!("SKIPPED: disk-full case (mounting a tmpfs needs root)"),
+    }
+}
+
+fn fill_the_spool(
+    rt: &tokio::runtime::Runtime,
+    db_url: &str,
+    data_dir: &Path,
+    host: &str,
+    dead: u16,
+    max_bytes: Option<&str>,
+) {
+    let chaos = rt.block_on(async { ChaosProxy::start(server_addr(db_url).await).await });
+    let mut hub = HubProcess::proxy(data_dir, &via(db_url, chaos.addr()));
+    if let Some(m) = max_bytes {
+        hub = hub.env("HUB_DLQ_SPOOL_MAX_BYTES", m);
+    }
+    let proxy = hub.start(Duration::from_secs(60));
+    chaos.set_up(false);
+    let body = vec![b'x'; 96 * 1024];
+    let mut told = Told::default();
+    for _ in 0..80 {
+        told.note(failing_call(proxy.proxy, host, dead, &body));
+        if told.unrecorded >= 3 {
+            break;
+        }
+    }
+    assert!(
+        told.other.is_empty(),
+        "unexpected answers: {:?}",
+        &told.other[..told.other.len().min(3)]
+    );
+    assert!(!told.ids.is_empty(), "the first entries fit");
+    assert!(
+        told.unrecorded >= 3,
+        "the spool never refused ({} ids)",
+        told.ids.len()
+    );
+    let unrecorded = proxy
+        .metric("integration_dlq_unrecorded_total")
+        .unwrap_or(0.0);
+    assert!(unrecorded >= 3.0, "the metric counts them: {unrecorded}");
+    assert!(
+        proxy.log().contains("NOT recorded in the DLQ"),
+        "an error line says so"
+    );
+    chaos.set_up(true);
+    let ids: HashSet<String> = told.ids.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = rt.block_on(dlq_ids(db_url));
+        if ids.is_subset(&stored) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spooled entries never reached the database"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // With room again, calls are recorded again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = failing_call(proxy.proxy, host, dead, &body);
+        if r.as_ref().and_then(|r| r.header("x-hub-dlq-id")).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the spool never took entries again: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A small tmpfs (a disk that fills), unmounted on drop; `None` without the right to mount.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Self> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_proxy_without_store_or_snapshot_refuses_to_start_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let [nothing] = free_ports::<1>();
+    let hub = HubProcess::proxy(
+        dir.path(),
+        &format!("postgres://postgres@127.0.0.1:{nothing}/hub"),
+    );
+    let mut running = hub.spawn(free_ports::<1>()[0], free_ports::<1>()[0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = running.try_wait() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "it kept running without a registry"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let log = running.log();
+    assert!(
+        log.contains("no last-known-good snapshot"),
+        "the message says why: {log}"
+    );
+}
