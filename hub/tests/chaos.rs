@@ -402,3 +402,50 @@ fn a_proxy_without_store_or_snapshot_refuses_to_start_with_a_clear_message() {
         "the message says why: {log}"
     );
 }
+
+/// What the services do not need on the request path does not stop them from starting: the
+/// admin with its database down answers 503 on store-backed routes (no crash loop), a proxy with
+/// RabbitMQ down serves.
+#[test]
+fn services_start_during_outages_of_what_they_can_do_without() {
+    let rt = runtime();
+    let [nothing, dead] = free_ports::<2>();
+    let dir = tempfile::tempdir().unwrap();
+    let token = "hub_chaos_admin_token_0123456789";
+    let down = format!("postgres://postgres@127.0.0.1:{nothing}/hub");
+    let admin = HubProcess::admin(&dir.path().join("admin"), &down, token)
+        .start_listening(Duration::from_secs(10));
+    let started = Instant::now();
+    let r = try_request_bytes(
+        admin.admin,
+        format!(
+            "GET /api/v1/integrations/providers HTTP/1.1\r\nHost: x\r\n\
+             Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .expect("the admin answers");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let health = try_request_bytes(
+        admin.admin,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .expect("healthz");
+    assert_eq!(health.status, 200, "alive while the database is down");
+    assert!(!admin.log().contains(token), "the token reached the log");
+
+    let host = "amqp.chaos.test";
+    let Some(db) = rt.block_on(database(&[dead_provider("amqpless", host, dead)])) else {
+        return;
+    };
+    let proxy = HubProcess::proxy(&dir.path().join("proxy"), db.url())
+        .env(
+            "HUB_AMQP_URL",
+            &format!("amqp://guest:guest@127.0.0.1:{nothing}/%2f"),
+        )
+        .start(Duration::from_secs(10));
+    let r = failing_call(proxy.proxy, host, dead, b"{}").expect("an answer");
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(r.header("x-hub-dlq-id").is_some());
+}

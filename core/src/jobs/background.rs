@@ -58,13 +58,17 @@ impl Background {
         clock: Clock,
     ) -> Result<Self, QueueError> {
         let queue: Arc<dyn WorkQueue> = match &config.jobs.amqp_url {
+            // A RabbitMQ outage at start does not stop the hub: the queue connects on use.
             Some(url) => Arc::new(
-                AmqpQueue::connect(AmqpOptions {
-                    url: url.clone(),
-                    queue: config.jobs.amqp_queue.clone(),
-                    prefetch: u16::try_from(config.jobs.workers.max(1)).unwrap_or(u16::MAX),
-                    expires: None,
-                })
+                AmqpQueue::connect_lazy(
+                    AmqpOptions {
+                        url: url.clone(),
+                        queue: config.jobs.amqp_queue.clone(),
+                        prefetch: u16::try_from(config.jobs.workers.max(1)).unwrap_or(u16::MAX),
+                        expires: None,
+                    },
+                    Duration::from_secs(2),
+                )
                 .await?,
             ),
             None => Arc::new(SqlQueue::new(

@@ -30,6 +30,8 @@ pub struct Running {
     pub proxy: u16,
     /// The metrics/probes port.
     pub metrics: u16,
+    /// The admin port (`hub admin`).
+    pub admin: u16,
     log: PathBuf,
 }
 
@@ -48,6 +50,14 @@ impl HubProcess {
         }
     }
 
+    /// `hub admin` over `database_url` with the bootstrap token `token`.
+    pub fn admin(data_dir: &Path, database_url: &str, token: &str) -> Self {
+        let mut p = Self::proxy(data_dir, database_url);
+        p.command = "admin";
+        p.env.push(("HUB_ADMIN_TOKEN".into(), token.into()));
+        p
+    }
+
     /// Sets an environment variable (a config key's override).
     #[must_use]
     pub fn env(mut self, key: &str, value: &str) -> Self {
@@ -63,8 +73,32 @@ impl HubProcess {
         running
     }
 
+    /// Starts it and waits (at most `within`) until something listens on its main port (the
+    /// admin's `/readyz` is 503 while its database is down).
+    pub fn start_listening(&self, within: Duration) -> Running {
+        let [proxy, metrics] = free_ports::<2>();
+        let mut running = self.spawn(proxy, metrics);
+        let port = if self.command == "admin" {
+            running.admin
+        } else {
+            running.proxy
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = running.try_wait();
+            assert!(
+                exited.is_none() && start.elapsed() < within,
+                "nothing listening on {port} within {within:?}; exited: {exited:?}; log:\n{}",
+                running.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        running
+    }
+
     /// Starts it without waiting.
     pub fn spawn(&self, proxy: u16, metrics: u16) -> Running {
+        let [admin] = free_ports::<1>();
         std::fs::create_dir_all(&self.data_dir).unwrap();
         let log = self.data_dir.join("hub.log");
         let sink = std::fs::OpenOptions::new()
@@ -80,6 +114,7 @@ impl HubProcess {
             .env("HUB_DATA_DIR", &self.data_dir)
             .env("HUB_PROXY_LISTEN", format!("127.0.0.1:{proxy}"))
             .env("HUB_METRICS_LISTEN", format!("127.0.0.1:{metrics}"))
+            .env("HUB_ADMIN_LISTEN", format!("127.0.0.1:{admin}"))
             .stdout(Stdio::null())
             .stderr(Stdio::from(sink));
         for (k, v) in &self.env {
@@ -89,6 +124,7 @@ impl HubProcess {
             child: cmd.spawn().unwrap(),
             proxy,
             metrics,
+            admin,
             log,
         }
     }

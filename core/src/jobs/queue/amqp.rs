@@ -92,6 +92,30 @@ impl AmqpQueue {
         Ok(q)
     }
 
+    /// Like [`AmqpQueue::connect`], but a broker that does not answer within `wait` is not an
+    /// error: the queue starts unconnected and connects on first use (every operation retries
+    /// the link), so a service can start during a RabbitMQ outage (the URL's form is checked with the
+    /// configuration).
+    pub async fn connect_lazy(opts: AmqpOptions, wait: Duration) -> Result<Self, QueueError> {
+        let q = Self {
+            opts,
+            link: Mutex::new(None),
+        };
+        match tokio::time::timeout(wait, q.link()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "RabbitMQ unreachable at start: async jobs and DLQ replays wait until it returns");
+            }
+            Err(_) => {
+                tracing::warn!(
+                    ?wait,
+                    "RabbitMQ did not answer at start: async jobs and DLQ replays wait until it returns"
+                );
+            }
+        }
+        Ok(q)
+    }
+
     async fn link(&self) -> Result<std::sync::Arc<Link>, QueueError> {
         let mut guard = self.link.lock().await;
         if let Some(l) = guard.as_ref()
