@@ -286,14 +286,15 @@ pub async fn start_proxy(
     );
     if let Err(why) = registry.refresh_within(STARTUP_STORE_WAIT).await {
         let loaded = registry
-            .load_snapshot_file()
+            .load_last_known_good()
             .await
             .context("the store is unreachable and the registry snapshot cannot be read")?;
         if !loaded {
             anyhow::bail!(
                 "cannot load the provider registry: the store is unreachable ({why}) and there is \
-                 no last-known-good snapshot at {} (a proxy writes it once it has reached the \
-                 store). Restore the database connection, or copy the file from another replica",
+                 no last-known-good snapshot at {} nor in Redis (a proxy writes both once it has \
+                 reached the store). Restore the database connection, or copy the file from \
+                 another replica",
                 snapshot_file.display()
             );
         }

@@ -23,7 +23,7 @@ use hub_core::provider::{
     parse_base_url,
 };
 use hub_core::store::Store;
-use hub_core::store::snapshot::{self, RegistrySnapshot, SnapshotError};
+use hub_core::store::snapshot::{self, RedisCopy, RegistrySnapshot, SnapshotError};
 use hub_core::vault::Vault;
 
 /// A live provider as the request path needs it.
@@ -171,6 +171,8 @@ pub struct Registry {
     refreshing: tokio::sync::Mutex<()>,
     /// The last-known-good file, when kept.
     snapshot_file: Option<PathBuf>,
+    /// Its copy in Redis, when Redis is configured.
+    redis_copy: Option<RedisCopy>,
     source: AtomicU8,
     store_state: AtomicU8,
     /// Unix ms when the store last confirmed the revision in force.
@@ -193,6 +195,7 @@ impl Registry {
             vault,
             refreshing: tokio::sync::Mutex::new(()),
             snapshot_file: None,
+            redis_copy: None,
             source: AtomicU8::new(RegistrySource::None as u8),
             store_state: AtomicU8::new(StoreState::Unknown as u8),
             confirmed_at_ms: AtomicI64::new(0),
@@ -206,17 +209,33 @@ impl Registry {
         self
     }
 
-    /// Installs the last-known-good file; `Ok(false)` when there is none (or no file is kept).
-    pub async fn load_snapshot_file(&self) -> Result<bool, SnapshotError> {
-        let Some(path) = self.snapshot_file.clone() else {
-            return Ok(false);
-        };
+    /// Also keeps the last-known-good snapshot in Redis (for a proxy on a fresh node).
+    #[must_use]
+    pub fn with_redis_copy(mut self, copy: RedisCopy) -> Self {
+        self.redis_copy = Some(copy);
+        self
+    }
+
+    /// Installs the newest last-known-good snapshot: the file's or Redis's; `Ok(false)` when
+    /// there is none. An unreadable file is an error only when Redis has none either.
+    pub async fn load_last_known_good(&self) -> Result<bool, SnapshotError> {
         let _one_at_a_time = self.refreshing.lock().await;
-        let read = tokio::task::spawn_blocking(move || snapshot::read(&path))
-            .await
-            .unwrap_or(Ok(None))?;
-        let Some(snap) = read else {
-            return Ok(false);
+        let from_file = match self.snapshot_file.clone() {
+            Some(path) => tokio::task::spawn_blocking(move || snapshot::read(&path))
+                .await
+                .unwrap_or(Ok(None)),
+            None => Ok(None),
+        };
+        let from_redis = match &self.redis_copy {
+            Some(copy) => copy.get().await,
+            None => None,
+        };
+        let (snap, from) = match (from_file, from_redis) {
+            (Ok(Some(f)), Some(r)) if r.revision > f.revision => (r, "redis"),
+            (Ok(Some(f)), _) => (f, "file"),
+            (_, Some(r)) => (r, "redis"),
+            (Ok(None), None) => return Ok(false),
+            (Err(e), None) => return Err(e),
         };
         let old = self.current.load_full();
         let built = snap
@@ -232,6 +251,7 @@ impl Registry {
             .store(RegistrySource::Snapshot as u8, Ordering::Relaxed);
         tracing::warn!(
             revision = snap.revision,
+            from,
             age_seconds = self.status().registry_age_seconds,
             "registry loaded from the last-known-good snapshot (store unreachable)"
         );
@@ -317,7 +337,8 @@ impl Registry {
             return Ok(false);
         }
         let records = self.store.live_providers().await?;
-        let keep = self.snapshot_file.as_ref().map(|_| RegistrySnapshot {
+        let keeping = self.snapshot_file.is_some() || self.redis_copy.is_some();
+        let keep = keeping.then(|| RegistrySnapshot {
             revision,
             confirmed_at_ms: asked_at,
             providers: records.clone(),
@@ -331,15 +352,9 @@ impl Registry {
         self.source
             .store(RegistrySource::Store as u8, Ordering::Relaxed);
         tracing::info!(revision, "registry snapshot installed");
-        if let (Some(path), Some(keep)) = (self.snapshot_file.clone(), keep) {
-            // Under the refresh lock: files are written in revision order.
-            let written = tokio::task::spawn_blocking(move || snapshot::write(&path, &keep)).await;
-            match written {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e,
-                    "cannot write the registry snapshot: a restart while the store is down would not route"),
-                Err(e) => tracing::error!(error = %e, "registry snapshot task failed"),
-            }
+        if let Some(keep) = keep {
+            // Under the refresh lock: copies are written in revision order.
+            self.keep_last_known_good(&keep).await;
         }
         Ok(true)
     }
@@ -382,6 +397,27 @@ impl Registry {
             version: r.version,
         };
         Some((Arc::new(p), r.hosts))
+    }
+
+    async fn keep_last_known_good(&self, snap: &RegistrySnapshot) {
+        let bytes = snapshot::encode(snap);
+        if let Some(path) = self.snapshot_file.clone() {
+            let file_bytes = bytes.clone();
+            let written =
+                tokio::task::spawn_blocking(move || snapshot::write_bytes(&path, &file_bytes))
+                    .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e,
+                    "cannot write the registry snapshot: a restart while the store is down may not route"),
+                Err(e) => tracing::error!(error = %e, "registry snapshot task failed"),
+            }
+        }
+        if let Some(copy) = &self.redis_copy
+            && !copy.put(bytes).await
+        {
+            tracing::warn!("cannot copy the registry snapshot to Redis (kept on local disk only)");
+        }
     }
 
     /// Whether a snapshot has been loaded (the proxy can route).

@@ -5,6 +5,10 @@
 //! be reached, so a proxy restarted during a database incident still routes. Credentials stay
 //! sealed exactly as the store holds them (the vault's AES-256-GCM ciphertext and key id): the
 //! file holds nothing the database does not, and it is private (0600).
+//!
+//! With Redis configured, the same bytes are also kept in Redis ([`RedisCopy`], key
+//! `<prefix>registry:snapshot`), so a proxy on a fresh node (a Kubernetes pod replaced during a
+//! database incident has an empty data dir) still starts: it takes the newer of the two.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -135,22 +139,54 @@ impl Record {
     }
 }
 
-/// Writes `snap` to `path` atomically: a reader sees the old file or the new one, never a mix.
-pub fn write(path: &Path, snap: &RegistrySnapshot) -> Result<(), SnapshotError> {
-    let io = |source| SnapshotError::Io {
-        path: path.to_owned(),
-        source,
-    };
+/// The snapshot's bytes (what the file and the Redis copy hold).
+pub fn encode(snap: &RegistrySnapshot) -> Vec<u8> {
     let body = OnDisk {
         format: FORMAT,
         revision: snap.revision,
         confirmed_at_ms: snap.confirmed_at_ms,
         providers: snap.providers.iter().map(Record::from).collect(),
     };
-    let json = serde_json::to_vec(&body).map_err(|e| SnapshotError::Invalid {
+    serde_json::to_vec(&body).expect("a snapshot serializes")
+}
+
+/// Parses [`encode`]'s bytes; `from` names the source in errors.
+pub fn decode(raw: &[u8], from: &Path) -> Result<RegistrySnapshot, SnapshotError> {
+    let invalid = |message: String| SnapshotError::Invalid {
+        path: from.to_owned(),
+        message,
+    };
+    let disk: OnDisk = serde_json::from_slice(raw).map_err(|e| invalid(e.to_string()))?;
+    if disk.format != FORMAT {
+        return Err(invalid(format!(
+            "format {} (this hub reads {FORMAT})",
+            disk.format
+        )));
+    }
+    let providers = disk
+        .providers
+        .into_iter()
+        .map(Record::into_record)
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
+    Ok(RegistrySnapshot {
+        revision: disk.revision,
+        confirmed_at_ms: disk.confirmed_at_ms,
+        providers,
+    })
+}
+
+/// Writes `snap` to `path` atomically: a reader sees the old file or the new one, never a mix.
+pub fn write(path: &Path, snap: &RegistrySnapshot) -> Result<(), SnapshotError> {
+    write_bytes(path, &encode(snap))
+}
+
+/// Writes encoded snapshot bytes to `path` atomically.
+pub fn write_bytes(path: &Path, json: &[u8]) -> Result<(), SnapshotError> {
+    let io = |source| SnapshotError::Io {
         path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+        source,
+    };
     let tmp = path.with_extension("json.tmp");
     {
         let mut options = std::fs::OpenOptions::new();
@@ -161,7 +197,7 @@ pub fn write(path: &Path, snap: &RegistrySnapshot) -> Result<(), SnapshotError> 
             options.mode(0o600);
         }
         let mut f = options.open(&tmp).map_err(io)?;
-        f.write_all(&json).map_err(io)?;
+        f.write_all(json).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -185,28 +221,66 @@ pub fn read(path: &Path) -> Result<Option<RegistrySnapshot>, SnapshotError> {
             });
         }
     };
-    let invalid = |message: String| SnapshotError::Invalid {
-        path: path.to_owned(),
-        message,
-    };
-    let disk: OnDisk = serde_json::from_slice(&raw).map_err(|e| invalid(e.to_string()))?;
-    if disk.format != FORMAT {
-        return Err(invalid(format!(
-            "format {} (this hub reads {FORMAT})",
-            disk.format
-        )));
+    decode(&raw, path).map(Some)
+}
+
+/// The snapshot's copy in Redis (best effort both ways: Redis is a second place to start from,
+/// never something the proxy waits on for long).
+#[derive(Clone)]
+pub struct RedisCopy {
+    client: redis::Client,
+    key: String,
+}
+
+impl std::fmt::Debug for RedisCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCopy").field("key", &self.key).finish()
     }
-    let providers = disk
-        .providers
-        .into_iter()
-        .map(Record::into_record)
-        .collect::<Result<_, _>>()
-        .map_err(invalid)?;
-    Ok(Some(RegistrySnapshot {
-        revision: disk.revision,
-        confirmed_at_ms: disk.confirmed_at_ms,
-        providers,
-    }))
+}
+
+/// Longest a Redis copy read or write may take.
+const REDIS_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl RedisCopy {
+    /// The copy under `<prefix>registry:snapshot` on the Redis `url` names.
+    pub fn new(url: &str, prefix: &str) -> Result<Self, redis::RedisError> {
+        Ok(Self {
+            client: redis::Client::open(url)?,
+            key: format!("{prefix}registry:snapshot"),
+        })
+    }
+
+    /// Stores the bytes; `false` when Redis did not take them within a second.
+    pub async fn put(&self, bytes: Vec<u8>) -> bool {
+        let op = async {
+            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            redis::cmd("SET")
+                .arg(&self.key)
+                .arg(bytes)
+                .query_async::<()>(&mut conn)
+                .await
+        };
+        matches!(tokio::time::timeout(REDIS_WAIT, op).await, Ok(Ok(())))
+    }
+
+    /// The stored snapshot, if Redis answers within a second and holds a usable one.
+    pub async fn get(&self) -> Option<RegistrySnapshot> {
+        let op = async {
+            let mut conn = self.client.get_multiplexed_async_connection().await?;
+            redis::cmd("GET")
+                .arg(&self.key)
+                .query_async::<Option<Vec<u8>>>(&mut conn)
+                .await
+        };
+        let raw = tokio::time::timeout(REDIS_WAIT, op).await.ok()?.ok()??;
+        match decode(&raw, Path::new(&self.key)) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "the registry snapshot in Redis is not usable");
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]
