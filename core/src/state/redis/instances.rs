@@ -154,3 +154,30 @@ pub(super) async fn heartbeat(me: Arc<Instances>, link: Arc<Link>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::Instances;
+    use crate::state::RedisOptions;
+
+    #[test]
+    fn the_share_divides_by_the_last_count_else_by_the_hint() {
+        let opts = RedisOptions {
+            fallback_instances: 3,
+            ..RedisOptions::default()
+        };
+        let i = Instances::new(&opts);
+        assert_eq!(
+            (i.live(), i.sharing()),
+            (0, 3),
+            "nothing read yet: the hint"
+        );
+        i.count.store(2, Ordering::Relaxed);
+        assert_eq!((i.live(), i.sharing()), (2, 2));
+        let default = Instances::new(&RedisOptions::default());
+        assert_eq!(default.sharing(), 1);
+        assert_eq!(default.ttl(), std::time::Duration::from_secs(5));
+    }
+}
