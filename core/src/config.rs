@@ -175,12 +175,21 @@ pub struct DatabaseConfig {
 }
 
 /// `redis:` section.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis.url` (env `HUB_REDIS_URL`): Redis/Valkey for breaker and rate-limit state shared
     /// between hub instances. Unset: in-process state.
     pub url: Option<String>,
+    /// `redis.command_timeout_ms` (env `HUB_REDIS_COMMAND_TIMEOUT_MS`, default 50): the
+    /// longest a request waits on one Redis call. Past it the request is decided by the local
+    /// fallback at this instance's share of each limit, Redis is skipped for a second, and the
+    /// call still completes in the background. Between 1 and 1000.
+    pub command_timeout_ms: u64,
+    /// `redis.fallback_instances` (env `HUB_REDIS_FALLBACK_INSTANCES`, default 1): how many hub
+    /// instances the fallback assumes share the limits before it has counted them in Redis
+    /// (Redis unreachable since start). Set it to the replica count. Between 1 and 10000.
+    pub fallback_instances: u32,
 }
 
 /// `vault:` section.
@@ -292,6 +301,16 @@ impl Default for AdminConfig {
     }
 }
 
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            command_timeout_ms: 50,
+            fallback_instances: 1,
+        }
+    }
+}
+
 impl Default for DefaultsConfig {
     fn default() -> Self {
         Self {
@@ -381,6 +400,12 @@ impl HubConfig {
         }
         if let Some(v) = get("HUB_REDIS_URL") {
             self.redis.url = Some(v);
+        }
+        if let Some(v) = get("HUB_REDIS_COMMAND_TIMEOUT_MS") {
+            self.redis.command_timeout_ms = parse("HUB_REDIS_COMMAND_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("HUB_REDIS_FALLBACK_INSTANCES") {
+            self.redis.fallback_instances = parse("HUB_REDIS_FALLBACK_INSTANCES", &v)?;
         }
         if let Some(v) = get("HUB_MASTER_KEYS_FILE") {
             self.vault.keys_file = Some(PathBuf::from(v));
@@ -483,6 +508,12 @@ impl HubConfig {
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             return invalid("redis.url", "must start with redis:// or rediss://");
+        }
+        if !(1..=1_000).contains(&self.redis.command_timeout_ms) {
+            return invalid("redis.command_timeout_ms", "must be between 1 and 1000");
+        }
+        if !(1..=10_000).contains(&self.redis.fallback_instances) {
+            return invalid("redis.fallback_instances", "must be between 1 and 10000");
         }
         if let Some(url) = &self.admin.proxy_url
             && !valid_proxy_url(url)

@@ -212,10 +212,23 @@ impl Hub {
             .get_or_try_init(|| async {
                 match &self.config.redis.url {
                     Some(url) => {
-                        let state = RedisState::connect(url.as_str(), RedisOptions::default())
+                        let redis = &self.config.redis;
+                        let opts = RedisOptions {
+                            command_timeout: std::time::Duration::from_millis(
+                                redis.command_timeout_ms,
+                            ),
+                            fallback_instances: redis.fallback_instances,
+                            ..RedisOptions::default()
+                        };
+                        let state = RedisState::connect(url.as_str(), opts)
                             .await
                             .with_context(|| format!("cannot use Redis at {}", redact_url(url)))?;
-                        tracing::info!(redis = %redact_url(url), "shared state in Redis");
+                        tracing::info!(
+                            redis = %redact_url(url),
+                            command_timeout_ms = redis.command_timeout_ms,
+                            fallback_instances = redis.fallback_instances,
+                            "shared state in Redis"
+                        );
                         let state: Arc<dyn SharedState> = Arc::new(state);
                         Ok::<_, anyhow::Error>(state)
                     }

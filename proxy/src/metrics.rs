@@ -6,8 +6,8 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Leaf certificates minted (also exported as a counter).
@@ -58,6 +58,14 @@ pub struct Metrics {
     pub state_round_trips: IntCounter,
     /// `integration_state_backend_fallbacks_total`.
     pub state_fallbacks: IntCounter,
+    /// `integration_state_backend_fallback_seconds_total`: time admissions were decided by the
+    /// local fallback (Redis slow, failing or not connected).
+    pub state_fallback_seconds: Counter,
+    /// `integration_state_backend_in_fallback`: 1 while admissions go to the local fallback.
+    pub state_in_fallback: IntGauge,
+    /// `integration_state_backend_instances`: live hub instances sharing the limits, as last
+    /// counted in Redis (the fallback admits 1/n of each limit); 0 = not counted.
+    pub state_instances: IntGauge,
     /// `integration_certificates_minted_total`.
     pub certificates_minted: IntCounter,
     /// `integration_open_tunnels`.
@@ -97,6 +105,15 @@ fn plain_counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+/// Raises a seconds `counter` to `total_ms` milliseconds (kept elsewhere); never lowers it.
+pub fn catch_up_ms(counter: &Counter, total_ms: u64) {
+    let total = total_ms as f64 / 1000.0; // exact below 2^53 ms
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
 }
 
 /// Raises `counter` to `total` (a monotonic count kept elsewhere); never lowers it.
@@ -221,6 +238,25 @@ impl Metrics {
                 &r,
                 "integration_state_backend_fallbacks_total",
                 "Admissions decided locally because Redis was unavailable",
+            ),
+            state_fallback_seconds: {
+                let c = Counter::new(
+                    "integration_state_backend_fallback_seconds_total",
+                    "Time admissions were decided locally because Redis was slow or unavailable",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
+            state_in_fallback: gauge(
+                &r,
+                "integration_state_backend_in_fallback",
+                "1 while admissions are decided locally (each instance at its share of the limits)",
+            ),
+            state_instances: gauge(
+                &r,
+                "integration_state_backend_instances",
+                "Live hub instances sharing the limits, as last counted in Redis",
             ),
             certificates_minted,
             open_tunnels: gauge(

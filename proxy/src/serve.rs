@@ -488,6 +488,9 @@ impl ProxyServer {
             crate::metrics::catch_up(&METRICS.state_errors, stats.errors);
             crate::metrics::catch_up(&METRICS.state_round_trips, stats.round_trips);
             crate::metrics::catch_up(&METRICS.state_fallbacks, stats.fallbacks);
+            crate::metrics::catch_up_ms(&METRICS.state_fallback_seconds, stats.fallback_ms);
+            METRICS.state_in_fallback.set(i64::from(stats.in_fallback));
+            METRICS.state_instances.set(i64::from(stats.instances));
         }
     }
 

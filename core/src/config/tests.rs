@@ -138,3 +138,44 @@ fn admin_proxy_url_defaults_to_the_proxy_listener() {
         );
     }
 }
+
+#[test]
+fn redis_bounds_have_defaults_env_overrides_and_limits() {
+    let c = HubConfig::from_yaml("redis:\n  command_timeout_ms: 20\n", "t").unwrap();
+    assert_eq!(
+        (c.redis.command_timeout_ms, c.redis.fallback_instances),
+        (20, 1)
+    );
+    let mut c = HubConfig::default();
+    assert_eq!(c.redis.command_timeout_ms, 50);
+    c.apply_env(|k| match k {
+        "HUB_REDIS_COMMAND_TIMEOUT_MS" => Some("75".to_owned()),
+        "HUB_REDIS_FALLBACK_INSTANCES" => Some("3".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(
+        (c.redis.command_timeout_ms, c.redis.fallback_instances),
+        (75, 3)
+    );
+    c.validate().unwrap();
+    for (timeout, instances, key) in [
+        (0, 1, "redis.command_timeout_ms"),
+        (1_001, 1, "redis.command_timeout_ms"),
+        (50, 0, "redis.fallback_instances"),
+    ] {
+        c.redis.command_timeout_ms = timeout;
+        c.redis.fallback_instances = instances;
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid { key: k, .. }) if k == key),
+            "{timeout} {instances}"
+        );
+    }
+    let err = c
+        .apply_env(|k| (k == "HUB_REDIS_FALLBACK_INSTANCES").then(|| "many".to_owned()))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("HUB_REDIS_FALLBACK_INSTANCES"),
+        "{err}"
+    );
+}

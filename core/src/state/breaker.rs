@@ -103,6 +103,11 @@ impl Breaker {
         self.failures
     }
 
+    /// The current closed period: normal tickets admitted now carry it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Whether an admission now would pass; `Err` carries the time until it might.
     pub fn check(&self, now: Instant) -> Result<(), Duration> {
         match self.state {

@@ -79,6 +79,19 @@ impl LocalState {
         Admission::Admitted(permit)
     }
 
+    /// Counts one attempt admitted elsewhere (by Redis, for the fallback of a
+    /// [`RedisState`](super::RedisState)) against this state's bucket and daily count: the
+    /// bucket is left at most empty, so a switch to local admission starts from what this
+    /// instance just spent, not from a full burst.
+    pub(crate) fn charge(&self, provider: ProviderId, policy: &Policy) {
+        let entry = self.entry(provider);
+        let now = self.clock.now();
+        let wall = self.clock.unix_ms();
+        let mut st = lock(&entry);
+        st.bucket.charge(now, policy.rate_per_sec, policy.burst);
+        st.today.add(wall);
+    }
+
     /// [`SharedState::record`] without the future.
     pub fn record_now(&self, permit: Permit, outcome: Outcome) {
         let (provider, policy, ticket, _) = permit.into_parts();
@@ -96,6 +109,23 @@ impl LocalState {
         let entry = self.entry(provider);
         let now = self.clock.now();
         lock(&entry).breaker.record(ticket, outcome, now, policy);
+    }
+
+    /// Applies the outcome of an attempt admitted elsewhere (by Redis) as if admitted here
+    /// now: the breaker then knows this instance's streak when it has to decide on its own.
+    pub(crate) fn record_elsewhere(
+        &self,
+        provider: ProviderId,
+        policy: &BreakerPolicy,
+        outcome: Outcome,
+    ) {
+        let entry = self.entry(provider);
+        let now = self.clock.now();
+        let mut st = lock(&entry);
+        let ticket = Ticket::Normal {
+            epoch: st.breaker.epoch(),
+        };
+        st.breaker.record(ticket, outcome, now, policy);
     }
 
     /// [`SharedState::snapshot`] without the future.

@@ -27,6 +27,14 @@ impl TokenBucket {
         Ok(())
     }
 
+    /// Takes one token whether or not one is available, leaving the bucket at most empty (never
+    /// in debt): spending elsewhere (leased tokens) drains this bucket too.
+    pub fn charge(&mut self, now: Instant, rate: u32, burst: u32) {
+        let (interval, tau) = gcra(rate, burst);
+        let tat = self.tat.map_or(now, |t| t.max(now));
+        self.tat = Some((tat + interval).min(now + tau + interval));
+    }
+
     /// Tokens available now.
     pub fn available(&self, now: Instant, rate: u32, burst: u32) -> u32 {
         let (interval, tau) = gcra(rate, burst);

@@ -1,7 +1,10 @@
 //! Shared state in Redis (or Valkey), for several hub instances: local admission from leased
 //! tokens, Lua scripts for every shared change, and the in-process [`LocalState`] as fallback
-//! while Redis is slow or down. The design and its tolerances are in the [`crate::state`] docs.
+//! while Redis is slow or down, admitting this instance's share of each limit (the live
+//! instances are counted in Redis, [`instances`]). The design and its tolerances are in the
+//! [`crate::state`] docs.
 
+mod instances;
 mod link;
 mod mirror;
 mod scripts;
@@ -13,7 +16,8 @@ use std::time::Duration;
 use ::redis::{Client, IntoConnectionInfo};
 use async_trait::async_trait;
 
-use self::link::Link;
+use self::instances::Instances;
+use self::link::{Link, Reply, Which};
 use self::mirror::{Decision, Fetched, Mirror, Rejection};
 use super::breaker::Ticket;
 use super::clock::{Clock, utc};
@@ -29,7 +33,8 @@ use crate::state::LocalState;
 pub struct RedisOptions {
     /// Key prefix (default `hub:`); tests use a random one each.
     pub prefix: String,
-    /// Longest any request waits on one Redis call (default 5 ms).
+    /// Longest any request waits on one Redis call (default 50 ms; see the [`crate::state`]
+    /// docs for why). A call still running then completes in the background.
     pub command_timeout: Duration,
     /// How long the local view and leased tokens stay valid (default 50 ms).
     pub lease_ttl: Duration,
@@ -39,20 +44,31 @@ pub struct RedisOptions {
     pub retry_interval: Duration,
     /// Per connection attempt (default 1 s); `connect` waits this long for the first one.
     pub connect_timeout: Duration,
+    /// How often this instance refreshes its entry in the instance registry and reads the
+    /// live count (default 1 s); an entry not refreshed for 5 intervals no longer counts.
+    pub heartbeat_interval: Duration,
+    /// Live instances assumed by the fallback before the registry has been read once (Redis
+    /// unreachable since start). Default 1; set it to the replica count.
+    pub fallback_instances: u32,
 }
 
 impl Default for RedisOptions {
     fn default() -> Self {
         Self {
             prefix: "hub:".to_owned(),
-            command_timeout: Duration::from_millis(5),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
             lease_ttl: Duration::from_millis(50),
             max_batch: 64,
             retry_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            heartbeat_interval: Duration::from_secs(1),
+            fallback_instances: 1,
         }
     }
 }
+
+/// Default [`RedisOptions::command_timeout`].
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_millis(50);
 
 /// Breaker and rate limit shared through Redis, with in-process fallback.
 #[derive(Clone)]
@@ -62,9 +78,18 @@ pub struct RedisState {
 
 struct Inner {
     link: Arc<Link>,
+    instances: Arc<Instances>,
     clock: Clock,
+    /// The fallback, and this instance's share buckets: every admission (by Redis too) is
+    /// charged to them, see [`LocalState::charge`].
     local: LocalState,
     mirrors: RwLock<HashMap<ProviderId, Arc<Mutex<Mirror>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.instances.leave(&self.link);
+    }
 }
 
 impl std::fmt::Debug for RedisState {
@@ -87,8 +112,15 @@ impl RedisState {
         opts: RedisOptions,
     ) -> Result<Self, StateError> {
         let client = Client::open(target).map_err(StateError::InvalidUrl)?;
+        let instances = Arc::new(Instances::new(&opts));
+        let link = Link::connect(client, opts).await;
+        tokio::spawn(instances::heartbeat(
+            Arc::clone(&instances),
+            Arc::clone(&link),
+        ));
         let inner = Inner {
-            link: Link::connect(client, opts).await,
+            link,
+            instances,
             clock: Clock::system(),
             local: LocalState::new(),
             mirrors: RwLock::default(),
@@ -126,9 +158,36 @@ impl Inner {
         Arc::clone(map.entry(provider).or_default())
     }
 
-    fn fallback(&self, provider: ProviderId, policy: &Policy) -> Admission {
+    /// Admission while Redis is skipped or failed: what Redis last said no to still stands
+    /// (an open circuit, an empty bucket), then this instance's share of the limits decides,
+    /// and the admission is owed to the shared bucket.
+    fn fallback(&self, provider: ProviderId, policy: &Policy, mirror: &Mutex<Mirror>) -> Admission {
         self.link.fell_back();
-        self.local.admit_now(provider, policy)
+        let mut m = lock(mirror);
+        if let Some(r) = m.cached(self.clock.now(), self.link.opts.lease_ttl) {
+            return rejection(r);
+        }
+        let admission = self.local.admit_now(provider, &self.share(policy));
+        if matches!(admission, Admission::Admitted(_)) {
+            m.owe();
+        }
+        admission
+    }
+
+    /// This instance's share of `policy`.
+    fn share(&self, policy: &Policy) -> Policy {
+        policy.share(self.instances.sharing())
+    }
+
+    /// Fallback admissions charged with one `ADMIT` at most: what this instance may admit at its
+    /// share in one `retry_interval` (older ones are forgiven).
+    fn debt_cap(&self, policy: &Policy) -> u32 {
+        let share = self.share(policy);
+        let per_retry =
+            u128::from(share.rate_per_sec) * self.link.opts.retry_interval.as_millis() / 1000;
+        u32::try_from(per_retry)
+            .unwrap_or(u32::MAX)
+            .saturating_add(share.burst)
     }
 
     /// Tokens to lease per `ADMIT`: about `lease_ttl` worth of the rate.
@@ -141,23 +200,33 @@ impl Inner {
     }
 
     async fn admit(self: &Arc<Self>, provider: ProviderId, policy: &Policy) -> Admission {
-        let Some(conn) = self.link.available() else {
-            return self.fallback(provider, policy);
-        };
+        self.instances.activate();
         let mirror = self.mirror(provider);
-        let decision = lock(&mirror).decide(
-            self.clock.now(),
-            self.link.opts.lease_ttl,
-            self.batch(policy),
-        );
+        let Some(conn) = self.link.available() else {
+            return self.fallback(provider, policy, &mirror);
+        };
+        let (decision, debt) = {
+            let mut m = lock(&mirror);
+            let decision = m.decide(
+                self.clock.now(),
+                self.link.opts.lease_ttl,
+                self.batch(policy),
+            );
+            let debt = match decision {
+                Decision::Fetch { .. } => m.take_debt(self.debt_cap(policy)),
+                _ => 0,
+            };
+            (decision, debt)
+        };
         let (want, refund) = match decision {
             Decision::Admit { epoch } => return self.permit(provider, policy, epoch),
             Decision::Reject(r) => return rejection(r),
             Decision::Fetch { want, refund } => (want, refund),
         };
-        let _inflight = FetchDone(&mirror);
+        // The fetch stays in flight until its reply is folded in, here or late.
+        let inflight = FetchDone(Arc::clone(&mirror));
         let token = rand::random::<u64>();
-        let args = [
+        let args = vec![
             policy.rate_per_sec.max(1).to_string(),
             policy.burst.max(1).to_string(),
             policy.daily_quota.unwrap_or(0).to_string(),
@@ -165,36 +234,54 @@ impl Inner {
             want.to_string(),
             refund.to_string(),
             token.to_string(),
+            debt.to_string(),
         ];
         let keys = self.keys(provider, &["br", "rl", "q"]);
+        let late = {
+            let weak = Arc::downgrade(self);
+            let breaker = policy.breaker;
+            move |reply: Result<Vec<i64>, StateError>| {
+                let mirror = &inflight.0;
+                let Ok((reply, view)) = reply.and_then(|v| scripts::parse_admit(&v)) else {
+                    lock(mirror).restore_debt(debt);
+                    return;
+                };
+                let Some(inner) = weak.upgrade() else { return };
+                if lock(mirror).late(inner.clock.now(), reply, view) {
+                    inner.release_probe(provider, breaker, Ticket::Probe { id: token });
+                }
+            }
+        };
         let reply = self
             .link
-            .call(conn, &self.link.scripts.admit, &keys, &args)
+            .call_or_late(conn, Which::Admit, keys, args, late)
             .await;
-        let parsed =
-            reply.and_then(|v| scripts::parse_admit(&v).inspect_err(|e| self.link.failed(e)));
+        let parsed = match reply {
+            Reply::Now(r) => {
+                r.and_then(|v| scripts::parse_admit(&v).inspect_err(|e| self.link.failed(e)))
+            }
+            Reply::Late => return self.fallback(provider, policy, &mirror),
+        };
         let (reply, view) = match parsed {
             Ok(p) => p,
-            Err(_) => return self.fallback(provider, policy),
+            Err(_) => {
+                lock(&mirror).restore_debt(debt);
+                return self.fallback(provider, policy, &mirror);
+            }
         };
         let fetched = lock(&mirror).fetched(self.clock.now(), reply, view);
         match fetched {
             Fetched::Admit { epoch } => self.permit(provider, policy, epoch),
             Fetched::Reject(r) => rejection(r),
             Fetched::Probe => {
+                self.local.charge(provider, &self.share(policy));
                 let ticket = Ticket::Probe { id: token };
                 let mut permit = Permit::new(provider, policy.breaker, ticket, Origin::Redis);
                 let weak = Arc::downgrade(self);
                 let breaker = policy.breaker;
                 permit.guard = Some(ProbeGuard::new(move || {
-                    if let (Some(inner), Ok(rt)) =
-                        (weak.upgrade(), tokio::runtime::Handle::try_current())
-                    {
-                        rt.spawn(async move {
-                            inner
-                                .record(provider, &breaker, ticket, Kind::Release)
-                                .await;
-                        });
+                    if let Some(inner) = weak.upgrade() {
+                        inner.release_probe(provider, breaker, ticket);
                     }
                 }));
                 Admission::Admitted(permit)
@@ -202,14 +289,33 @@ impl Inner {
         }
     }
 
+    /// Hands a probe nobody will report back to Redis, in the background.
+    fn release_probe(
+        self: &Arc<Self>,
+        provider: ProviderId,
+        breaker: BreakerPolicy,
+        ticket: Ticket,
+    ) {
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let inner = Arc::clone(self);
+            rt.spawn(async move {
+                inner
+                    .record(provider, &breaker, ticket, Kind::Release)
+                    .await;
+            });
+        }
+    }
+
+    /// An admission from leased tokens; it is charged to this instance's share bucket too.
     fn permit(&self, provider: ProviderId, policy: &Policy, epoch: u64) -> Admission {
+        self.local.charge(provider, &self.share(policy));
         let ticket = Ticket::Normal { epoch };
         Admission::Admitted(Permit::new(provider, policy.breaker, ticket, Origin::Redis))
     }
 
-    /// Runs `OUTCOME` and folds the reply into the mirror.
+    /// Runs `OUTCOME` and folds the reply into the mirror (a late reply too).
     async fn record(
-        &self,
+        self: &Arc<Self>,
         provider: ProviderId,
         policy: &BreakerPolicy,
         ticket: Ticket,
@@ -222,7 +328,7 @@ impl Inner {
             Ticket::Normal { epoch } => (epoch, 0),
             Ticket::Probe { id } => (0, id),
         };
-        let args = [
+        let args = vec![
             kind.as_str().to_owned(),
             epoch.to_string(),
             probe.to_string(),
@@ -231,23 +337,37 @@ impl Inner {
             policy.open_ms.to_string(),
         ];
         let keys = self.keys(provider, &["br"]);
+        let mirror = self.mirror(provider);
+        let late = {
+            let mirror = Arc::clone(&mirror);
+            let clock = self.clock;
+            move |reply: Result<Vec<i64>, StateError>| {
+                if let Ok(view) = reply.and_then(|v| scripts::parse_outcome(&v)) {
+                    lock(&mirror).observe(clock.now(), view);
+                }
+            }
+        };
         let reply = self
             .link
-            .call(conn, &self.link.scripts.outcome, &keys, &args)
+            .call_or_late(conn, Which::Outcome, keys, args, late)
             .await;
-        let parsed =
-            reply.and_then(|v| scripts::parse_outcome(&v).inspect_err(|e| self.link.failed(e)));
-        if let Ok(view) = parsed {
-            lock(&self.mirror(provider)).observe(self.clock.now(), view);
+        if let Reply::Now(r) = reply
+            && let Ok(view) =
+                r.and_then(|v| scripts::parse_outcome(&v).inspect_err(|e| self.link.failed(e)))
+        {
+            lock(&mirror).observe(self.clock.now(), view);
         }
     }
 
-    async fn outcome(&self, permit: Permit, outcome: Outcome) {
+    async fn outcome(self: &Arc<Self>, permit: Permit, outcome: Outcome) {
         let (provider, policy, ticket, origin) = permit.into_parts();
         if origin == Origin::Local {
             self.local.record_ticket(provider, &policy, ticket, outcome);
             return;
         }
+        // The fallback's breaker follows this instance's outcomes, so it opens at the same
+        // threshold when Redis goes away mid-streak (the outcome may not reach Redis).
+        self.local.record_elsewhere(provider, &policy, outcome);
         let kind = match (ticket, outcome) {
             (Ticket::Probe { .. }, Outcome::Failure) => Kind::ProbeFail,
             (Ticket::Probe { .. }, _) => Kind::ProbeOk,
@@ -264,7 +384,7 @@ impl Inner {
 
     async fn snapshot(&self, provider: ProviderId, policy: &Policy) -> Snapshot {
         let Some(conn) = self.link.available() else {
-            return self.local.snapshot_now(provider, policy);
+            return self.local.snapshot_now(provider, &self.share(policy));
         };
         let keys = self.keys(provider, &["br", "rl", "q"]);
         let args = [
@@ -293,7 +413,7 @@ impl Inner {
             }),
             _ => Err(StateError::Reply("SNAPSHOT arity")),
         });
-        snapshot.unwrap_or_else(|_| self.local.snapshot_now(provider, policy))
+        snapshot.unwrap_or_else(|_| self.local.snapshot_now(provider, &self.share(policy)))
     }
 }
 
@@ -327,12 +447,12 @@ fn rejection(r: Rejection) -> Admission {
     }
 }
 
-/// Ends a fetch however the admission ends, cancellation included.
-struct FetchDone<'a>(&'a Mutex<Mirror>);
+/// Ends a fetch once its reply is folded in (or lost), cancellation included.
+struct FetchDone(Arc<Mutex<Mirror>>);
 
-impl Drop for FetchDone<'_> {
+impl Drop for FetchDone {
     fn drop(&mut self) {
-        lock(self.0).fetch_done();
+        lock(&self.0).fetch_done();
     }
 }
 
@@ -355,6 +475,9 @@ impl SharedState for RedisState {
     }
 
     fn stats(&self) -> BackendStats {
-        self.inner.link.stats()
+        BackendStats {
+            instances: self.inner.instances.live(),
+            ..self.inner.link.stats()
+        }
     }
 }

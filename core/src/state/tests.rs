@@ -4,6 +4,7 @@
 mod backoff;
 mod breaker;
 mod chaos;
+mod fallback;
 mod ratelimit;
 mod redis;
 mod suite;

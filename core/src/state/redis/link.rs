@@ -1,14 +1,19 @@
 //! The connection to Redis as the request path sees it: every call bounded by the command
 //! timeout, Redis skipped for `retry_interval` after an error, errors counted and logged at most
-//! every [`WARN_EVERY`], and the first connection retried in the background until it exists
-//! (after that the `ConnectionManager` reconnects by itself).
+//! every [`WARN_EVERY`], time in fallback accounted, and the first connection retried in the
+//! background until it exists (after that the `ConnectionManager` reconnects by itself).
+//!
+//! Calls whose reply changes shared state ([`Link::call_or_late`]) run in a task of their own:
+//! the request waits for them up to the command timeout, and a reply that comes later is still
+//! handed to the caller's `late` action (within [`late_bound`]) instead of being thrown away.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::RedisOptions;
@@ -17,6 +22,64 @@ use crate::state::{BackendStats, StateError};
 
 /// How often a Redis problem is logged at most.
 const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// How long a call the request stopped waiting for may still complete in the background.
+pub(super) fn late_bound(opts: &RedisOptions) -> Duration {
+    opts.command_timeout.max(Duration::from_secs(1))
+}
+
+/// The script a background call runs.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Which {
+    Admit,
+    Outcome,
+}
+
+/// What a [`Link::call_or_late`] came to, as the request sees it.
+#[derive(Debug)]
+pub(super) enum Reply {
+    /// Answered (or failed) within the command timeout.
+    Now(Result<Vec<i64>, StateError>),
+    /// Not within the command timeout (counted as a timeout): the reply goes to `late`.
+    Late,
+}
+
+/// Time in fallback as a union of spans `[error, error + retry_interval)`, in milliseconds
+/// since the link started (pure, so it is tested without a clock).
+#[derive(Debug, Default)]
+pub(super) struct FallbackTime {
+    closed_ms: u64,
+    span: Option<(u64, u64)>,
+}
+
+impl FallbackTime {
+    /// In fallback from `now` until `until` (extending an overlapping span).
+    pub fn enter(&mut self, now: u64, until: u64) {
+        match self.span {
+            Some((start, end)) if now <= end => self.span = Some((start, end.max(until))),
+            Some((start, end)) => {
+                self.closed_ms += end - start;
+                self.span = Some((now, until));
+            }
+            None => self.span = Some((now, until)),
+        }
+    }
+
+    /// Out of fallback at `now` (a connection was established).
+    pub fn leave(&mut self, now: u64) {
+        if let Some((start, end)) = self.span {
+            self.span = Some((start, end.min(now.max(start))));
+        }
+    }
+
+    /// Milliseconds spent in fallback up to `now`.
+    pub fn total(&self, now: u64) -> u64 {
+        self.closed_ms
+            + self
+                .span
+                .map_or(0, |(start, end)| now.min(end).saturating_sub(start))
+    }
+}
 
 pub(super) struct Link {
     pub opts: RedisOptions,
@@ -28,6 +91,7 @@ pub(super) struct Link {
     round_trips: AtomicU64,
     errors: AtomicU64,
     fallbacks: AtomicU64,
+    fallback_time: Mutex<FallbackTime>,
 }
 
 impl Link {
@@ -43,6 +107,7 @@ impl Link {
             round_trips: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            fallback_time: Mutex::default(),
         });
         if let Err(e) = link.try_connect(&client).await {
             link.failed(&e);
@@ -68,12 +133,19 @@ impl Link {
             .await
             .map_err(|_| StateError::Timeout(timeout))??;
         let _ = self.conn.set(conn);
+        self.fallback_time().leave(self.ms_since_start());
         tracing::info!(prefix = %self.opts.prefix, "shared state: connected to redis");
         Ok(())
     }
 
     pub fn is_connected(&self) -> bool {
         self.conn.get().is_some()
+    }
+
+    /// The connection if one exists, even within `retry_interval` of an error (for background
+    /// work that is not on the request path).
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.get().cloned()
     }
 
     /// A connection, unless none exists yet or Redis failed within `retry_interval`.
@@ -94,6 +166,13 @@ impl Link {
         let retry = millis(self.opts.retry_interval);
         self.down_until_ms
             .store(now.saturating_add(retry), Ordering::Relaxed);
+        // Until a first connection exists the fallback lasts, whatever the retry interval.
+        let until = if self.is_connected() {
+            now.saturating_add(retry)
+        } else {
+            u64::MAX
+        };
+        self.fallback_time().enter(now, until);
         let last = self.last_warn_ms.load(Ordering::Relaxed);
         if (last == 0 || now.saturating_sub(last) >= millis(WARN_EVERY))
             && self
@@ -113,36 +192,84 @@ impl Link {
     /// One script call, bounded by `command_timeout`; a failure is counted via [`Link::failed`].
     pub async fn call(
         &self,
-        mut conn: ConnectionManager,
+        conn: ConnectionManager,
         script: &Script,
         keys: &[String],
         args: &[String],
     ) -> Result<Vec<i64>, StateError> {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let mut invocation = script.prepare_invoke();
-        for k in keys {
-            invocation.key(k);
-        }
-        for a in args {
-            invocation.arg(a);
-        }
         let timeout = self.opts.command_timeout;
-        let result = match tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await {
-            Ok(r) => r.map_err(StateError::from),
-            Err(_) => Err(StateError::Timeout(timeout)),
-        };
+        let result = invoke(conn, script, keys, args, timeout).await;
         if let Err(e) = &result {
             self.failed(e);
         }
         result
     }
 
+    /// One script call in a task of its own. The request waits for it up to `command_timeout`
+    /// ([`Reply::Now`]; an error or the timeout is counted via [`Link::failed`]); after that it
+    /// gets [`Reply::Late`] and the call goes on for up to [`late_bound`], its result then
+    /// handed to `late` (as it is when the request was cancelled while waiting). Exactly one of
+    /// the two sees the result.
+    pub async fn call_or_late(
+        self: &Arc<Self>,
+        conn: ConnectionManager,
+        which: Which,
+        keys: Vec<String>,
+        args: Vec<String>,
+        late: impl FnOnce(Result<Vec<i64>, StateError>) + Send + 'static,
+    ) -> Reply {
+        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = oneshot::channel();
+        let link = Arc::clone(self);
+        tokio::spawn(async move {
+            let script = match which {
+                Which::Admit => &link.scripts.admit,
+                Which::Outcome => &link.scripts.outcome,
+            };
+            let result = invoke(conn, script, &keys, &args, late_bound(&link.opts)).await;
+            if let Err(result) = tx.send(result) {
+                late(result);
+            }
+        });
+        let result = match tokio::time::timeout(self.opts.command_timeout, &mut rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StateError::Reply("background call ended without a reply")),
+            Err(_) => {
+                // Closing first means a reply sent from now on goes to `late`; one sent just
+                // before is still ours.
+                rx.close();
+                match rx.try_recv() {
+                    Ok(result) => result,
+                    Err(_) => {
+                        self.failed(&StateError::Timeout(self.opts.command_timeout));
+                        return Reply::Late;
+                    }
+                }
+            }
+        };
+        if let Err(e) = &result {
+            self.failed(e);
+        }
+        Reply::Now(result)
+    }
+
     pub fn stats(&self) -> BackendStats {
+        let now = self.ms_since_start();
         BackendStats {
             round_trips: self.round_trips.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            fallback_ms: self.fallback_time().total(now),
+            in_fallback: !self.is_connected() || now < self.down_until_ms.load(Ordering::Relaxed),
+            instances: 0,
         }
+    }
+
+    fn fallback_time(&self) -> std::sync::MutexGuard<'_, FallbackTime> {
+        self.fallback_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn ms_since_start(&self) -> u64 {
@@ -167,6 +294,52 @@ async fn reconnect(link: Weak<Link>, client: Client) {
     }
 }
 
+/// Runs `script` once, bounded by `timeout`.
+async fn invoke(
+    mut conn: ConnectionManager,
+    script: &Script,
+    keys: &[String],
+    args: &[String],
+    timeout: Duration,
+) -> Result<Vec<i64>, StateError> {
+    let mut invocation = script.prepare_invoke();
+    for k in keys {
+        invocation.key(k);
+    }
+    for a in args {
+        invocation.arg(a);
+    }
+    match tokio::time::timeout(timeout, invocation.invoke_async(&mut conn)).await {
+        Ok(r) => r.map_err(StateError::from),
+        Err(_) => Err(StateError::Timeout(timeout)),
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FallbackTime;
+
+    #[test]
+    fn fallback_time_is_the_union_of_the_spans() {
+        let mut t = FallbackTime::default();
+        assert_eq!(t.total(5_000), 0);
+        t.enter(1_000, 2_000);
+        assert_eq!(t.total(1_500), 500);
+        t.enter(1_800, 2_800); // overlapping: extends
+        assert_eq!(t.total(2_500), 1_500);
+        assert_eq!(t.total(9_000), 1_800);
+        t.enter(5_000, 6_000); // apart: a new span
+        assert_eq!(t.total(5_250), 2_050);
+        assert_eq!(t.total(7_000), 2_800);
+        // Not connected yet: open-ended until the connection comes.
+        let mut t = FallbackTime::default();
+        t.enter(0, u64::MAX);
+        assert_eq!(t.total(3_000), 3_000);
+        t.leave(3_500);
+        assert_eq!(t.total(10_000), 3_500);
+    }
 }

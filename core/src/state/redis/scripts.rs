@@ -13,10 +13,12 @@ use redis::Script;
 
 use crate::state::{CircuitState, StateError};
 
-/// `ADMIT(br, rl, q; rate, burst, quota|0, open_ms, want, refund, probe_token)` →
+/// `ADMIT(br, rl, q; rate, burst, quota|0, open_ms, want, refund, probe_token, debt)` →
 /// `{code, granted, wait_ms, state, failures, epoch, remaining_ms, probe}`; code 0 admitted,
 /// 1 rate limited, 2 quota exhausted, 3 circuit open. Returns `refund` leased tokens first,
-/// then grants up to `want` tokens (one, as the probe, when the open time is over).
+/// charges `debt` admissions made by the instance's local fallback (the bucket may go that far
+/// below empty; the caller caps it), then grants up to `want` tokens (one, as the probe, when
+/// the open time is over).
 const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -35,6 +37,11 @@ if tonumber(q[1] or '-1') == day then used = tonumber(q[2] or '0') end
 if refund > 0 then
   tat = tat - refund * interval
   used = math.max(0, used - refund)
+end
+local debt = tonumber(ARGV[8] or '0')
+if debt > 0 then
+  tat = math.max(tat, now_us) + debt * interval
+  used = used + debt
 end
 local code, n, wait, probe = 0, 0, 0, 0
 if st ~= 'c' and now_ms < till then
@@ -65,7 +72,7 @@ else
     end
   end
 end
-if n > 0 or refund > 0 then
+if n > 0 or refund > 0 or debt > 0 then
   redis.call('HSET', KEYS[2], 'tat', tat)
   redis.call('PEXPIRE', KEYS[2], math.ceil(math.max(0, tat - now_us) / 1000) + 1000)
   redis.call('HSET', KEYS[3], 'day', day, 'used', used)

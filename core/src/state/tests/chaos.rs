@@ -1,8 +1,10 @@
-//! A TCP proxy in front of the test Redis that stalls or cuts traffic on demand (after
+//! A TCP proxy in front of the test Redis that delays, stalls or cuts traffic on demand (after
 //! crates.io's `ChaosProxy`): Redis "goes slow" or "goes away" for one test without touching
-//! the Redis other tests share.
+//! the Redis other tests share. Loopback only; each connection is two bounded copy loops that
+//! end with either side or on `Cut`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -14,6 +16,9 @@ use tokio::sync::watch;
 pub(super) enum Mode {
     /// Forward everything.
     Pass,
+    /// Forward every chunk, each direction, after this delay (a round trip takes about twice
+    /// it: Redis "slower than the bound").
+    Delay(Duration),
     /// Hold every byte, both directions, until the mode changes.
     Stall,
     /// Close every connection and refuse new ones (Redis stopped).
@@ -68,9 +73,17 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut mode: watch::
             },
             _ = mode.wait_for(|m| *m == Mode::Cut) => return,
         };
-        let go_on = match mode.wait_for(|m| *m != Mode::Stall).await {
-            Ok(m) => *m == Mode::Pass,
-            Err(_) => false,
+        let now = match mode.wait_for(|m| *m != Mode::Stall).await {
+            Ok(m) => *m,
+            Err(_) => Mode::Cut,
+        };
+        let go_on = match now {
+            Mode::Pass => true,
+            Mode::Delay(d) => {
+                tokio::time::sleep(d).await;
+                true
+            }
+            Mode::Stall | Mode::Cut => false,
         };
         if !go_on || to.write_all(&buf[..n]).await.is_err() {
             return;

@@ -35,6 +35,24 @@ async fn burst_then_one_token_per_interval() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_charge_drains_the_bucket_but_never_below_empty() {
+    let mut b = TokenBucket::default();
+    b.charge(Instant::now(), 10, 3);
+    assert_eq!(b.available(Instant::now(), 10, 3), 2);
+    for _ in 0..50 {
+        b.charge(Instant::now(), 10, 3);
+    }
+    assert_eq!(b.available(Instant::now(), 10, 3), 0);
+    assert_eq!(
+        b.try_take(Instant::now(), 10, 3),
+        Err(ms(100)),
+        "empty, not in debt: the next token is one interval away"
+    );
+    advance(ms(100)).await;
+    b.try_take(Instant::now(), 10, 3).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn hundred_per_second_admits_a_hundred_then_one_per_ten_ms() {
     let mut b = TokenBucket::default();
     let admitted = (0..250)
