@@ -190,6 +190,10 @@ pub struct RedisConfig {
     /// instances the fallback assumes share the limits before it has counted them in Redis
     /// (Redis unreachable since start). Set it to the replica count. Between 1 and 10000.
     pub fallback_instances: u32,
+    /// `redis.key_prefix` (env `HUB_REDIS_KEY_PREFIX`, default `hub:`): the start of every key
+    /// the hub keeps in Redis (state, instance registry, registry snapshot copy), so several
+    /// hub installations can share one Redis. 1 to 64 characters, no spaces.
+    pub key_prefix: String,
 }
 
 /// `vault:` section.
@@ -307,6 +311,7 @@ impl Default for RedisConfig {
             url: None,
             command_timeout_ms: 50,
             fallback_instances: 1,
+            key_prefix: "hub:".to_owned(),
         }
     }
 }
@@ -403,6 +408,9 @@ impl HubConfig {
         }
         if let Some(v) = get("HUB_REDIS_COMMAND_TIMEOUT_MS") {
             self.redis.command_timeout_ms = parse("HUB_REDIS_COMMAND_TIMEOUT_MS", &v)?;
+        }
+        if let Some(v) = get("HUB_REDIS_KEY_PREFIX") {
+            self.redis.key_prefix = v.trim().to_owned();
         }
         if let Some(v) = get("HUB_REDIS_FALLBACK_INSTANCES") {
             self.redis.fallback_instances = parse("HUB_REDIS_FALLBACK_INSTANCES", &v)?;
@@ -514,6 +522,18 @@ impl HubConfig {
         }
         if !(1..=10_000).contains(&self.redis.fallback_instances) {
             return invalid("redis.fallback_instances", "must be between 1 and 10000");
+        }
+        let prefix = &self.redis.key_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || prefix
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return invalid(
+                "redis.key_prefix",
+                "must be 1 to 64 characters without spaces",
+            );
         }
         if let Some(url) = &self.admin.proxy_url
             && !valid_proxy_url(url)

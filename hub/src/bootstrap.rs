@@ -218,6 +218,7 @@ impl Hub {
                                 redis.command_timeout_ms,
                             ),
                             fallback_instances: redis.fallback_instances,
+                            prefix: redis.key_prefix.clone(),
                             ..RedisOptions::default()
                         };
                         let state = RedisState::connect(url.as_str(), opts)

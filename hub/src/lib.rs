@@ -280,10 +280,14 @@ pub async fn start_proxy(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<ProxyServer>> {
     let snapshot_file = hub.config.data_dir.join(hub_core::store::snapshot::FILE);
-    let registry = Arc::new(
-        Registry::new(hub.store.clone(), hub.vault.clone())
-            .with_snapshot_file(snapshot_file.clone()),
-    );
+    let mut registry = Registry::new(hub.store.clone(), hub.vault.clone())
+        .with_snapshot_file(snapshot_file.clone());
+    if let Some(url) = &hub.config.redis.url {
+        let copy = hub_core::store::snapshot::RedisCopy::new(url, &hub.config.redis.key_prefix)
+            .context("redis.url")?;
+        registry = registry.with_redis_copy(copy);
+    }
+    let registry = Arc::new(registry);
     if let Err(why) = registry.refresh_within(STARTUP_STORE_WAIT).await {
         let loaded = registry
             .load_last_known_good()

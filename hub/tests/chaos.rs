@@ -449,3 +449,248 @@ fn services_start_during_outages_of_what_they_can_do_without() {
     assert_eq!(r.status, 502, "{}", r.body);
     assert!(r.header("x-hub-dlq-id").is_some());
 }
+
+/// Deletes every key under `prefix` (the test's own) from the shared Redis.
+async fn drop_redis_keys(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+    }
+}
+
+/// A pod replaced during a database outage has an empty data dir: it starts from the registry
+/// snapshot the proxies keep in Valkey.
+#[test]
+fn a_proxy_on_a_fresh_node_starts_from_the_snapshot_in_redis_during_an_outage() {
+    let rt = runtime();
+    let [dead] = free_ports::<1>();
+    let host = "fresh.chaos.test";
+    let Some(redis_url) = rt.block_on(hub_core::testing::redis_url()) else {
+        return;
+    };
+    let Some(db) = rt.block_on(database(&[dead_provider("fresh", host, dead)])) else {
+        return;
+    };
+    let prefix = format!("chaos-{}:", ulid::Ulid::new());
+    let chaos = rt.block_on(async { ChaosProxy::start(server_addr(db.url()).await).await });
+    let dir = tempfile::tempdir().unwrap();
+    let hub = |name: &str| {
+        HubProcess::proxy(&dir.path().join(name), &via(db.url(), chaos.addr()))
+            .env("HUB_REDIS_URL", &redis_url)
+            .env("HUB_REDIS_KEY_PREFIX", &prefix)
+    };
+    let first = hub("first").start(Duration::from_secs(60));
+    let key = format!("{prefix}registry:snapshot");
+    let copied = rt.block_on(async {
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async::<bool>(&mut conn)
+            .await
+            .unwrap()
+    });
+    assert!(
+        copied,
+        "the first proxy copied its snapshot to Redis: {}",
+        first.log()
+    );
+    chaos.set(Mode::Cut);
+    let started = Instant::now();
+    let second = hub("second").start(Duration::from_secs(5));
+    let (r, _) = second.readyz();
+    assert!(
+        r.body.contains("\"registrySource\":\"snapshot\""),
+        "{}",
+        r.body
+    );
+    let call = failing_call(second.proxy, host, dead, b"{}").expect("an answer");
+    assert_eq!(call.status, 502, "{}", call.body);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        second.log().contains("from: \"redis\"")
+            || second.log().contains("from=redis")
+            || second.log().contains("\"from\":\"redis\""),
+        "the snapshot came from Redis: {}",
+        second.log()
+    );
+    drop((first, second));
+    rt.block_on(drop_redis_keys(&redis_url, &prefix));
+}
+
+/// A provider that counts what reaches it, by path, and answers 200 at once.
+struct Counter {
+    port: u16,
+    seen: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Counter {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(std::collections::HashMap::new()));
+        let counts = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let counts = counts.clone();
+                std::thread::spawn(move || {
+                    use std::io::{Read, Write};
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 2048];
+                    loop {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                    // The request line's path names the run (the Host is the base URL's).
+                    let text = String::from_utf8_lossy(&head);
+                    let path = text.split(' ').nth(1).unwrap_or("").to_owned();
+                    *counts.lock().unwrap().entry(path).or_insert(0) += 1;
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                });
+            }
+        });
+        Self { port, seen }
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.seen.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+/// Two proxies share 50/s + burst 50 through Valkey while every Valkey call is slower than the
+/// bound: each admits only its share, so over 5 s the provider never gets more than
+/// 50 × 5 + 50 = 300, however much more is offered (150/s to each proxy). Ten runs.
+#[test]
+fn two_proxies_hold_a_shared_limit_while_redis_is_slower_than_its_bound() {
+    const RUNS: usize = 10;
+    const CEILING: usize = 50 * 5 + 50;
+    let rt = runtime();
+    let Some(redis_url) = rt.block_on(hub_core::testing::redis_url()) else {
+        return;
+    };
+    let counter = Counter::start();
+    let provider = |name: String, host: &str| {
+        serde_json::json!({
+            "name": name, "hosts": [host], "baseUrl": format!("http://127.0.0.1:{}", counter.port),
+            "config": {"allowInsecureUpstream": true, "allowPrivateNetwork": true,
+                       "maxAttempts": 1, "rateLimitPerSec": 50, "burst": 50}
+        })
+    };
+    let hosts: Vec<String> = (0..=RUNS).map(|i| format!("rl{i}.chaos.test")).collect();
+    let providers: Vec<_> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| provider(format!("rl{i}"), h))
+        .collect();
+    let Some(db) = rt.block_on(database(&providers)) else {
+        return;
+    };
+    let prefix = format!("chaos-{}:", ulid::Ulid::new());
+    let redis = rt.block_on(async { ChaosProxy::start(server_addr(&redis_url).await).await });
+    let redis_via = via(&redis_url, redis.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let proxies: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            HubProcess::proxy(&dir.path().join(n), db.url())
+                .env("HUB_REDIS_URL", &redis_via)
+                .env("HUB_REDIS_KEY_PREFIX", &prefix)
+                .env("HUB_REDIS_FALLBACK_INSTANCES", "2")
+                .start(Duration::from_secs(60))
+        })
+        .collect();
+    let call = |port: u16, host: &str| {
+        try_request_bytes(
+            port,
+            format!("GET http://{host}/v1/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+    };
+    // Both instances admit through Valkey once, so each is counted in its instance registry.
+    for p in &proxies {
+        let r = call(p.proxy, &hosts[RUNS]).expect("an answer");
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.set(Mode::Delay(Duration::from_millis(60)));
+    // (received, ceiling): the ceiling is burst + rate × the run's actual span (a lane that
+    // falls behind its schedule on a busy machine stretches the window a little past 5 s).
+    let mut runs = Vec::new();
+    for host in &hosts[..RUNS] {
+        let start = Instant::now();
+        let last = Mutex::new(start);
+        std::thread::scope(|s| {
+            for p in &proxies {
+                for lane in 0..3u32 {
+                    let port = p.proxy;
+                    let last = &last;
+                    s.spawn(move || {
+                        // 50/s per lane, 3 lanes: 150/s to each proxy for 5 s.
+                        for i in 0..250u32 {
+                            let due = start + Duration::from_millis(u64::from(i * 20 + lane * 7));
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            let _ = call(port, host);
+                            let mut l = last.lock().unwrap();
+                            *l = (*l).max(Instant::now());
+                        }
+                    });
+                }
+            }
+        });
+        let span = last
+            .into_inner()
+            .unwrap()
+            .duration_since(start)
+            .as_secs_f64();
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let ceiling = 50 + (50.0 * span).ceil() as usize;
+        runs.push((counter.count("/v1/x"), ceiling));
+        counter.seen.lock().unwrap().clear();
+    }
+    let fallbacks: f64 = proxies
+        .iter()
+        .map(|p| {
+            p.metric("integration_state_backend_fallbacks_total")
+                .unwrap_or(0.0)
+        })
+        .sum();
+    eprintln!(
+        "shared limit with Redis slowed past its bound: (provider received, ceiling) per run \
+         {runs:?}; {fallbacks} fallback admissions"
+    );
+    assert!(
+        fallbacks > 0.0,
+        "Redis was slower than the bound: admissions fell back"
+    );
+    assert!(
+        runs.iter().all(|&(n, ceiling)| n <= ceiling),
+        "over the shared limit: {runs:?}"
+    );
+    assert!(
+        runs.iter().all(|&(n, _)| n >= CEILING / 3),
+        "the limit still admits its share: {runs:?}"
+    );
+    drop(proxies);
+    rt.block_on(drop_redis_keys(&redis_url, &prefix));
+}
