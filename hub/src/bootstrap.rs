@@ -204,6 +204,12 @@ impl Hub {
         Ok(SecretString::from(token))
     }
 
+    /// Uses `state` as the breaker and rate-limit state (a test's own backend) instead of the one
+    /// the configuration names; `false` when the state was already opened.
+    pub fn use_shared_state(&self, state: Arc<dyn SharedState>) -> bool {
+        self.shared_state.set(state).is_ok()
+    }
+
     /// Breaker and rate-limit state: Redis when `redis.url` is set, else in-process. Opened on
     /// the first call; later calls return the same object.
     pub async fn shared_state(&self) -> anyhow::Result<Arc<dyn SharedState>> {

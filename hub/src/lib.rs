@@ -274,11 +274,27 @@ pub async fn serve_proxy_ops(
 pub const STARTUP_STORE_WAIT: Duration = Duration::from_secs(2);
 
 /// Loads the registry (from the store, else from the last-known-good file), starts its
-/// refresher and builds the proxy.
+/// refresher and builds the proxy with the DLQ writer.
 pub async fn start_proxy(
     hub: &Hub,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<ProxyServer>> {
+    let registry = load_registry(hub, stop).await?;
+    // The DLQ writer: failed calls are spooled (fsync'd) before their 502/504 is answered.
+    let (dlq, _writer) = hub
+        .background
+        .spawn_writer()
+        .context("cannot open the DLQ spool")?;
+    let opts = proxy_options(hub, Arc::new(dlq)).await?;
+    ProxyServer::new(registry, hub.ca.clone(), &opts)
+}
+
+/// The proxy's registry: loaded from the store (else from the last-known-good snapshot, in the
+/// data dir or in Redis) and kept fresh by a refresher until `stop`.
+pub async fn load_registry(
+    hub: &Hub,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Arc<Registry>> {
     let snapshot_file = hub.config.data_dir.join(hub_core::store::snapshot::FILE);
     let mut registry = Registry::new(hub.store.clone(), hub.vault.clone())
         .with_snapshot_file(snapshot_file.clone());
@@ -312,18 +328,21 @@ pub async fn start_proxy(
         wake
     });
     tokio::spawn(registry.clone().run_refresher(period, wake, stop));
+    Ok(registry)
+}
+
+/// The proxy's options from the configuration, failed calls going to `exhausted`.
+pub async fn proxy_options(
+    hub: &Hub,
+    exhausted: Arc<dyn hub_core::dlq::DeadLetterSink>,
+) -> anyhow::Result<ProxyOptions> {
     let state = hub.shared_state().await?;
-    // The DLQ writer: failed calls are spooled (fsync'd) before their 502/504 is answered.
-    let (dlq, _writer) = hub
-        .background
-        .spawn_writer()
-        .context("cannot open the DLQ spool")?;
-    let opts = ProxyOptions {
+    Ok(ProxyOptions {
         state,
         jitter: Arc::new(hub_core::state::RandomJitter),
         hub_default_rate: hub.config.defaults.rate_limit_per_sec,
         replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
-        exhausted: Some(Arc::new(dlq)),
+        exhausted: Some(exhausted),
         jobs: Some(hub.background.jobs.clone()),
         spans: hub.config.log.otlp_endpoint.as_deref().map(|endpoint| {
             tracing::info!(endpoint, "exporting call spans over OTLP/HTTP");
@@ -341,8 +360,7 @@ pub async fn start_proxy(
             total: hub.config.proxy.max_connections,
             per_source: hub.config.proxy.max_connections_per_source,
         },
-    };
-    ProxyServer::new(registry, hub.ca.clone(), &opts)
+    })
 }
 
 /// Starts the DLQ/jobs worker (sending through this process's proxy) and the retention job.

@@ -6,15 +6,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_core::ca::HubCa;
 use hub_core::catalog;
+use hub_core::config::HubConfig;
+use hub_core::jobs::Background;
 use hub_core::provider::{NewProvider, ProviderRecord};
-use hub_core::secret::SecretString;
-use hub_core::store::{self, Store};
+use hub_core::store::Store;
 use hub_core::testing;
 use hub_core::vault::Vault;
 use hub_proxy::serve::ConnLimits;
-use hub_proxy::{ProxyOptions, ProxyServer, Registry};
+use hub_proxy::{ProxyServer, Registry};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -101,8 +101,12 @@ pub struct TestHub {
     pub registry: Arc<Registry>,
     /// The proxy.
     pub server: Arc<ProxyServer>,
+    /// The configuration it runs with (data dir, database URL, …).
+    pub config: HubConfig,
+    /// Database, work queue, DLQ and jobs services: the binary's own parts.
+    pub background: Background,
     stop: watch::Sender<bool>,
-    /// Calls the forwarder gave up on (what the DLQ will persist).
+    /// Calls the forwarder gave up on, when the hub was built with [`DlqWiring::Channel`].
     pub exhausted: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<hub_core::dlq::FailedCall>>,
     _pg: Option<testing::TestDb>,
     _dir: tempfile::TempDir,
@@ -114,11 +118,224 @@ pub const TEST_MASTER_KEYS: &str = "test1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGx
 /// The bootstrap admin token of every test hub.
 pub const TEST_ADMIN_TOKEN: &str = "hub_test_bootstrap_admin_token";
 
+/// Where the proxy's failed calls go.
+pub enum DlqWiring {
+    /// A channel the test reads ([`TestHub::exhausted`]): queued, not persisted.
+    Channel,
+    /// The binary's DLQ writer (spool, drainer, database).
+    Writer,
+    /// A sink the test owns (e.g. a writer it restarts).
+    Sink(Arc<dyn hub_core::dlq::DeadLetterSink>),
+}
+
+/// The work queue of a test hub.
+pub enum QueueChoice {
+    /// The database table, with this lease.
+    Table(Duration),
+    /// A RabbitMQ queue of its own, deleted by the broker once unused.
+    Amqp {
+        /// Broker URL.
+        url: String,
+        /// Queue name.
+        name: String,
+    },
+}
+
+/// Builds a test hub from the binary's own wiring (`hub::Hub::open`, `hub::load_registry`,
+/// `hub::proxy_options`, `Hub::admin_state`, `hub::serve_proxy_ops`) on ephemeral loopback
+/// ports, over SQLite or a fresh PostgreSQL database. What a test changes is configuration
+/// (`config`), the shared state, the DLQ wiring and the work queue; backoff jitter is zero.
+pub struct HubBuilder<'a> {
+    backend: Backend,
+    pki: &'a TestPki,
+    config: HubConfig,
+    state: Option<Arc<dyn hub_core::state::SharedState>>,
+    limits: Option<ConnLimits>,
+    dlq: DlqWiring,
+    queue: Option<QueueChoice>,
+}
+
+impl<'a> HubBuilder<'a> {
+    /// A hub on `backend` trusting `pki` for upstream TLS, in-process state, failed calls on a
+    /// channel, the test defaults (100/s hub rate, 100 leaves, two proxy threads).
+    pub fn new(backend: Backend, pki: &'a TestPki) -> Self {
+        let mut config = HubConfig::default();
+        config.defaults.rate_limit_per_sec = 100;
+        config.proxy.leaf_cache_size = 100;
+        config.proxy.leaf_validity_hours = 1;
+        // As deployed: connections on the proxy's own single-threaded runtimes.
+        config.proxy.worker_threads = 2;
+        config.jobs.workers = 0;
+        Self {
+            backend,
+            pki,
+            config,
+            state: None,
+            limits: None,
+            dlq: DlqWiring::Channel,
+            queue: None,
+        }
+    }
+
+    /// Replaces the configuration (the builder still sets data dir, database, listeners, keys).
+    #[must_use]
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Changes the configuration.
+    #[must_use]
+    pub fn configure(mut self, f: impl FnOnce(&mut HubConfig)) -> Self {
+        f(&mut self.config);
+        self
+    }
+
+    /// Breaker and rate-limit state (default: what the configuration names, in-process).
+    #[must_use]
+    pub fn state(mut self, state: Arc<dyn hub_core::state::SharedState>) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Connection caps.
+    #[must_use]
+    pub fn limits(mut self, limits: ConnLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// Where failed calls go.
+    #[must_use]
+    pub fn dlq(mut self, dlq: DlqWiring) -> Self {
+        self.dlq = dlq;
+        self
+    }
+
+    /// The work queue (default: the table, with the configuration's lease).
+    #[must_use]
+    pub fn queue(mut self, queue: QueueChoice) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// Starts it; `None` when the backend is unavailable outside CI (the test is skipped).
+    pub async fn start(self) -> Option<TestHub> {
+        crate::logs::init();
+        let dir = tempfile::tempdir().unwrap();
+        let (url, pg) = match self.backend {
+            Backend::Sqlite => (testing::fresh_sqlite_url(dir.path()), None),
+            Backend::Postgres => {
+                let db = testing::fresh_postgres().await?;
+                (db.url().to_owned(), Some(db))
+            }
+        };
+        let mut config = self.config;
+        config.data_dir = dir.path().to_owned();
+        config.database.url = Some(url.clone());
+        config.proxy.upstream_ca_file = Some(self.pki.ca_file.clone());
+        // SQLite: polling only. PostgreSQL: LISTEN/NOTIFY with a poll so slow (60 s) that a
+        // change seen within the tests' 2 s can only have come through the notification.
+        config.proxy.registry_poll_ms = match self.backend {
+            Backend::Sqlite => 100,
+            Backend::Postgres => 60_000,
+        };
+        let keys = dir.path().join("master-keys");
+        std::fs::write(&keys, TEST_MASTER_KEYS).unwrap();
+        config.vault.keys_file = Some(keys);
+        let token = dir.path().join("admin-token");
+        std::fs::write(&token, TEST_ADMIN_TOKEN).unwrap();
+        config.admin.token_file = Some(token);
+        let mut hub = hub::Hub::open(config, hub::StoreOpen::Migrate)
+            .await
+            .expect("the hub opens");
+        if let Some(q) = self.queue {
+            let queue: Arc<dyn hub_core::jobs::WorkQueue> = match q {
+                QueueChoice::Table(lease) => Arc::new(hub_core::jobs::SqlQueue::new(
+                    hub.background.db.clone(),
+                    lease,
+                    hub_core::state::Clock::system(),
+                )),
+                QueueChoice::Amqp { url, name } => Arc::new(
+                    hub_core::jobs::AmqpQueue::connect(hub_core::jobs::AmqpOptions {
+                        url,
+                        queue: name,
+                        prefetch: 8,
+                        expires: Some(Duration::from_secs(120)),
+                    })
+                    .await
+                    .unwrap(),
+                ),
+            };
+            hub.background = Background::with_queue(
+                hub.background.db.clone(),
+                queue,
+                hub.vault.clone(),
+                &hub.config,
+                hub_core::state::Clock::system(),
+            );
+        }
+        if let Some(state) = self.state {
+            assert!(hub.use_shared_state(state), "state set before first use");
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let registry = hub::load_registry(&hub, stop_rx.clone()).await.unwrap();
+        let (exhausted_tx, exhausted_rx) = tokio::sync::mpsc::channel(256);
+        let sink: Arc<dyn hub_core::dlq::DeadLetterSink> = match self.dlq {
+            DlqWiring::Channel => Arc::new(exhausted_tx),
+            DlqWiring::Sink(sink) => sink,
+            DlqWiring::Writer => {
+                let (sender, _task) = hub.background.spawn_writer().unwrap();
+                Arc::new(sender)
+            }
+        };
+        let mut opts = hub::proxy_options(&hub, sink).await.unwrap();
+        opts.jitter = Arc::new(|_max: u64| 0i64);
+        if let Some(limits) = self.limits {
+            opts.limits = limits;
+        }
+        let server = ProxyServer::new(registry.clone(), hub.ca.clone(), &opts).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy_addr = listener.local_addr().unwrap();
+        tokio::spawn(server.clone().serve(listener, stop_rx.clone()));
+        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = ops.local_addr().unwrap();
+        tokio::spawn(hub::serve_proxy_ops(ops, server.clone(), stop_rx.clone()));
+        tokio::spawn(
+            server
+                .clone()
+                .run_gauges(Duration::from_millis(100), stop_rx.clone()),
+        );
+        // The admin, as `hub up` runs it: `POST /call` through this proxy.
+        hub.config.admin.proxy_url = Some(format!("http://{proxy_addr}"));
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let admin_state = hub.admin_state(true).await.unwrap();
+        tokio::spawn(hub_admin::serve(admin, admin_state, stop_rx));
+        Some(TestHub {
+            proxy_addr,
+            metrics_addr,
+            admin_addr,
+            ca_pem: hub.ca.cert_pem().to_owned(),
+            store: hub.store.clone(),
+            vault: hub.vault.clone(),
+            registry,
+            server,
+            config: hub.config.clone(),
+            background: hub.background.clone(),
+            stop,
+            exhausted: tokio::sync::Mutex::new(exhausted_rx),
+            _pg: pg,
+            _dir: dir,
+        })
+    }
+}
+
 impl TestHub {
     /// Starts a hub with in-process state; `None` when the backend is unavailable outside CI
     /// (the test is skipped).
     pub async fn start(backend: Backend, pki: &TestPki) -> Option<Self> {
-        Self::start_with(backend, pki, Arc::new(hub_core::state::LocalState::new())).await
+        HubBuilder::new(backend, pki).start().await
     }
 
     /// Starts a hub over the given shared state. Backoff jitter is zero (deterministic waits).
@@ -127,7 +344,7 @@ impl TestHub {
         pki: &TestPki,
         state: Arc<dyn hub_core::state::SharedState>,
     ) -> Option<Self> {
-        Self::start_full(backend, pki, state, None).await
+        HubBuilder::new(backend, pki).state(state).start().await
     }
 
     /// Starts a hub that also exports call spans to the OTLP/HTTP collector at `otlp`.
@@ -137,7 +354,11 @@ impl TestHub {
         state: Arc<dyn hub_core::state::SharedState>,
         otlp: Option<String>,
     ) -> Option<Self> {
-        Self::start_inner(backend, pki, state, otlp, ConnLimits::default()).await
+        HubBuilder::new(backend, pki)
+            .state(state)
+            .configure(|c| c.log.otlp_endpoint = otlp)
+            .start()
+            .await
     }
 
     /// Starts a hub with these connection caps.
@@ -146,126 +367,7 @@ impl TestHub {
         pki: &TestPki,
         limits: ConnLimits,
     ) -> Option<Self> {
-        let state = Arc::new(hub_core::state::LocalState::new());
-        Self::start_inner(backend, pki, state, None, limits).await
-    }
-
-    async fn start_inner(
-        backend: Backend,
-        pki: &TestPki,
-        state: Arc<dyn hub_core::state::SharedState>,
-        otlp: Option<String>,
-        limits: ConnLimits,
-    ) -> Option<Self> {
-        crate::logs::init();
-        let dir = tempfile::tempdir().unwrap();
-        let (url, pg) = match backend {
-            Backend::Sqlite => (testing::fresh_sqlite_url(dir.path()), None),
-            Backend::Postgres => {
-                let db = testing::fresh_postgres().await?;
-                (db.url().to_owned(), Some(db))
-            }
-        };
-        let store = store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        let vault = Arc::new(Vault::from_spec(&SecretString::new(TEST_MASTER_KEYS)).unwrap());
-        let (ca, _) =
-            HubCa::load_or_generate(&dir.path().join("ca.pem"), &dir.path().join("ca-key.pem"))
-                .unwrap();
-        let ca_pem = ca.cert_pem().to_owned();
-        let registry = Arc::new(Registry::new(store.clone(), vault.clone()));
-        registry.refresh().await.unwrap();
-        let (stop, stop_rx) = watch::channel(false);
-        // SQLite: polling only. PostgreSQL: LISTEN/NOTIFY with a poll so slow (60 s) that a change
-        // seen within the tests' 2 s can only have come through the notification.
-        let (period, wake) = match backend {
-            Backend::Sqlite => (Duration::from_millis(100), None),
-            Backend::Postgres => {
-                let wake = Arc::new(tokio::sync::Notify::new());
-                tokio::spawn(hub_core::store::postgres::watch_registry(
-                    url.clone(),
-                    wake.clone(),
-                ));
-                (Duration::from_secs(60), Some(wake))
-            }
-        };
-        tokio::spawn(
-            registry
-                .clone()
-                .run_refresher(period, wake, stop_rx.clone()),
-        );
-        let (exhausted_tx, exhausted_rx) = tokio::sync::mpsc::channel(64);
-        let admin_shared_state = state.clone();
-        let opts = ProxyOptions {
-            state,
-            jitter: Arc::new(|_max: u64| 0i64),
-            hub_default_rate: 100,
-            replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
-            exhausted: Some(Arc::new(exhausted_tx)),
-            jobs: None,
-            spans: otlp.map(|endpoint| hub_core::otlp::OtlpExporter::spawn(&endpoint, "hub-test")),
-            upstream_ca_file: Some(pki.ca_file.clone()),
-            data_dir: dir.path().to_owned(),
-            leaf_cache_size: 100,
-            leaf_validity: Duration::from_secs(3600),
-            // As deployed: connections on the proxy's own single-threaded runtimes.
-            worker_threads: Some(2),
-            limits,
-        };
-        let server = ProxyServer::new(registry.clone(), Arc::new(ca), &opts).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_addr = listener.local_addr().unwrap();
-        tokio::spawn(server.clone().serve(listener, stop_rx.clone()));
-        let ops = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics_addr = ops.local_addr().unwrap();
-        tokio::spawn(hub::serve_proxy_ops(ops, server.clone(), stop_rx.clone()));
-        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_addr = admin.local_addr().unwrap();
-        // The admin's DLQ/jobs services, over the same database. Nothing feeds them here (failed
-        // calls go to `exhausted`, no worker runs); the DLQ/jobs suites' WorkHub wires it all.
-        let db = hub_core::jobs::Db::connect(&url).await.unwrap();
-        let work = hub_core::jobs::Background::with_queue(
-            db.clone(),
-            Arc::new(hub_core::jobs::SqlQueue::new(
-                db,
-                Duration::from_secs(30),
-                hub_core::state::Clock::system(),
-            )),
-            vault.clone(),
-            &hub_core::config::HubConfig::default(),
-            hub_core::state::Clock::system(),
-        );
-        let admin_state = hub_admin::AdminState::new(
-            store.clone(),
-            vault.clone(),
-            ca_pem.as_str(),
-            &SecretString::new(TEST_ADMIN_TOKEN),
-            work.dlq,
-            work.jobs,
-        )
-        .with_shared_state(admin_shared_state)
-        .with_proxy(&format!("http://{proxy_addr}"))
-        .unwrap();
-        tokio::spawn(hub_admin::serve(admin, admin_state, stop_rx.clone()));
-        tokio::spawn(
-            server
-                .clone()
-                .run_gauges(Duration::from_millis(100), stop_rx),
-        );
-        Some(Self {
-            proxy_addr,
-            metrics_addr,
-            admin_addr,
-            ca_pem,
-            store,
-            vault,
-            registry,
-            server,
-            stop,
-            exhausted: tokio::sync::Mutex::new(exhausted_rx),
-            _pg: pg,
-            _dir: dir,
-        })
+        HubBuilder::new(backend, pki).limits(limits).start().await
     }
 
     /// Registers a provider from its JSON (as the admin API would) and applies it now.

@@ -13,26 +13,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hub_core::ca::HubCa;
 use hub_core::catalog;
 use hub_core::config::HubConfig;
 use hub_core::dlq::DlqSender;
 use hub_core::dlq::FailedCall;
 use hub_core::jobs::{AmqpOptions, AmqpQueue, Background, Db, SqlQueue, WorkQueue, Worker};
 use hub_core::provider::{NewProvider, ProviderRecord};
-use hub_core::secret::SecretString;
 use hub_core::state::Clock;
-use hub_core::store::{self, Store};
+use hub_core::store::Store;
 use hub_core::testing;
 use hub_core::vault::Vault;
-use hub_proxy::{ProxyOptions, ProxyServer, Registry};
+use hub_proxy::Registry;
+use hub_tests::harness::{Backend, DlqWiring, HubBuilder, QueueChoice, TestHub};
 use hub_tests::{FakeProvider, TestPki};
-use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// The vault ring of these tests (fixed so tests can open rows themselves).
-pub const KEYS: &str = "test1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+pub const KEYS: &str = hub_tests::harness::TEST_MASTER_KEYS;
 /// A credential that must never show up in a DLQ entry, a job or a log line.
 pub const SECRET: &str = "sk_live_SUPERSECRET_4242";
 /// Test lease: a crashed worker's task returns after this.
@@ -112,7 +110,8 @@ where
     }
 }
 
-/// A running hub proxy with the DLQ and jobs wired as `hub up` wires them.
+/// A running hub proxy with the DLQ and jobs wired as `hub up` wires them: the one test
+/// harness ([`HubBuilder`]) with a DLQ writer the test can kill and restart.
 pub struct WorkHub {
     pub pki: TestPki,
     pub proxy_addr: SocketAddr,
@@ -130,94 +129,63 @@ pub struct WorkHub {
     /// The current DLQ writer's input (replaced when a test restarts the writer).
     writer: Arc<Mutex<Option<DlqSender>>>,
     writer_task: Mutex<Option<JoinHandle<()>>>,
-    stop: watch::Sender<bool>,
     amqp_queue: Option<String>,
-    _pg: Option<testing::TestDb>,
-    _dir: tempfile::TempDir,
+    _hub: TestHub,
 }
 
 impl WorkHub {
     /// Starts the proxy, the DLQ writer and the services (no worker yet); `None` when the
     /// variant's servers are unavailable outside CI.
-    pub async fn start(variant: Variant, mut config: HubConfig) -> Option<Self> {
-        hub_tests::logs::init();
-        let dir = tempfile::tempdir().unwrap();
-        config.data_dir = dir.path().to_owned();
+    pub async fn start(variant: Variant, config: HubConfig) -> Option<Self> {
+        let pki = TestPki::new();
         let amqp_url = match variant {
             Variant::Amqp => Some(testing::amqp_url().await?),
             _ => None,
         };
-        let (url, pg) = match variant {
-            Variant::Sqlite => (testing::fresh_sqlite_url(dir.path()), None),
-            Variant::Postgres | Variant::Amqp => {
-                let db = testing::fresh_postgres().await?;
-                (db.url().to_owned(), Some(db))
-            }
-        };
-        let store = store::connect(&url).await.unwrap();
-        store.migrate().await.unwrap();
-        let db = Db::connect(&url).await.unwrap();
-        let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
         let amqp_queue = amqp_url
             .as_ref()
             .map(|_| format!("hub.test.{}", ulid::Ulid::new()));
-        let queue = Self::queue_for(&db, amqp_url.as_deref(), amqp_queue.as_deref()).await;
-        let bg = Background::with_queue(db.clone(), queue, vault.clone(), &config, Clock::system());
-        let pki = TestPki::new();
-        let (ca, _) =
-            HubCa::load_or_generate(&dir.path().join("ca.pem"), &dir.path().join("ca-key.pem"))
-                .unwrap();
-        let registry = Arc::new(Registry::new(store.clone(), vault.clone()));
-        registry.refresh().await.unwrap();
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(registry.clone().run_refresher(
-            Duration::from_millis(100),
-            None,
-            stop_rx.clone(),
-        ));
-        let (exhausted_tx, exhausted_rx) = mpsc::channel(256);
-        let opts = ProxyOptions {
-            state: Arc::new(hub_core::state::LocalState::new()),
-            jitter: Arc::new(|_max: u64| 0i64),
-            hub_default_rate: 100,
-            replay_limit: hub_proxy::forward::DEFAULT_REPLAY_LIMIT,
-            exhausted: Some(Arc::new(exhausted_tx)),
-            jobs: Some(bg.jobs.clone()),
-            spans: None,
-            upstream_ca_file: Some(pki.ca_file.clone()),
-            data_dir: dir.path().to_owned(),
-            leaf_cache_size: 100,
-            leaf_validity: Duration::from_secs(3600),
-            // As deployed: connections on the proxy's own single-threaded runtimes.
-            worker_threads: Some(2),
-            limits: hub_proxy::serve::ConnLimits::default(),
+        let queue = match (&amqp_url, &amqp_queue) {
+            (Some(url), Some(name)) => QueueChoice::Amqp {
+                url: url.clone(),
+                name: name.clone(),
+            },
+            _ => QueueChoice::Table(TEST_LEASE),
         };
-        let server = ProxyServer::new(registry.clone(), Arc::new(ca), &opts).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy_addr = listener.local_addr().unwrap();
-        tokio::spawn(server.serve(listener, stop_rx));
+        let backend = match variant {
+            Variant::Sqlite => Backend::Sqlite,
+            Variant::Postgres | Variant::Amqp => Backend::Postgres,
+        };
+        let (exhausted_tx, exhausted_rx) = mpsc::channel(256);
+        let hub = HubBuilder::new(backend, &pki)
+            .configure(|c| {
+                c.dlq = config.dlq.clone();
+                c.jobs = config.jobs.clone();
+            })
+            .queue(queue)
+            .dlq(DlqWiring::Sink(Arc::new(exhausted_tx)))
+            .start()
+            .await?;
         let writer = Arc::new(Mutex::new(None));
         tokio::spawn(forward(exhausted_rx, writer.clone()));
-        let hub = Self {
-            pki,
-            proxy_addr,
-            store,
-            vault,
-            registry,
-            config,
+        let work = Self {
+            proxy_addr: hub.proxy_addr,
+            store: hub.store.clone(),
+            vault: hub.vault.clone(),
+            registry: hub.registry.clone(),
+            config: hub.config.clone(),
             variant,
-            url,
-            db,
-            bg,
+            url: hub.config.database_url(),
+            db: hub.background.db.clone(),
+            bg: hub.background.clone(),
             writer,
             writer_task: Mutex::new(None),
-            stop,
             amqp_queue,
-            _pg: pg,
-            _dir: dir,
+            pki,
+            _hub: hub,
         };
-        hub.start_writer(hub.db.clone()).await;
-        Some(hub)
+        work.start_writer(work.db.clone()).await;
+        Some(work)
     }
 
     async fn queue_for(db: &Db, amqp: Option<&str>, name: Option<&str>) -> Arc<dyn WorkQueue> {
@@ -373,12 +341,6 @@ impl WorkHub {
                 .await
                 .unwrap()
         }
-    }
-}
-
-impl Drop for WorkHub {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
     }
 }
 
