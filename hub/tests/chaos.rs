@@ -206,6 +206,7 @@ fn a_database_outage_with_a_sigkill_and_a_restart_loses_no_dlq_entry() {
     std::thread::sleep(Duration::from_millis(1100)); // one gauge period
     let spooled = proxy.metric("integration_dlq_spool_entries").unwrap_or(0.0);
     assert!(spooled > 0.0, "the spool holds the outage's entries");
+    let handoffs = proxy.histogram("integration_dlq_handoff_duration_seconds");
 
     // The database returns: every id a client was told is there exactly once.
     chaos.set_up(true);
@@ -242,7 +243,8 @@ fn a_database_outage_with_a_sigkill_and_a_restart_loses_no_dlq_entry() {
     );
     eprintln!(
         "chaos: {} ids told, all stored; {} requests cut by the SIGKILL; ready {ready_after:?} \
-         and serving {served_after:?} after the restart during the outage",
+         and serving {served_after:?} after the restart during the outage; durable hand-off \
+         waits of the restarted proxy (all during the outage), cumulative by bucket: {handoffs:?}",
         ids.len(),
         told.other.len()
     );

@@ -46,6 +46,9 @@ pub struct Metrics {
     /// `integration_dlq_unrecorded_total{reason}`: failed calls answered without a DLQ id
     /// because the spool refused them (`spool_full`, `spool_unwritable`, …).
     pub dlq_unrecorded: IntCounterVec,
+    /// `integration_dlq_handoff_duration_seconds`: how long a failed call's answer waited for
+    /// its DLQ entry to be durable (one fsync of the spool, normally).
+    pub dlq_handoff_duration: prometheus::Histogram,
     /// `integration_dlq_spool_bytes`: bytes in the local spool not yet in the database.
     pub dlq_spool_bytes: IntGauge,
     /// `integration_dlq_spool_entries`: entries in the local spool not yet in the database.
@@ -209,6 +212,20 @@ impl Metrics {
                 "Failed calls answered without a DLQ id: the spool refused them",
                 &["reason"],
             ),
+            dlq_handoff_duration: {
+                let h = prometheus::Histogram::with_opts(
+                    HistogramOpts::new(
+                        "integration_dlq_handoff_duration_seconds",
+                        "Wait for a failed call's DLQ entry to be durable before its answer",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    ]),
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
             dlq_spool_bytes: gauge(
                 &r,
                 "integration_dlq_spool_bytes",

@@ -185,6 +185,23 @@ impl Running {
         self.child.try_wait().unwrap()
     }
 
+    /// A histogram's cumulative buckets: `(le, count)`.
+    pub fn histogram(&self, name: &str) -> Vec<(String, f64)> {
+        let r = request(
+            self.metrics,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        let prefix = format!("{name}_bucket{{le=\"");
+        r.body
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                Some((le.to_owned(), count.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
     /// SIGKILL: no shutdown of any kind.
     pub fn kill(mut self) {
         let _ = self.child.kill();

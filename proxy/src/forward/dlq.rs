@@ -76,7 +76,12 @@ pub(crate) async fn hand_off(
         attempts = call.attempts, last_error = call.last_error, last_status = ?call.last_status,
         stop = call.stop, "call failed after retries");
     let sink = sink?;
-    match sink.hand_off(call).await {
+    let waited = std::time::Instant::now();
+    let handed = sink.hand_off(call).await;
+    METRICS
+        .dlq_handoff_duration
+        .observe(waited.elapsed().as_secs_f64());
+    match handed {
         Ok(()) => Some(id),
         Err(e) => {
             METRICS.dlq_unrecorded.with_label_values(&[e.kind()]).inc();
