@@ -1,94 +1,20 @@
 //! A hub killed with SIGKILL right after answering 502 still has that call's DLQ entry after a
 //! restart: the proxy answers only once the entry is spooled and fsync'd.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 use common::free_ports;
-
-fn start(dir: &Path, ports: (u16, u16, u16)) -> Child {
-    // Both runs append to one log, shown when the hub does not come up.
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("hub.log"))
-        .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
-        .arg("up")
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HUB_PROXY_LISTEN", format!("127.0.0.1:{}", ports.0))
-        .env("HUB_ADMIN_LISTEN", format!("127.0.0.1:{}", ports.1))
-        .env("HUB_METRICS_LISTEN", format!("127.0.0.1:{}", ports.2))
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    for port in [ports.0, ports.1] {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            let exited = child.try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "nothing listening on {port}; hub exited: {:?}; its log:\n{}",
-                exited,
-                std::fs::read_to_string(dir.join("hub.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    child
-}
-
-fn request(port: u16, raw: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Read the head plus a Content-Length body (the proxy keeps the connection open).
-    loop {
-        let n = s.read(&mut buf).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let cl = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + cl {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
-    resp.lines()
-        .find(|l| l.to_ascii_lowercase().starts_with(&format!("{name}:")))
-        .map(|l| l[name.len() + 1..].trim())
-}
+use common::process::{HubProcess, request};
 
 #[test]
 fn a_dlq_entry_survives_sigkill_right_after_the_502() {
     let dir = tempfile::tempdir().unwrap();
-    let [proxy, admin, metrics, dead] = free_ports::<4>();
-    let ports = (proxy, admin, metrics);
-    let mut hub = start(dir.path(), ports);
-    let token = std::fs::read_to_string(dir.path().join("data/admin.token")).unwrap();
+    let data = dir.path().join("data");
+    let [dead] = free_ports::<1>();
+    let token = "hub_kill_test_admin_token_0123456789";
+    let hub = HubProcess::new("up", &data).env("HUB_ADMIN_TOKEN", token);
+    let running = hub.start(Duration::from_secs(30));
     // Nothing listens on `dead`: every attempt fails to connect.
     let body = serde_json::json!({
         "name": "dead", "hosts": ["dead.kill.test"], "baseUrl": format!("http://127.0.0.1:{dead}"),
@@ -97,22 +23,21 @@ fn a_dlq_entry_survives_sigkill_right_after_the_502() {
     })
     .to_string();
     let created = request(
-        ports.1,
+        running.admin,
         &format!(
-            "POST /api/v1/integrations/providers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            token.trim(),
+            "POST /api/v1/integrations/providers HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         ),
     );
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    assert_eq!(created.status, 201, "{}", created.body);
 
     let call = format!(
-        "GET http://dead.kill.test:{dead}/v1/x HTTP/1.1\r\nHost: dead.kill.test:{dead}\r\n\r\n"
+        "GET http://dead.kill.test:{dead}/v1/x HTTP/1.1\r\nHost: dead.kill.test:{dead}\r\nConnection: close\r\n\r\n"
     );
     let deadline = Instant::now() + Duration::from_secs(10);
     let resp = loop {
-        let resp = request(ports.0, &call);
-        if !resp.contains("unknown_provider") {
+        let resp = request(running.proxy, &call);
+        if !resp.body.contains("unknown_provider") {
             break resp;
         }
         assert!(
@@ -121,15 +46,15 @@ fn a_dlq_entry_survives_sigkill_right_after_the_502() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
-    let id = header(&resp, "x-hub-dlq-id")
+    assert_eq!(resp.status, 502, "{}", resp.body);
+    let id = resp
+        .header("x-hub-dlq-id")
         .expect("502 names its DLQ entry")
         .to_owned();
-    hub.kill().unwrap(); // SIGKILL, no shutdown of any kind
-    hub.wait().unwrap();
+    running.kill(); // SIGKILL, no shutdown of any kind
 
-    let hub = start(dir.path(), ports);
-    let url = format!("sqlite://{}", dir.path().join("data/hub.db").display());
+    let _restarted = hub.start(Duration::from_secs(30));
+    let url = format!("sqlite://{}", data.join("hub.db").display());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,9 +74,6 @@ fn a_dlq_entry_survives_sigkill_right_after_the_502() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let mut hub = hub;
-    let _ = hub.kill();
-    let _ = hub.wait();
     assert_eq!(
         found, 1,
         "the entry told to the caller is there after SIGKILL and restart"

@@ -36,13 +36,12 @@ pub struct Running {
 }
 
 impl HubProcess {
-    /// `hub proxy` over `database_url`, its data in `data_dir`, no worker.
-    pub fn proxy(data_dir: &Path, database_url: &str) -> Self {
+    /// `hub <command>` with its data in `data_dir` (the embedded default for `up`), no worker.
+    pub fn new(command: &'static str, data_dir: &Path) -> Self {
         Self {
-            command: "proxy",
+            command,
             data_dir: data_dir.to_owned(),
             env: vec![
-                ("HUB_DATABASE_URL".into(), database_url.into()),
                 ("HUB_MASTER_KEYS".into(), MASTER_KEYS.into()),
                 ("HUB_JOBS_WORKERS".into(), "0".into()),
                 ("HUB_LOG".into(), "info".into()),
@@ -50,12 +49,16 @@ impl HubProcess {
         }
     }
 
+    /// `hub proxy` over `database_url`, its data in `data_dir`, no worker.
+    pub fn proxy(data_dir: &Path, database_url: &str) -> Self {
+        Self::new("proxy", data_dir).env("HUB_DATABASE_URL", database_url)
+    }
+
     /// `hub admin` over `database_url` with the bootstrap token `token`.
     pub fn admin(data_dir: &Path, database_url: &str, token: &str) -> Self {
-        let mut p = Self::proxy(data_dir, database_url);
-        p.command = "admin";
-        p.env.push(("HUB_ADMIN_TOKEN".into(), token.into()));
-        p
+        Self::new("admin", data_dir)
+            .env("HUB_DATABASE_URL", database_url)
+            .env("HUB_ADMIN_TOKEN", token)
     }
 
     /// Sets an environment variable (a config key's override).
@@ -178,6 +181,11 @@ impl Running {
                 .and_then(|rest| rest.trim().rsplit(' ').next())
                 .and_then(|v| v.parse().ok())
         })
+    }
+
+    /// Its data directory's log.
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// Its exit status, once it has exited.
