@@ -122,6 +122,22 @@ pub fn hop_response_header(name: &str) -> bool {
     name.eq_ignore_ascii_case("transfer-encoding") || listed(HOP_BY_HOP, name)
 }
 
+/// At most `max` bytes of a body as text fit for logs and both stores: invalid UTF-8 and control
+/// characters other than tab, CR and LF become U+FFFD (PostgreSQL `TEXT` refuses NUL, so one
+/// NUL in a provider's error page would otherwise make its DLQ entry impossible to store).
+pub fn excerpt(bytes: &[u8], max: usize) -> String {
+    String::from_utf8_lossy(&bytes[..bytes.len().min(max)])
+        .chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\t' | '\n' | '\r') {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// Whether `name` (any case) is in `list`.
 pub fn listed(list: &[&str], name: &str) -> bool {
     list.iter().any(|h| h.eq_ignore_ascii_case(name))
@@ -130,6 +146,15 @@ pub fn listed(list: &[&str], name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excerpts_hold_no_nul_and_no_invalid_utf8() {
+        assert_eq!(
+            excerpt(b"a\0b\tc\r\n\xff\x1b", 100),
+            "a\u{FFFD}b\tc\r\n\u{FFFD}\u{FFFD}"
+        );
+        assert_eq!(excerpt(b"abcdef", 3), "abc");
+    }
 
     /// The README's error table names exactly the problems the proxy answers with, each with its
     /// status: a code added, renamed or dropped on one side only fails here.

@@ -55,6 +55,9 @@ pub struct Metrics {
     pub dlq_spool_entries: IntGauge,
     /// `integration_dlq_spool_max_bytes`: the bound (`dlq.spool_max_bytes`).
     pub dlq_spool_max_bytes: IntGauge,
+    /// `integration_dlq_rejected_total`: spooled entries the database refused outright, set
+    /// aside in `<data_dir>/dlq-spool/rejected.records`.
+    pub dlq_rejected: IntCounter,
     /// `integration_state_backend_errors_total`.
     pub state_errors: IntCounter,
     /// `integration_state_backend_round_trips_total`.
@@ -240,6 +243,11 @@ impl Metrics {
                 &r,
                 "integration_dlq_spool_max_bytes",
                 "Bound of the local DLQ spool (dlq.spool_max_bytes)",
+            ),
+            dlq_rejected: plain_counter(
+                &r,
+                "integration_dlq_rejected_total",
+                "Spooled DLQ entries the database refused outright, set aside on disk",
             ),
             state_errors: plain_counter(
                 &r,

@@ -469,6 +469,7 @@ impl ProxyServer {
                 METRICS.dlq_spool_bytes.set(gauge(spool.bytes()));
                 METRICS.dlq_spool_entries.set(gauge(spool.entries()));
                 METRICS.dlq_spool_max_bytes.set(gauge(spool.max_bytes()));
+                crate::metrics::catch_up(&METRICS.dlq_rejected, spool.rejected());
             }
             for p in snap.providers() {
                 let policy = Policy::from_config(&p.config, self.hub_default_rate);

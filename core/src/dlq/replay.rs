@@ -65,7 +65,7 @@ pub(crate) async fn run(ctx: &Ctx, id: Ulid) -> anyhow::Result<Disposition> {
     };
     match answer {
         Answer::Final { status, body, .. } => {
-            let excerpt = String::from_utf8_lossy(&body).into_owned();
+            let excerpt = crate::wire::excerpt(&body, body.len());
             let r = record(true, Some(status), None, &excerpt);
             ctx.entries.record_replay(id, &r, now).await?;
             tracing::info!(entry = %id, provider = %entry.provider, status, "DLQ entry replayed");

@@ -223,7 +223,7 @@ pub fn seal_failed_call(
         last_status: call.last_status,
         last_error: call.last_error,
         stop: call.stop,
-        excerpt: &call.excerpt,
+        excerpt: &crate::wire::excerpt(call.excerpt.as_bytes(), call.excerpt.len()),
         failed_at_ms: call.failed_at.timestamp_millis(),
     };
     draft.seal(vault, max_body, retention_ms)

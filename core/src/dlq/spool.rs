@@ -89,6 +89,7 @@ struct Counters {
     bytes: AtomicU64,
     entries: AtomicU64,
     max_bytes: AtomicU64,
+    rejected: AtomicU64,
 }
 
 impl SpoolStats {
@@ -105,6 +106,16 @@ impl SpoolStats {
     /// The bound (`dlq.spool_max_bytes`).
     pub fn max_bytes(&self) -> u64 {
         self.0.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Entries the database refused outright, set aside since start ([`REJECTED_FILE`]).
+    pub fn rejected(&self) -> u64 {
+        self.0.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Counts entries set aside.
+    pub fn add_rejected(&self, n: u64) {
+        self.0.rejected.fetch_add(n, Ordering::Relaxed);
     }
 
     fn add(&self, bytes: u64, entries: u64) {
@@ -333,15 +344,7 @@ impl Spool {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut buf = Vec::new();
-        for e in entries {
-            let payload = serde_json::to_vec(e)?;
-            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
-            buf.extend_from_slice(MAGIC);
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&Sha256::digest(&payload)[..8]);
-            buf.extend_from_slice(&payload);
-        }
+        let buf = encode(entries)?;
         let add = buf.len() as u64;
         let held = self.stats.bytes();
         if held + add > self.max_bytes {
@@ -396,6 +399,50 @@ impl Spool {
         self.len = 0;
         self.records = 0;
         Ok(())
+    }
+}
+
+/// Records in the spool's framing.
+fn encode(entries: &[SealedEntry]) -> Result<Vec<u8>, SpoolError> {
+    let mut buf = Vec::new();
+    for e in entries {
+        let payload = serde_json::to_vec(e)?;
+        let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(&Sha256::digest(&payload)[..8]);
+        buf.extend_from_slice(&payload);
+    }
+    Ok(buf)
+}
+
+/// The file under the spool directory where entries the database refuses outright (a
+/// constraint or a value it cannot hold) are set aside, in the spool's framing, so they do not
+/// block the entries behind them. [`read_dir_records`] does not read it; operators do.
+pub const REJECTED_FILE: &str = "rejected.records";
+
+/// Appends `entries` to the rejected file of `dir` (created 0600), synced.
+pub fn set_aside(dir: &Path, entries: &[SealedEntry]) -> Result<(), SpoolError> {
+    let path = dir.join(REJECTED_FILE);
+    let mut options = OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&path).map_err(io_error(&path))?;
+    f.write_all(&encode(entries)?).map_err(io_error(&path))?;
+    f.sync_data().map_err(io_error(&path))
+}
+
+/// Every whole record of the rejected file of `dir` (operators' tools and tests).
+pub fn read_rejected(dir: &Path) -> Result<Vec<SealedEntry>, SpoolError> {
+    let path = dir.join(REJECTED_FILE);
+    match std::fs::read(&path) {
+        Ok(raw) => Ok(decode(&raw).0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_error(&path)(e)),
     }
 }
 

@@ -179,6 +179,7 @@ pub fn spawn(
         rotate: rotate.clone(),
         direct: direct_rx,
         flush_interval: opts.flush_interval,
+        spool_dir: opts.spool_dir.clone(),
     };
     let writer = Writer {
         vault,
@@ -358,6 +359,7 @@ struct Drainer {
     rotate: Arc<Notify>,
     direct: mpsc::Receiver<Vec<SealedEntry>>,
     flush_interval: Duration,
+    spool_dir: PathBuf,
 }
 
 impl Drainer {
@@ -433,8 +435,20 @@ impl Drainer {
             Err(_) => return Err(()),
         };
         for chunk in entries.chunks(BATCH) {
-            if !self.insert(chunk).await {
-                return Err(());
+            match self.try_insert(chunk).await {
+                Ok(()) => {}
+                Err(Refusal::Unavailable) => return Err(()),
+                // The database answered and refused: find the entries it cannot hold, one by
+                // one, and set them aside, so they do not block everything behind them.
+                Err(Refusal::Rejected(_)) => {
+                    for e in chunk {
+                        match self.try_insert(std::slice::from_ref(e)).await {
+                            Ok(()) => {}
+                            Err(Refusal::Unavailable) => return Err(()),
+                            Err(Refusal::Rejected(code)) => self.set_aside(e, &code).await?,
+                        }
+                    }
+                }
             }
         }
         let stats = self.stats.clone();
@@ -455,14 +469,76 @@ impl Drainer {
 
     /// Inserts entries (idempotent); `false` when the database failed or was too slow.
     async fn insert(&self, entries: &[SealedEntry]) -> bool {
+        self.try_insert(entries).await.is_ok()
+    }
+
+    /// Inserts entries (idempotent), saying why not.
+    async fn try_insert(&self, entries: &[SealedEntry]) -> Result<(), Refusal> {
         let now = self.clock.unix_ms();
         match tokio::time::timeout(DB_TIMEOUT, self.store.insert(entries, now)).await {
-            Ok(Ok(_)) => true,
+            Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "DLQ insert failed");
-                false
+                Err(Refusal::of(&e))
             }
-            Err(_) => false,
+            Err(_) => Err(Refusal::Unavailable),
+        }
+    }
+
+    /// Moves one entry the database refuses to the spool's rejected file.
+    async fn set_aside(&self, e: &SealedEntry, code: &str) -> Result<(), ()> {
+        let dir = self.spool_dir.clone();
+        let entry = e.clone();
+        let written =
+            tokio::task::spawn_blocking(move || super::spool::set_aside(&dir, &[entry])).await;
+        match written {
+            Ok(Ok(())) => {
+                self.stats.add_rejected(1);
+                tracing::error!(entry = %e.id, provider = %e.provider, code,
+                    "the database refuses this DLQ entry; set aside in {}/{}",
+                    self.spool_dir.display(), super::spool::REJECTED_FILE);
+                Ok(())
+            }
+            Ok(Err(err)) => {
+                tracing::error!(entry = %e.id, error = %err, "cannot set aside a refused DLQ entry");
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+}
+
+/// Why an insert did not happen.
+enum Refusal {
+    /// The database is down, slow, or answered with an error that may pass.
+    Unavailable,
+    /// The database refused these rows for what they hold (SQLSTATE), and will again.
+    Rejected(String),
+}
+
+impl Refusal {
+    fn of(e: &sqlx::Error) -> Self {
+        use sqlx::error::ErrorKind;
+        match e {
+            sqlx::Error::Database(db) => {
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                let constraint = matches!(
+                    db.kind(),
+                    ErrorKind::UniqueViolation
+                        | ErrorKind::ForeignKeyViolation
+                        | ErrorKind::NotNullViolation
+                        | ErrorKind::CheckViolation
+                );
+                // PostgreSQL class 22: data exceptions (a value the column cannot hold).
+                let data = code.len() == 5 && code.starts_with("22");
+                if constraint || data {
+                    Self::Rejected(code)
+                } else {
+                    Self::Unavailable
+                }
+            }
+            sqlx::Error::Encode(_) => Self::Rejected("encode".to_owned()),
+            _ => Self::Unavailable,
         }
     }
 }

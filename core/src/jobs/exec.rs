@@ -231,7 +231,7 @@ pub fn classify(
     max_body: usize,
 ) -> Answer {
     let code = hub_problem_code(&headers, &body);
-    let excerpt = || String::from_utf8_lossy(&body[..body.len().min(EXCERPT_LEN)]).into_owned();
+    let excerpt = || crate::wire::excerpt(&body, EXCERPT_LEN);
     if status == 429 && matches!(code.as_deref(), Some("rate_limited" | "quota_exhausted")) {
         let secs = header(&headers, "retry-after")
             .and_then(|v| v.trim().parse::<u64>().ok())

@@ -329,8 +329,7 @@ pub(crate) async fn excerpt_of(up: &mut UpstreamSession) -> String {
                 _ => break,
             }
         }
-        out.truncate(EXCERPT_LEN);
-        String::from_utf8_lossy(&out).into_owned()
+        hub_core::wire::excerpt(&out, EXCERPT_LEN)
     };
     tokio::time::timeout(Duration::from_millis(200), read)
         .await

@@ -188,3 +188,91 @@ async fn a_full_spool_refuses_the_handoff() {
         "exactly the acknowledged entries are on disk"
     );
 }
+
+/// An entry PostgreSQL refuses for what it holds (here a NUL, which `TEXT` cannot store) is set
+/// aside; the entries before and after it still land, and the spool drains.
+#[tokio::test]
+async fn an_entry_the_database_refuses_is_set_aside_not_blocking_the_rest() {
+    let Some(pg) = testing::fresh_postgres().await else {
+        return;
+    };
+    crate::store::connect(pg.url())
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    let db = Db::connect(pg.url()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
+    let (sender, task) = spawn(db.clone(), vault, Clock::system(), options(dir.path())).unwrap();
+    let (a, mut poison, b) = (call(), call(), call());
+    poison.method = "PO\0ST".into();
+    // One batch: the refusal is found inside it.
+    for c in [&a, &poison, &b] {
+        sender.try_send(c.clone()).unwrap();
+    }
+    let store = EntryStore::new(db);
+    for _ in 0..500 {
+        if store.get(b.id).await.unwrap().is_some() && sender.spool_stats().entries() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        store.get(a.id).await.unwrap().is_some(),
+        "the entry before it landed"
+    );
+    assert!(
+        store.get(b.id).await.unwrap().is_some(),
+        "the entry after it landed"
+    );
+    assert!(store.get(poison.id).await.unwrap().is_none());
+    assert_eq!(sender.spool_stats().entries(), 0, "the spool drained");
+    assert_eq!(sender.spool_stats().rejected(), 1);
+    let aside = crate::dlq::spool::read_rejected(&dir.path().join("dlq-spool")).unwrap();
+    assert_eq!(
+        aside.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![poison.id]
+    );
+    drop(sender);
+    task.await.unwrap();
+}
+
+/// A NUL in a provider's error page (the excerpt) no longer makes an entry unstorable.
+#[tokio::test]
+async fn an_excerpt_with_a_nul_is_stored_on_postgres() {
+    let Some(pg) = testing::fresh_postgres().await else {
+        return;
+    };
+    crate::store::connect(pg.url())
+        .await
+        .unwrap()
+        .migrate()
+        .await
+        .unwrap();
+    let db = Db::connect(pg.url()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
+    let (sender, task) = spawn(db.clone(), vault, Clock::system(), options(dir.path())).unwrap();
+    let mut c = call();
+    c.excerpt = "gz\0\u{1f}binary".into();
+    sender
+        .send_durable(c.clone(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let store = EntryStore::new(db);
+    let mut row = None;
+    for _ in 0..500 {
+        row = store.get(c.id).await.unwrap();
+        if row.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let row = row.expect("stored");
+    assert_eq!(row.excerpt, "gz\u{FFFD}\u{FFFD}binary");
+    assert_eq!(sender.spool_stats().rejected(), 0);
+    drop(sender);
+    task.await.unwrap();
+}
