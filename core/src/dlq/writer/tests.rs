@@ -189,13 +189,15 @@ async fn a_full_spool_refuses_the_handoff() {
     );
 }
 
-/// An entry PostgreSQL refuses for what it holds (here a NUL, which `TEXT` cannot store) is set
-/// aside; the entries before and after it still land, and the spool drains.
-#[tokio::test]
-async fn an_entry_the_database_refuses_is_set_aside_not_blocking_the_rest() {
-    let Some(pg) = testing::fresh_postgres().await else {
-        return;
-    };
+/// A writer over a fresh, migrated PostgreSQL database (`None` without PostgreSQL, outside CI).
+async fn writer_on_postgres() -> Option<(
+    testing::TestDb,
+    Db,
+    tempfile::TempDir,
+    super::DlqSender,
+    tokio::task::JoinHandle<()>,
+)> {
+    let pg = testing::fresh_postgres().await?;
     crate::store::connect(pg.url())
         .await
         .unwrap()
@@ -206,6 +208,16 @@ async fn an_entry_the_database_refuses_is_set_aside_not_blocking_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
     let (sender, task) = spawn(db.clone(), vault, Clock::system(), options(dir.path())).unwrap();
+    Some((pg, db, dir, sender, task))
+}
+
+/// An entry PostgreSQL refuses for what it holds (here a NUL, which `TEXT` cannot store) is set
+/// aside; the entries before and after it still land, and the spool drains.
+#[tokio::test]
+async fn an_entry_the_database_refuses_is_set_aside_not_blocking_the_rest() {
+    let Some((_pg, db, dir, sender, task)) = writer_on_postgres().await else {
+        return;
+    };
     let (a, mut poison, b) = (call(), call(), call());
     poison.method = "PO\0ST".into();
     // One batch: the refusal is found inside it.
@@ -242,19 +254,9 @@ async fn an_entry_the_database_refuses_is_set_aside_not_blocking_the_rest() {
 /// A NUL in a provider's error page (the excerpt) no longer makes an entry unstorable.
 #[tokio::test]
 async fn an_excerpt_with_a_nul_is_stored_on_postgres() {
-    let Some(pg) = testing::fresh_postgres().await else {
+    let Some((_pg, db, _dir, sender, task)) = writer_on_postgres().await else {
         return;
     };
-    crate::store::connect(pg.url())
-        .await
-        .unwrap()
-        .migrate()
-        .await
-        .unwrap();
-    let db = Db::connect(pg.url()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let vault = Arc::new(Vault::from_spec(&SecretString::new(KEYS)).unwrap());
-    let (sender, task) = spawn(db.clone(), vault, Clock::system(), options(dir.path())).unwrap();
     let mut c = call();
     c.excerpt = "gz\0\u{1f}binary".into();
     sender

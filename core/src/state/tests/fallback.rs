@@ -320,8 +320,10 @@ async fn slow_redis_run(url: &str, delay: Duration, window: Duration) -> (u32, f
 /// slower than the default bound, admitted 623 and 390 in 5 s (ceiling 300) because each fell
 /// back to the whole limit. Ten runs of 5 s, all at once (20 instances, bounded at 150
 /// attempts/s each, about 6 s in all): a chunk delay of 60 ms (round trip ≥ 120 ms, every call
-/// over the 50 ms bound) in half of them, 25 ms (round trip about the bound: some calls in
-/// time, some not) in the other half. Each run stays within burst + rate × elapsed.
+/// over the 50 ms bound) in half of them, 20 ms (round trip about the bound: some calls in
+/// time, some not) in the other half. Runs past the bound stay within burst + rate × elapsed;
+/// runs about it within that plus the mixed state's tolerance (one share of one retry
+/// interval; measured up to 303 against 300).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_behind_a_slow_redis_stay_within_the_shared_limit() {
     let Some(url) = redis_url().await else { return };
@@ -339,9 +341,14 @@ async fn two_instances_behind_a_slow_redis_stay_within_the_shared_limit() {
         results.push(r.await.unwrap());
     }
     for (delay, (total, ceiling)) in &results {
+        // Every call over the bound: every instance on its share, the ceiling holds. Calls about
+        // the bound (some in time, some not): an instance on Redis may spend what one in
+        // fallback also spent until that is charged back, at most one share (25/s) of one
+        // retry interval (1 s) over: the documented tolerance of the mixed state.
+        let tolerance = if *delay >= ms(60) { 1.0 } else { 25.0 };
         assert!(
-            f64::from(*total) <= ceiling + 1.0,
-            "delay {delay:?}: {total} admitted > ceiling {ceiling:.0}; all runs {results:?}"
+            f64::from(*total) <= ceiling + tolerance,
+            "delay {delay:?}: {total} admitted > ceiling {ceiling:.0} + {tolerance}; all runs {results:?}"
         );
         // Degraded, not starved: the shares together still admit most of the limit.
         assert!(
