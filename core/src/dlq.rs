@@ -21,6 +21,7 @@
 //!   live traffic, same idempotency key and request id) and records the outcome.
 //! - `retention`: the periodic job deleting expired entries (and old finished jobs).
 
+pub mod handoff;
 mod model;
 pub(crate) mod replay;
 pub mod retention;

@@ -161,6 +161,7 @@ async fn run_command(command: Command, config: HubConfig) -> anyhow::Result<()> 
 async fn serve(hub: Hub, proxy: bool, admin: bool) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    let mut proxy_parts = None;
     if proxy {
         let listener = TcpListener::bind(hub.config.proxy.listen)
             .await
@@ -175,7 +176,9 @@ async fn serve(hub: Hub, proxy: bool, admin: bool) -> anyhow::Result<()> {
                     hub.config.proxy.metrics_listen
                 )
             })?;
-        let server = start_proxy(&hub, stop_rx.clone()).await?;
+        let started = start_proxy(&hub, stop_rx.clone()).await?;
+        let server = started.server.clone();
+        proxy_parts = Some(started);
         tracing::info!(listen = %listener.local_addr()?, "proxy listening (HTTP_PROXY / HTTPS_PROXY)");
         tracing::info!(listen = %metrics_listener.local_addr()?, "proxy metrics and probes listening (/metrics, /healthz, /readyz)");
         tasks.spawn(
@@ -217,6 +220,9 @@ async fn serve(hub: Hub, proxy: bool, admin: bool) -> anyhow::Result<()> {
         .is_err()
     {
         tracing::warn!("drain timed out after 30 s");
+    }
+    if let Some(p) = proxy_parts {
+        p.finish(Duration::from_secs(10)).await;
     }
     Ok(())
 }
@@ -273,20 +279,44 @@ pub async fn serve_proxy_ops(
 /// registry file instead.
 pub const STARTUP_STORE_WAIT: Duration = Duration::from_secs(2);
 
+/// The proxy and its DLQ writer.
+pub struct Proxy {
+    /// The proxy.
+    pub server: Arc<ProxyServer>,
+    dlq: hub_core::dlq::DlqSender,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// After the proxy has drained: the DLQ writer spools what is queued, the drainer stores
+    /// what the database takes, and the rest is handed over to Valkey when configured (bounded
+    /// by `within`).
+    pub async fn finish(self, within: Duration) {
+        self.dlq.finish();
+        if tokio::time::timeout(within, self.writer).await.is_err() {
+            tracing::warn!(
+                ?within,
+                "the DLQ writer did not finish in time; the spool keeps the rest"
+            );
+        }
+    }
+}
+
 /// Loads the registry (from the store, else from the last-known-good file), starts its
 /// refresher and builds the proxy with the DLQ writer.
-pub async fn start_proxy(
-    hub: &Hub,
-    stop: watch::Receiver<bool>,
-) -> anyhow::Result<Arc<ProxyServer>> {
+pub async fn start_proxy(hub: &Hub, stop: watch::Receiver<bool>) -> anyhow::Result<Proxy> {
     let registry = load_registry(hub, stop).await?;
     // The DLQ writer: failed calls are spooled (fsync'd) before their 502/504 is answered.
-    let (dlq, _writer) = hub
+    let (dlq, writer) = hub
         .background
         .spawn_writer()
         .context("cannot open the DLQ spool")?;
-    let opts = proxy_options(hub, Arc::new(dlq)).await?;
-    ProxyServer::new(registry, hub.ca.clone(), &opts)
+    let opts = proxy_options(hub, Arc::new(dlq.clone())).await?;
+    Ok(Proxy {
+        server: ProxyServer::new(registry, hub.ca.clone(), &opts)?,
+        dlq,
+        writer,
+    })
 }
 
 /// The proxy's registry: loaded from the store (else from the last-known-good snapshot, in the

@@ -696,3 +696,65 @@ fn two_proxies_hold_a_shared_limit_while_redis_is_slower_than_its_bound() {
     drop(proxies);
     rt.block_on(drop_redis_keys(&redis_url, &prefix));
 }
+
+/// A proxy stopped (SIGTERM) during a database outage whose data dir then disappears (a
+/// Kubernetes pod deleted: its `emptyDir` goes with it) hands its spooled entries over to Valkey;
+/// another proxy stores them once the database is back. Every id a client was told arrives.
+#[test]
+fn a_proxy_stopped_during_an_outage_hands_its_spool_over_through_redis() {
+    let rt = runtime();
+    let [dead] = free_ports::<1>();
+    let host = "handover.chaos.test";
+    let Some(redis_url) = rt.block_on(hub_core::testing::redis_url()) else {
+        return;
+    };
+    let Some(db) = rt.block_on(database(&[dead_provider("handover", host, dead)])) else {
+        return;
+    };
+    let prefix = format!("chaos-{}:", ulid::Ulid::new());
+    let chaos = rt.block_on(async { ChaosProxy::start(server_addr(db.url()).await).await });
+    let dir = tempfile::tempdir().unwrap();
+    let hub = |name: &str| {
+        HubProcess::proxy(&dir.path().join(name), &via(db.url(), chaos.addr()))
+            .env("HUB_REDIS_URL", &redis_url)
+            .env("HUB_REDIS_KEY_PREFIX", &prefix)
+    };
+    let first = hub("first").start(Duration::from_secs(60));
+    chaos.set(Mode::Cut);
+    let told = Arc::new(Mutex::new(Told::default()));
+    load(first.proxy, host, dead, 2, 20, &told);
+    let status = first.terminate(Duration::from_secs(60));
+    assert!(status.success(), "a clean stop");
+    let log = std::fs::read_to_string(dir.path().join("first/hub.log")).unwrap();
+    assert!(log.contains("handed over to Valkey"), "{log}");
+    // The pod is gone, and its emptyDir with it.
+    std::fs::remove_dir_all(dir.path().join("first")).unwrap();
+
+    let second = hub("second").start(Duration::from_secs(10));
+    chaos.set(Mode::Pass);
+    let told = std::mem::take(&mut *told.lock().unwrap());
+    assert!(
+        told.other.is_empty(),
+        "{:?}",
+        &told.other[..told.other.len().min(3)]
+    );
+    let ids: HashSet<String> = told.ids.iter().cloned().collect();
+    assert_eq!(ids.len(), 40);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = rt.block_on(dlq_ids(db.url()));
+        if ids.is_subset(&stored) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} ids missing; second proxy's log:\n{}",
+            ids.difference(&stored).count(),
+            ids.len(),
+            second.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    drop(second);
+    rt.block_on(drop_redis_keys(&redis_url, &prefix));
+}

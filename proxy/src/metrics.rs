@@ -58,6 +58,11 @@ pub struct Metrics {
     /// `integration_dlq_rejected_total`: spooled entries the database refused outright, set
     /// aside in `<data_dir>/dlq-spool/rejected.records`.
     pub dlq_rejected: IntCounter,
+    /// `integration_dlq_handed_over_total`: entries handed to Valkey on a stop with the
+    /// database down.
+    pub dlq_handed_over: IntCounter,
+    /// `integration_dlq_taken_over_total`: other proxies' hand-overs stored by this one.
+    pub dlq_taken_over: IntCounter,
     /// `integration_state_backend_errors_total`.
     pub state_errors: IntCounter,
     /// `integration_state_backend_round_trips_total`.
@@ -248,6 +253,16 @@ impl Metrics {
                 &r,
                 "integration_dlq_rejected_total",
                 "Spooled DLQ entries the database refused outright, set aside on disk",
+            ),
+            dlq_handed_over: plain_counter(
+                &r,
+                "integration_dlq_handed_over_total",
+                "DLQ entries handed over to Valkey on a stop with the database down",
+            ),
+            dlq_taken_over: plain_counter(
+                &r,
+                "integration_dlq_taken_over_total",
+                "DLQ entries another proxy handed over, stored by this one",
             ),
             state_errors: plain_counter(
                 &r,

@@ -470,6 +470,8 @@ impl ProxyServer {
                 METRICS.dlq_spool_entries.set(gauge(spool.entries()));
                 METRICS.dlq_spool_max_bytes.set(gauge(spool.max_bytes()));
                 crate::metrics::catch_up(&METRICS.dlq_rejected, spool.rejected());
+                crate::metrics::catch_up(&METRICS.dlq_handed_over, spool.handed_over());
+                crate::metrics::catch_up(&METRICS.dlq_taken_over, spool.taken_over());
             }
             for p in snap.providers() {
                 let policy = Policy::from_config(&p.config, self.hub_default_rate);

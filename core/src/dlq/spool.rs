@@ -90,6 +90,8 @@ struct Counters {
     entries: AtomicU64,
     max_bytes: AtomicU64,
     rejected: AtomicU64,
+    handed_over: AtomicU64,
+    taken_over: AtomicU64,
 }
 
 impl SpoolStats {
@@ -116,6 +118,30 @@ impl SpoolStats {
     /// Counts entries set aside.
     pub fn add_rejected(&self, n: u64) {
         self.0.rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Entries this process handed to Valkey when it stopped with the database down.
+    pub fn handed_over(&self) -> u64 {
+        self.0.handed_over.load(Ordering::Relaxed)
+    }
+
+    /// Entries this process took from Valkey (another proxy's hand-over) into the database.
+    pub fn taken_over(&self) -> u64 {
+        self.0.taken_over.load(Ordering::Relaxed)
+    }
+
+    fn count(counter: &AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Counts entries handed over.
+    pub fn add_handed_over(&self, n: usize) {
+        Self::count(&self.0.handed_over, n);
+    }
+
+    /// Counts entries taken over.
+    pub fn add_taken_over(&self, n: usize) {
+        Self::count(&self.0.taken_over, n);
     }
 
     fn add(&self, bytes: u64, entries: u64) {

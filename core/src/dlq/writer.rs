@@ -84,6 +84,7 @@ impl HandoffError {
 pub struct DlqSender {
     tx: mpsc::Sender<Handoff>,
     stats: SpoolStats,
+    finish: Arc<Notify>,
 }
 
 impl DlqSender {
@@ -126,6 +127,14 @@ impl DlqSender {
     pub fn spool_stats(&self) -> SpoolStats {
         self.stats.clone()
     }
+
+    /// Stops the writer for a clean exit, once nothing hands calls over any more (the proxy
+    /// has drained): it takes what is queued, the drainer moves what it can to the database,
+    /// and with Valkey configured the rest is handed over there ([`super::handoff`]) rather than
+    /// left on a disk that may not outlive this process. Await the writer's task after this.
+    pub fn finish(&self) {
+        self.finish.notify_one();
+    }
 }
 
 /// Settings of the writer.
@@ -145,6 +154,9 @@ pub struct WriterOptions {
     pub retention_ms: i64,
     /// How often the drainer tries again while the database is down.
     pub flush_interval: Duration,
+    /// Valkey's hand-over list (with `redis.url`): undrained entries go there on a clean stop,
+    /// and this drainer takes other proxies' hand-overs.
+    pub handover: Option<super::handoff::Handover>,
 }
 
 /// Opens the spool and starts the writer and the drainer; returns the sender and a task that
@@ -169,6 +181,7 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(opts.capacity.max(1));
     let wake = Arc::new(Notify::new());
     let rotate = Arc::new(Notify::new());
+    let finish = Arc::new(Notify::new());
     let (direct_tx, direct_rx) = mpsc::channel(opts.capacity.max(1));
     let drainer = Drainer {
         store: EntryStore::new(db),
@@ -180,12 +193,14 @@ pub fn spawn(
         direct: direct_rx,
         flush_interval: opts.flush_interval,
         spool_dir: opts.spool_dir.clone(),
+        handover: opts.handover.clone(),
     };
     let writer = Writer {
         vault,
         spool: Some(spool),
         wake,
         rotate,
+        finish: finish.clone(),
         direct: direct_tx,
         opts,
     };
@@ -195,14 +210,16 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         writer.run(rx).await;
         let _ = writer_done_tx.send(());
-        let _ = (&mut drain.0).await;
+        if let Ok(drainer) = (&mut drain.0).await {
+            drainer.hand_over().await;
+        }
     });
-    Ok((DlqSender { tx, stats }, task))
+    Ok((DlqSender { tx, stats, finish }, task))
 }
 
-struct AbortOnDrop(JoinHandle<()>);
+struct AbortOnDrop<T>(JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -231,6 +248,8 @@ struct Writer {
     wake: Arc<Notify>,
     /// The drainer asks for the active segment to be closed.
     rotate: Arc<Notify>,
+    /// A clean stop was asked for ([`DlqSender::finish`]).
+    finish: Arc<Notify>,
     /// Batches the spool refused, offered to the database directly.
     direct: mpsc::Sender<Vec<SealedEntry>>,
     opts: WriterOptions,
@@ -239,6 +258,7 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Handoff>) {
         let rotate = self.rotate.clone();
+        let finish = self.finish.clone();
         loop {
             let mut batch = Vec::new();
             tokio::select! {
@@ -249,6 +269,8 @@ impl Writer {
                     }
                     self.write(batch).await;
                 }
+                // No new hand-offs; what is queued is still written.
+                () = finish.notified() => rx.close(),
                 () = rotate.notified() => {
                     if self.with_spool(Spool::rotate).await.is_ok() {
                         self.wake.notify_one();
@@ -360,12 +382,18 @@ struct Drainer {
     direct: mpsc::Receiver<Vec<SealedEntry>>,
     flush_interval: Duration,
     spool_dir: PathBuf,
+    handover: Option<super::handoff::Handover>,
 }
 
+/// How often a drainer looks for other proxies' hand-overs in Valkey.
+const HANDOVER_POLL: Duration = Duration::from_secs(5);
+
 impl Drainer {
-    async fn run(mut self, mut writer_done: oneshot::Receiver<()>) {
+    async fn run(mut self, mut writer_done: oneshot::Receiver<()>) -> Self {
         let mut down = false;
         let mut finishing = false;
+        let mut handover_tick = tokio::time::interval(HANDOVER_POLL);
+        handover_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             while let Ok(batch) = self.direct.try_recv() {
                 if !self.insert(&batch).await {
@@ -393,7 +421,7 @@ impl Drainer {
                             );
                         }
                         if finishing {
-                            return; // leave the rest for the next start
+                            return self; // leave the rest for the hand-over or the next start
                         }
                         tokio::select! {
                             () = tokio::time::sleep(self.flush_interval) => {}
@@ -404,7 +432,7 @@ impl Drainer {
                 }
             }
             if finishing {
-                return;
+                return self;
             }
             if self.stats.entries() > 0 {
                 // Only the active segment holds entries: have the writer close it.
@@ -419,8 +447,77 @@ impl Drainer {
                     }
                 }
                 _ = &mut writer_done => finishing = true,
+                _ = handover_tick.tick(), if self.handover.is_some() => self.take_over().await,
             }
         }
+    }
+
+    /// Takes other proxies' hand-overs from Valkey into the database (when it is reachable).
+    async fn take_over(&self) {
+        let Some(handover) = &self.handover else {
+            return;
+        };
+        if handover.waiting().await == 0 {
+            return;
+        }
+        let taken = handover
+            .take(|batch| async move { self.insert(&batch).await })
+            .await;
+        if taken > 0 {
+            self.stats.add_taken_over(taken);
+            tracing::info!(
+                entries = taken,
+                "DLQ entries another proxy handed over through Valkey are in the database"
+            );
+        }
+    }
+
+    /// On a clean stop: hands what the database did not take to Valkey, oldest first, and
+    /// deletes each segment handed.
+    async fn hand_over(self) {
+        if self.stats.entries() == 0 {
+            return;
+        }
+        let Some(handover) = &self.handover else {
+            tracing::warn!(entries = self.stats.entries(), path = %self.spool_dir.display(),
+                "stopping with DLQ entries not yet in the database: they stay in the spool \
+                 (drained on the next start over this data dir)");
+            return;
+        };
+        let mut handed = 0;
+        while let Some(segment) = self.closed.front() {
+            let read = segment.clone();
+            let Ok(Ok(entries)) = tokio::task::spawn_blocking(move || read.read()).await else {
+                break;
+            };
+            match handover.push(&entries).await {
+                Ok(n) => handed += n,
+                Err(e) => {
+                    tracing::error!(error = %e, entries = self.stats.entries(),
+                        "cannot hand DLQ entries over to Valkey: they stay in the spool");
+                    break;
+                }
+            }
+            let stats = self.stats.clone();
+            let done = segment.clone();
+            if !matches!(
+                tokio::task::spawn_blocking(move || done.remove(&stats)).await,
+                Ok(Ok(()))
+            ) {
+                break; // pushed and still on disk: inserted twice at worst, which is a no-op
+            }
+            self.closed.pop();
+        }
+        self.stats.add_handed_over(handed);
+        if handed == 0 {
+            return;
+        }
+        tracing::warn!(
+            handed,
+            left = self.stats.entries(),
+            "stopping with the database down: DLQ entries handed over to Valkey for another \
+             proxy to store"
+        );
     }
 
     /// Inserts one closed segment and deletes it; `Err` while the database is unavailable.

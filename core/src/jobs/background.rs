@@ -111,6 +111,11 @@ impl Background {
             spool_dir: self.config.dlq_spool_dir(),
             legacy_spool: Some(self.config.data_dir.join(crate::dlq::spool::LEGACY_FILE)),
             spool_max_bytes: self.config.dlq.spool_max_bytes,
+            handover: self.config.redis.url.as_deref().and_then(|url| {
+                crate::dlq::handoff::Handover::new(url, &self.config.redis.key_prefix)
+                    .inspect_err(|e| tracing::error!(error = %e, "redis.url: no DLQ hand-over"))
+                    .ok()
+            }),
             capacity: WRITER_CAPACITY,
             max_body_bytes: self.config.dlq.max_body_bytes,
             retention_ms: i64::from(self.config.dlq.retention_days) * 86_400_000,

@@ -210,6 +210,25 @@ impl Running {
             .collect()
     }
 
+    /// SIGTERM, then waits (at most `within`) for the exit; the exit status.
+    pub fn terminate(mut self, within: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < within,
+                "no exit within {within:?} of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no shutdown of any kind.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -45,6 +45,7 @@ fn options(dir: &std::path::Path) -> WriterOptions {
     WriterOptions {
         spool_dir: dir.join("dlq-spool"),
         legacy_spool: None,
+        handover: None,
         spool_max_bytes: 1024 * 1024,
         capacity: 16,
         max_body_bytes: 1024,
