@@ -470,27 +470,59 @@ async fn drop_redis_keys(url: &str, prefix: &str) {
     }
 }
 
+/// A fresh database with one dead provider behind a chaos proxy, Valkey under a key prefix of
+/// its own, and proxies over both.
+struct RedisOutage {
+    db: hub_core::testing::TestDb,
+    chaos: ChaosProxy,
+    dir: tempfile::TempDir,
+    prefix: String,
+    redis_url: String,
+    host: String,
+    dead: u16,
+}
+
+impl RedisOutage {
+    fn new(rt: &tokio::runtime::Runtime, name: &str) -> Option<Self> {
+        let [dead] = free_ports::<1>();
+        let host = format!("{name}.chaos.test");
+        let redis_url = rt.block_on(hub_core::testing::redis_url())?;
+        let db = rt.block_on(database(&[dead_provider(name, &host, dead)]))?;
+        let chaos = rt.block_on(async { ChaosProxy::start(server_addr(db.url()).await).await });
+        Some(Self {
+            db,
+            chaos,
+            dir: tempfile::tempdir().unwrap(),
+            prefix: format!("chaos-{}:", ulid::Ulid::new()),
+            redis_url,
+            host,
+            dead,
+        })
+    }
+
+    /// A proxy named `name` (its own data dir) over the database (through the chaos proxy) and
+    /// Valkey.
+    fn proxy(&self, name: &str) -> HubProcess {
+        HubProcess::proxy(
+            &self.dir.path().join(name),
+            &via(self.db.url(), self.chaos.addr()),
+        )
+        .env("HUB_REDIS_URL", &self.redis_url)
+        .env("HUB_REDIS_KEY_PREFIX", &self.prefix)
+    }
+}
+
 /// A pod replaced during a database outage has an empty data dir: it starts from the registry
 /// snapshot the proxies keep in Valkey.
 #[test]
 fn a_proxy_on_a_fresh_node_starts_from_the_snapshot_in_redis_during_an_outage() {
     let rt = runtime();
-    let [dead] = free_ports::<1>();
-    let host = "fresh.chaos.test";
-    let Some(redis_url) = rt.block_on(hub_core::testing::redis_url()) else {
+    let Some(t) = RedisOutage::new(&rt, "fresh") else {
         return;
     };
-    let Some(db) = rt.block_on(database(&[dead_provider("fresh", host, dead)])) else {
-        return;
-    };
-    let prefix = format!("chaos-{}:", ulid::Ulid::new());
-    let chaos = rt.block_on(async { ChaosProxy::start(server_addr(db.url()).await).await });
-    let dir = tempfile::tempdir().unwrap();
-    let hub = |name: &str| {
-        HubProcess::proxy(&dir.path().join(name), &via(db.url(), chaos.addr()))
-            .env("HUB_REDIS_URL", &redis_url)
-            .env("HUB_REDIS_KEY_PREFIX", &prefix)
-    };
+    let (chaos, prefix, redis_url) = (&t.chaos, &t.prefix, &t.redis_url);
+    let (host, dead) = (t.host.as_str(), t.dead);
+    let hub = |name: &str| t.proxy(name);
     let first = hub("first").start(Duration::from_secs(60));
     let key = format!("{prefix}registry:snapshot");
     let copied = rt.block_on(async {
@@ -527,7 +559,7 @@ fn a_proxy_on_a_fresh_node_starts_from_the_snapshot_in_redis_during_an_outage() 
         second.log()
     );
     drop((first, second));
-    rt.block_on(drop_redis_keys(&redis_url, &prefix));
+    rt.block_on(drop_redis_keys(redis_url, prefix));
 }
 
 /// A provider that counts what reaches it, by path, and answers 200 at once.
@@ -703,22 +735,12 @@ fn two_proxies_hold_a_shared_limit_while_redis_is_slower_than_its_bound() {
 #[test]
 fn a_proxy_stopped_during_an_outage_hands_its_spool_over_through_redis() {
     let rt = runtime();
-    let [dead] = free_ports::<1>();
-    let host = "handover.chaos.test";
-    let Some(redis_url) = rt.block_on(hub_core::testing::redis_url()) else {
+    let Some(t) = RedisOutage::new(&rt, "handover") else {
         return;
     };
-    let Some(db) = rt.block_on(database(&[dead_provider("handover", host, dead)])) else {
-        return;
-    };
-    let prefix = format!("chaos-{}:", ulid::Ulid::new());
-    let chaos = rt.block_on(async { ChaosProxy::start(server_addr(db.url()).await).await });
-    let dir = tempfile::tempdir().unwrap();
-    let hub = |name: &str| {
-        HubProcess::proxy(&dir.path().join(name), &via(db.url(), chaos.addr()))
-            .env("HUB_REDIS_URL", &redis_url)
-            .env("HUB_REDIS_KEY_PREFIX", &prefix)
-    };
+    let (db, chaos, dir, prefix, redis_url) = (&t.db, &t.chaos, &t.dir, &t.prefix, &t.redis_url);
+    let (host, dead) = (t.host.as_str(), t.dead);
+    let hub = |name: &str| t.proxy(name);
     let first = hub("first").start(Duration::from_secs(60));
     chaos.set(Mode::Cut);
     let told = Arc::new(Mutex::new(Told::default()));
@@ -756,5 +778,5 @@ fn a_proxy_stopped_during_an_outage_hands_its_spool_over_through_redis() {
         std::thread::sleep(Duration::from_millis(250));
     }
     drop(second);
-    rt.block_on(drop_redis_keys(&redis_url, &prefix));
+    rt.block_on(drop_redis_keys(redis_url, prefix));
 }
