@@ -252,7 +252,9 @@ impl Inner {
                 }
             }
         };
-        let reply = self
+        // `_unused_late` keeps the fetch in flight until its reply is folded in below: other
+        // requests must not start a full fetch in between.
+        let (reply, _unused_late) = self
             .link
             .call_or_late(conn, Which::Admit, keys, args, late)
             .await;
@@ -347,7 +349,7 @@ impl Inner {
                 }
             }
         };
-        let reply = self
+        let (reply, _unused_late) = self
             .link
             .call_or_late(conn, Which::Outcome, keys, args, late)
             .await;

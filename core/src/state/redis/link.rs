@@ -13,12 +13,36 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::RedisOptions;
 use super::scripts::Scripts;
 use crate::state::{BackendStats, StateError};
+
+/// A call its request stopped waiting for (timed out or cancelled): on drop, it goes on in a
+/// task of its own and its result goes to `late`.
+struct Pending<F, L>
+where
+    F: std::future::Future<Output = Result<Vec<i64>, StateError>> + Send + 'static,
+    L: FnOnce(Result<Vec<i64>, StateError>) + Send + 'static,
+{
+    call: Option<std::pin::Pin<Box<F>>>,
+    late: Option<L>,
+}
+
+impl<F, L> Drop for Pending<F, L>
+where
+    F: std::future::Future<Output = Result<Vec<i64>, StateError>> + Send + 'static,
+    L: FnOnce(Result<Vec<i64>, StateError>) + Send + 'static,
+{
+    fn drop(&mut self) {
+        if let (Some(call), Some(late)) = (self.call.take(), self.late.take())
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(async move { late(call.await) });
+        }
+    }
+}
 
 /// How often a Redis problem is logged at most.
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -206,52 +230,56 @@ impl Link {
         result
     }
 
-    /// One script call in a task of its own. The request waits for it up to `command_timeout`
+    /// One script call. The request polls it itself for up to `command_timeout`
     /// ([`Reply::Now`]; an error or the timeout is counted via [`Link::failed`]); after that it
-    /// gets [`Reply::Late`] and the call goes on for up to [`late_bound`], its result then
-    /// handed to `late` (as it is when the request was cancelled while waiting). Exactly one of
-    /// the two sees the result.
-    pub async fn call_or_late(
+    /// gets [`Reply::Late`] and the call goes on in a task of its own for up to [`late_bound`],
+    /// its result then handed to `late` (as it is when the request is cancelled while waiting).
+    /// Exactly one of the two sees the result; with [`Reply::Now`] the unused `late` comes back,
+    /// for the caller to drop once it has folded the reply in (whatever `late` holds, such as
+    /// a fetch's in-flight mark, lasts until then). Polling in place (not spawning every call) keeps
+    /// a fetch as short as the round trip: a longer one lets more concurrent requests find it
+    /// in flight and each ask Redis for a token of its own (a spawn per call measured 0.5
+    /// round trips per request at 64 connections, against 0.2 inline).
+    pub async fn call_or_late<L>(
         self: &Arc<Self>,
         conn: ConnectionManager,
         which: Which,
         keys: Vec<String>,
         args: Vec<String>,
-        late: impl FnOnce(Result<Vec<i64>, StateError>) + Send + 'static,
-    ) -> Reply {
+        late: L,
+    ) -> (Reply, Option<L>)
+    where
+        L: FnOnce(Result<Vec<i64>, StateError>) + Send + 'static,
+    {
         self.round_trips.fetch_add(1, Ordering::Relaxed);
-        let (tx, mut rx) = oneshot::channel();
         let link = Arc::clone(self);
-        tokio::spawn(async move {
+        let call = Box::pin(async move {
             let script = match which {
                 Which::Admit => &link.scripts.admit,
                 Which::Outcome => &link.scripts.outcome,
             };
-            let result = invoke(conn, script, &keys, &args, late_bound(&link.opts)).await;
-            if let Err(result) = tx.send(result) {
-                late(result);
-            }
+            invoke(conn, script, &keys, &args, late_bound(&link.opts)).await
         });
-        let result = match tokio::time::timeout(self.opts.command_timeout, &mut rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StateError::Reply("background call ended without a reply")),
-            Err(_) => {
-                // Closing first means a reply sent from now on goes to `late`; one sent just
-                // before is still ours.
-                rx.close();
-                match rx.try_recv() {
-                    Ok(result) => result,
-                    Err(_) => {
-                        self.failed(&StateError::Timeout(self.opts.command_timeout));
-                        return Reply::Late;
-                    }
-                }
-            }
+        let mut pending = Pending {
+            call: Some(call),
+            late: Some(late),
         };
-        if let Err(e) = &result {
-            self.failed(e);
+        let Some(call) = pending.call.as_mut() else {
+            unreachable!("just set");
+        };
+        match tokio::time::timeout(self.opts.command_timeout, call.as_mut()).await {
+            Ok(result) => {
+                pending.call = None;
+                if let Err(e) = &result {
+                    self.failed(e);
+                }
+                (Reply::Now(result), pending.late.take())
+            }
+            Err(_) => {
+                self.failed(&StateError::Timeout(self.opts.command_timeout));
+                (Reply::Late, None) // dropping `pending` moves the call to a task of its own
+            }
         }
-        Reply::Now(result)
     }
 
     pub fn stats(&self) -> BackendStats {
