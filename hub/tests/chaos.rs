@@ -122,6 +122,20 @@ async fn dlq_ids(url: &str) -> HashSet<String> {
     rows.into_iter().collect()
 }
 
+/// Waits (at most 30 s) until every id in `ids` is a DLQ entry of the database at `url`; the
+/// ids still missing then (none when all arrived).
+fn wait_stored(rt: &tokio::runtime::Runtime, url: &str, ids: &HashSet<String>) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = rt.block_on(dlq_ids(url));
+        let missing: Vec<String> = ids.difference(&stored).cloned().collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            return missing;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -187,12 +201,12 @@ fn a_database_outage_with_a_sigkill_and_a_restart_loses_no_dlq_entry() {
     let started = Instant::now();
     let proxy = hub.start(Duration::from_secs(5));
     let ready_after = started.elapsed();
-    let (r, _) = proxy.readyz();
-    assert!(
-        r.body.contains("\"registrySource\":\"snapshot\""),
-        "{}",
-        r.body
-    );
+    let (r, took) = proxy.readyz();
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(body["registrySource"], "snapshot", "{body}");
+    assert!(body["registryRevision"].as_i64() > Some(0), "{body}");
+    assert!(body["registryAgeSeconds"].as_u64().is_some(), "{body}");
+    assert!(took < Duration::from_millis(250), "/readyz took {took:?}");
     let first = failing_call(proxy.proxy, host, dead, b"{}");
     let served_after = started.elapsed();
     assert!(
@@ -220,15 +234,7 @@ fn a_database_outage_with_a_sigkill_and_a_restart_loses_no_dlq_entry() {
     let ids: HashSet<String> = told.ids.iter().cloned().collect();
     assert_eq!(ids.len(), told.ids.len(), "ids are unique");
     assert!(ids.len() >= 100, "{} ids told", ids.len());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let stored = loop {
-        let stored = rt.block_on(dlq_ids(db.url()));
-        if ids.is_subset(&stored) || Instant::now() > deadline {
-            break stored;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let missing: Vec<_> = ids.difference(&stored).collect();
+    let missing = wait_stored(&rt, db.url(), &ids);
     assert!(
         missing.is_empty(),
         "{} of {} ids missing: {missing:?}",
@@ -313,20 +319,31 @@ fn fill_the_spool(
         proxy.log().contains("NOT recorded in the DLQ"),
         "an error line says so"
     );
+    // What curl, as a module would run it, sees: the 502, its code, and no id.
+    match curl_post(
+        proxy.proxy,
+        &format!("http://{host}:{dead}/v1/charges"),
+        &body,
+    ) {
+        Some(head_and_body) => {
+            let lower = head_and_body.to_ascii_lowercase();
+            assert!(lower.starts_with("http/1.1 502"), "{head_and_body:.300}");
+            assert!(
+                lower.contains("upstream_failed_unrecorded"),
+                "{head_and_body:.300}"
+            );
+            assert!(!lower.contains("x-hub-dlq-id"), "{head_and_body:.300}");
+        }
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("CI=true but no curl"),
+        None => eprintln!("SKIPPED: curl check (curl not installed)"),
+    }
     chaos.set_up(true);
     let ids: HashSet<String> = told.ids.iter().cloned().collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stored = rt.block_on(dlq_ids(db_url));
-        if ids.is_subset(&stored) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spooled entries never reached the database"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let missing = wait_stored(rt, db_url, &ids);
+    assert!(
+        missing.is_empty(),
+        "spooled entries never reached the database: {missing:?}"
+    );
     // With room again, calls are recorded again.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -340,6 +357,26 @@ fn fill_the_spool(
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// `curl -i -x <proxy> --data-binary @body <url>`: the whole answer, or `None` without curl.
+fn curl_post(proxy: u16, url: &str, body: &[u8]) -> Option<String> {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), body).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-i", "--max-time", "30", "-x"])
+        .arg(format!("http://127.0.0.1:{proxy}"))
+        .arg("--data-binary")
+        .arg(format!("@{}", file.path().display()))
+        .arg(url)
+        .output()
+        .ok()?;
+    // Past curl's own `100 Continue` head, if the hub sent one.
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    Some(match text.split_once("HTTP/1.1 100 Continue\r\n\r\n") {
+        Some((_, rest)) => rest.to_owned(),
+        None => text,
+    })
 }
 
 /// A small tmpfs (a disk that fills), unmounted on drop; `None` without the right to mount.
@@ -552,9 +589,7 @@ fn a_proxy_on_a_fresh_node_starts_from_the_snapshot_in_redis_during_an_outage() 
     assert_eq!(call.status, 502, "{}", call.body);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(
-        second.log().contains("from: \"redis\"")
-            || second.log().contains("from=redis")
-            || second.log().contains("\"from\":\"redis\""),
+        second.log().contains("\"from\":\"redis\""),
         "the snapshot came from Redis: {}",
         second.log()
     );
@@ -749,6 +784,37 @@ fn a_proxy_stopped_during_an_outage_hands_its_spool_over_through_redis() {
     assert!(status.success(), "a clean stop");
     let log = std::fs::read_to_string(dir.path().join("first/hub.log")).unwrap();
     assert!(log.contains("handed over to Valkey"), "{log}");
+    // What went to Valkey (the hand-over, the registry copy) and to disk holds no credential.
+    let in_valkey = rt.block_on(async {
+        let client = redis::Client::open(redis_url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let handed: Vec<Vec<u8>> = redis::cmd("LRANGE")
+            .arg(format!("{prefix}dlq:handover"))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let snapshot: Vec<u8> = redis::cmd("GET")
+            .arg(format!("{prefix}registry:snapshot"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        (handed, snapshot)
+    });
+    assert_eq!(in_valkey.0.len(), 40, "every told entry handed over");
+    let on_disk = std::fs::read(dir.path().join("first/registry.snapshot.json")).unwrap();
+    for (what, bytes) in [
+        ("the hand-over", in_valkey.0.concat()),
+        ("the registry copy in Valkey", in_valkey.1),
+        ("the registry snapshot file", on_disk),
+        ("the log", log.into_bytes()),
+    ] {
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("sk_live_CHAOS_SECRET_0001"),
+            "a provider credential in {what}"
+        );
+    }
     // The pod is gone, and its emptyDir with it.
     std::fs::remove_dir_all(dir.path().join("first")).unwrap();
 
@@ -762,21 +828,14 @@ fn a_proxy_stopped_during_an_outage_hands_its_spool_over_through_redis() {
     );
     let ids: HashSet<String> = told.ids.iter().cloned().collect();
     assert_eq!(ids.len(), 40);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let stored = rt.block_on(dlq_ids(db.url()));
-        if ids.is_subset(&stored) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {} ids missing; second proxy's log:\n{}",
-            ids.difference(&stored).count(),
-            ids.len(),
-            second.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let missing = wait_stored(&rt, db.url(), &ids);
+    assert!(
+        missing.is_empty(),
+        "{} of {} ids missing; second proxy's log:\n{}",
+        missing.len(),
+        ids.len(),
+        second.log()
+    );
     drop(second);
     rt.block_on(drop_redis_keys(redis_url, prefix));
 }

@@ -775,6 +775,22 @@ async fn a_refused_connect_is_answered_inside_the_tunnel_without_a_dial() {
     assert_eq!(s.tls.connections() + s.plain.connections(), 0);
 }
 
+/// `n` connections to `proxy`, each sending `get` and answered 200, then held open: each is
+/// counted by the hub before the next one opens.
+async fn kept_alive(proxy: std::net::SocketAddr, get: &str, n: usize) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let mut c = TcpStream::connect(proxy).await.unwrap();
+        c.write_all(get.as_bytes()).await.unwrap();
+        assert_eq!(
+            read_response_within(&mut c, WAIT).await.unwrap().status,
+            200
+        );
+        held.push(c);
+    }
+    held
+}
+
 #[tokio::test]
 async fn connections_over_the_caps_get_503_and_the_others_are_served() {
     let pki = TestPki::new();
@@ -795,16 +811,7 @@ async fn connections_over_the_caps_get_503_and_the_others_are_served() {
     .await;
     let host = format!("{PLAIN_HOST}:{}", plain.port);
     let get = format!("GET http://{host}/c HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        let mut c = TcpStream::connect(hub.proxy_addr).await.unwrap();
-        c.write_all(get.as_bytes()).await.unwrap();
-        assert_eq!(
-            read_response_within(&mut c, WAIT).await.unwrap().status,
-            200
-        );
-        held.push(c);
-    }
+    let mut held = kept_alive(hub.proxy_addr, &get, 8).await;
     // The ninth from the same address: 503 overloaded at once, then the end.
     let mut ninth = TcpStream::connect(hub.proxy_addr).await.unwrap();
     let resp = read_response_within(&mut ninth, WAIT).await.unwrap();
@@ -853,17 +860,7 @@ async fn connections_over_the_caps_get_503_and_the_others_are_served() {
             json!({"type": "none"}),
         ))
         .await;
-    let mut open = Vec::new();
-    for _ in 0..3 {
-        let mut c = TcpStream::connect(small.proxy_addr).await.unwrap();
-        c.write_all(get.as_bytes()).await.unwrap();
-        // Answered and kept alive: the connection is counted before the next one opens.
-        assert_eq!(
-            read_response_within(&mut c, WAIT).await.unwrap().status,
-            200
-        );
-        open.push(c);
-    }
+    let _open = kept_alive(small.proxy_addr, &get, 3).await;
     let mut fourth = TcpStream::connect(small.proxy_addr).await.unwrap();
     let resp = read_response_within(&mut fourth, WAIT).await.unwrap();
     assert_eq!(

@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use ::redis::{Client, ConnectionAddr, ConnectionInfo};
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 
-use super::chaos::{ChaosProxy, Mode};
+use super::chaos::{Mode, proxied};
 use super::{PROVIDER, breaker_policy, delete_keys, redis_url};
 use crate::provider::BreakerPolicy;
 use crate::state::Outcome::{Failure, Success};
@@ -74,24 +73,6 @@ fn share_divides_rate_burst_and_quota_rounding_up() {
         .daily_quota,
         None
     );
-}
-
-/// The test Redis behind a fresh chaos proxy, and the connection info that goes through it.
-async fn proxied(url: &str) -> Option<(ChaosProxy, ConnectionInfo)> {
-    let info = Client::open(url).unwrap().get_connection_info().clone();
-    let ConnectionAddr::Tcp(host, port) = &info.addr else {
-        eprintln!("SKIPPED: test Redis is not on TCP");
-        return None;
-    };
-    let upstream = tokio::net::lookup_host((host.as_str(), *port))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = ChaosProxy::start(upstream).await;
-    let mut via = info;
-    via.addr = ConnectionAddr::Tcp("127.0.0.1".to_owned(), proxy.addr().port());
-    Some((proxy, via))
 }
 
 /// Production bounds, a fast heartbeat (100 ms, so an entry ages out after 500 ms).

@@ -2,10 +2,9 @@
 
 use std::time::Duration;
 
-use ::redis::{Client, ConnectionAddr};
 use tokio::time::{Instant, MissedTickBehavior, sleep};
 
-use super::chaos::{ChaosProxy, Mode};
+use super::chaos::{Mode, proxied};
 use super::{PROVIDER, breaker_policy, delete_keys, redis_url, test_options};
 use crate::state::Outcome::{Failure, Success};
 use crate::state::{Admission, CircuitState, Policy, RedisOptions, RedisState, SharedState};
@@ -234,22 +233,9 @@ async fn stopped_redis_falls_back_at_once_and_reconnects() {
 /// fallback, none lost), then healthy again: requests go back to Redis.
 async fn outage(mode: Mode) {
     let Some(url) = redis_url().await else { return };
-    let info = Client::open(url.as_str())
-        .unwrap()
-        .get_connection_info()
-        .clone();
-    let ConnectionAddr::Tcp(host, port) = &info.addr else {
-        eprintln!("SKIPPED: test Redis is not on TCP");
+    let Some((proxy, via)) = proxied(&url).await else {
         return;
     };
-    let upstream = tokio::net::lookup_host((host.as_str(), *port))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = ChaosProxy::start(upstream).await;
-    let mut via = info.clone();
-    via.addr = ConnectionAddr::Tcp("127.0.0.1".to_owned(), proxy.addr().port());
     let opts = RedisOptions {
         command_timeout: ms(25),
         ..test_options()
