@@ -294,9 +294,9 @@ impl Forwarder {
             None => verdict::exhausted(&provider.name, end, report.attempts, stop),
         };
         match id {
-            Some(id) => problem.dlq_id = Some(id),
-            None if self.exhausted.is_some() => problem = verdict::unrecorded(problem),
-            None => {}
+            dlq::Recorded::Durable(id) => problem.dlq_id = Some(id),
+            dlq::Recorded::Refused => problem = verdict::unrecorded(problem),
+            dlq::Recorded::Nowhere => {}
         }
         Err(problem)
     }

@@ -194,6 +194,7 @@ pub fn spawn(
         flush_interval: opts.flush_interval,
         spool_dir: opts.spool_dir.clone(),
         handover: opts.handover.clone(),
+        reading: None,
     };
     let writer = Writer {
         vault,
@@ -306,11 +307,23 @@ impl Writer {
         if sealed.is_empty() {
             return;
         }
-        let entries = sealed.clone();
-        let result = match self.with_spool(move |s| s.append(&entries)).await {
+        // The batch goes to the blocking thread and comes back (bodies are not copied).
+        let (appended, sealed) = match self
+            .with_spool(move |s| Ok((s.append(&sealed), sealed)))
+            .await
+        {
+            Ok(pair) => pair,
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let result = match appended {
             Ok(()) => Ok(()),
-            Err(SpoolError::Full { .. }) => Err(HandoffError::SpoolFull),
-            Err(_) => Err(HandoffError::SpoolUnwritable),
+            Err(e) => {
+                tracing::error!(error = %e, kind = e.kind(), "DLQ spool append failed");
+                Err(match e {
+                    SpoolError::Full { .. } => HandoffError::SpoolFull,
+                    _ => HandoffError::SpoolUnwritable,
+                })
+            }
         };
         for ack in acks.into_iter().flatten() {
             let _ = ack.send(result);
@@ -383,6 +396,8 @@ struct Drainer {
     flush_interval: Duration,
     spool_dir: PathBuf,
     handover: Option<super::handoff::Handover>,
+    /// The front segment's entries while the database refuses them, and how many are in.
+    reading: Option<(PathBuf, Vec<SealedEntry>, usize)>,
 }
 
 /// How often a drainer looks for other proxies' hand-overs in Valkey.
@@ -522,16 +537,48 @@ impl Drainer {
 
     /// Inserts one closed segment and deletes it; `Err` while the database is unavailable.
     async fn drain(&mut self, segment: super::spool::Segment) -> Result<(), ()> {
-        let read = segment.clone();
-        let entries = match tokio::task::spawn_blocking(move || read.read()).await {
-            Ok(Ok(e)) => e,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot read a DLQ spool segment; will retry");
-                return Err(());
+        // A segment is read once, however many tries the database needs; chunks already in
+        // are not sent again.
+        let (entries, mut done) = match self.reading.take() {
+            Some((path, entries, done)) if path == segment.path => (entries, done),
+            _ => {
+                let read = segment.clone();
+                match tokio::task::spawn_blocking(move || read.read()).await {
+                    Ok(Ok(e)) => (e, 0),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "cannot read a DLQ spool segment; will retry");
+                        return Err(());
+                    }
+                    Err(_) => return Err(()),
+                }
             }
-            Err(_) => return Err(()),
         };
-        for chunk in entries.chunks(BATCH) {
+        let inserted = self.insert_from(&entries, &mut done).await;
+        let count = entries.len();
+        if inserted.is_err() {
+            self.reading = Some((segment.path.clone(), entries, done));
+            return Err(());
+        }
+        let stats = self.stats.clone();
+        let done = segment.clone();
+        match tokio::task::spawn_blocking(move || done.remove(&stats)).await {
+            Ok(Ok(())) => {
+                self.closed.pop();
+                tracing::debug!(entries = count, "DLQ spool segment drained");
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot delete a drained DLQ spool segment");
+                Err(())
+            }
+            Err(_) => Err(()),
+        }
+    }
+
+    /// Inserts `entries[*done..]` chunk by chunk, moving `done` past each chunk that is in.
+    async fn insert_from(&self, entries: &[SealedEntry], done: &mut usize) -> Result<(), ()> {
+        while *done < entries.len() {
+            let chunk = &entries[*done..entries.len().min(*done + BATCH)];
             match self.try_insert(chunk).await {
                 Ok(()) => {}
                 Err(Refusal::Unavailable) => return Err(()),
@@ -547,21 +594,9 @@ impl Drainer {
                     }
                 }
             }
+            *done += chunk.len();
         }
-        let stats = self.stats.clone();
-        let done = segment.clone();
-        match tokio::task::spawn_blocking(move || done.remove(&stats)).await {
-            Ok(Ok(())) => {
-                self.closed.pop();
-                tracing::debug!(entries = entries.len(), "DLQ spool segment drained");
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "cannot delete a drained DLQ spool segment");
-                Err(())
-            }
-            Err(_) => Err(()),
-        }
+        Ok(())
     }
 
     /// Inserts entries (idempotent); `false` when the database failed or was too slow.

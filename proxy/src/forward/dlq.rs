@@ -11,6 +11,16 @@ use crate::inject;
 use crate::metrics::METRICS;
 use crate::registry::Provider;
 
+/// What became of a failed call's DLQ entry.
+pub(crate) enum Recorded {
+    /// Durable under this id: the caller is told it.
+    Durable(ulid::Ulid),
+    /// The DLQ could not take it: no one may be told an id.
+    Refused,
+    /// This proxy has no DLQ (logged only).
+    Nowhere,
+}
+
 /// How a call ended when no attempt succeeded: what the DLQ entry and the problem report.
 pub(crate) struct CallFailure {
     pub(crate) idempotency_key: Option<String>,
@@ -22,8 +32,7 @@ pub(crate) struct CallFailure {
 }
 
 /// Records a failed call with the DLQ and waits until it is durable (bounded), so the caller's
-/// 502/504 is only sent for an entry that survives a crash. Returns the entry's id, or `None`
-/// when it is not durably recorded: then no one may be told an id.
+/// 502/504 is only sent for an entry that survives a crash.
 pub(crate) async fn hand_off(
     sink: Option<&dyn DeadLetterSink>,
     req: &RequestHeader,
@@ -32,7 +41,7 @@ pub(crate) async fn hand_off(
     request_id: &str,
     body: &Body,
     failure: CallFailure,
-) -> Option<ulid::Ulid> {
+) -> Recorded {
     // A DLQ replay that fails again is recorded on its own entry, not as a new one.
     let replayed = req
         .headers
@@ -75,19 +84,21 @@ pub(crate) async fn hand_off(
     tracing::warn!(target: "hub::exhausted", request_id, provider = %call.provider,
         attempts = call.attempts, last_error = call.last_error, last_status = ?call.last_status,
         stop = call.stop, "call failed after retries");
-    let sink = sink?;
+    let Some(sink) = sink else {
+        return Recorded::Nowhere;
+    };
     let waited = std::time::Instant::now();
     let handed = sink.hand_off(call).await;
     METRICS
         .dlq_handoff_duration
         .observe(waited.elapsed().as_secs_f64());
     match handed {
-        Ok(()) => Some(id),
+        Ok(()) => Recorded::Durable(id),
         Err(e) => {
             METRICS.dlq_unrecorded.with_label_values(&[e.kind()]).inc();
             tracing::error!(request_id, reason = e.kind(), error = %e,
                 "failed call NOT recorded in the DLQ: answered without an id");
-            None
+            Recorded::Refused
         }
     }
 }
