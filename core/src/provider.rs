@@ -15,7 +15,8 @@ use ulid::Ulid;
 
 pub use auth::{Auth, AuthType};
 pub use config::{
-    BreakerPolicy, DEFAULT_RATE_LIMIT_PER_SEC, MAX_TIMEOUT_MS, MAX_TOTAL_TIMEOUT_MS, ProviderConfig,
+    BreakerPolicy, DEFAULT_RATE_LIMIT_PER_SEC, HttpVersion, MAX_TIMEOUT_MS, MAX_TOTAL_TIMEOUT_MS,
+    ProviderConfig, TlsMode,
 };
 pub use host::{HostPattern, normalize_host};
 
@@ -274,6 +275,19 @@ pub fn split_host_port(authority: &str) -> Option<(String, Option<u16>)> {
     }
 }
 
+/// A passthrough provider never sees a request, so it cannot carry credentials: its auth type
+/// must be `none`.
+pub fn validate_tls_mode(config: &ProviderConfig, auth: AuthType) -> Result<(), ValidationError> {
+    if config.tls == TlsMode::Passthrough && auth != AuthType::None {
+        return Err(ValidationError::new(
+            "config.tls",
+            "passthrough relays the module's TLS untouched, so no credentials can be injected: \
+             use auth type none",
+        ));
+    }
+    Ok(())
+}
+
 impl NewProvider {
     /// Validates every field; returns the parsed hosts.
     pub fn validate(&self) -> Result<Vec<HostPattern>, ValidationError> {
@@ -282,6 +296,7 @@ impl NewProvider {
         parse_base_url(&self.base_url, self.config.allow_insecure_upstream)?;
         self.auth.validate()?;
         self.config.validate()?;
+        validate_tls_mode(&self.config, self.auth.auth_type())?;
         Ok(hosts)
     }
 }

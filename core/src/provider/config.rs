@@ -30,6 +30,38 @@ pub const DEFAULT_BACKOFF_MULTIPLIER: u32 = 2;
 /// Default jitter (seed: ±500 ms).
 pub const DEFAULT_JITTER_MS: u32 = 500;
 
+/// Default idle timeout of an upgraded connection (WebSocket) or a passthrough tunnel: 5 min.
+pub const DEFAULT_UPGRADED_IDLE_TIMEOUT_MS: u32 = 300_000;
+/// Default cap on a provider's concurrent upgraded connections and passthrough tunnels, per proxy.
+pub const DEFAULT_MAX_UPGRADED_CONNECTIONS: u32 = 1_000;
+
+/// Which HTTP version the hub speaks to the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpVersion {
+    /// h2 when the provider offers it in ALPN, else HTTP/1.1 (gRPC calls always ask for h2).
+    #[default]
+    Auto,
+    /// HTTP/1.1 only (a provider that misbehaves on h2).
+    Http1,
+    /// h2 only (over TLS by ALPN; prior knowledge on an `http://` base URL).
+    H2,
+}
+
+/// What the hub does with the TLS inside a module's CONNECT tunnel to this provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// The hub terminates the module's TLS with a leaf of its CA and re-originates verified TLS:
+    /// every request is seen, admitted and gets its credentials.
+    #[default]
+    Terminate,
+    /// The hub checks the route and the destination, then relays the TLS bytes untouched (clients
+    /// that pin the provider's certificate, mutual TLS). No credentials can be injected; the rate
+    /// limit counts connections.
+    Passthrough,
+}
+
 /// Circuit breaker numbers (seed: 5 consecutive failures within 30 s, 60 s open, 1 probe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -93,6 +125,16 @@ pub struct ProviderConfig {
     pub allow_insecure_upstream: bool,
     /// Circuit breaker numbers.
     pub breaker: BreakerPolicy,
+    /// HTTP version towards the provider: `auto` (ALPN), `http1` or `h2`.
+    pub http_version: HttpVersion,
+    /// `terminate` (default) or `passthrough` (relay the module's TLS untouched; no auth type).
+    pub tls: TlsMode,
+    /// Longest silence on an upgraded connection (WebSocket) or a passthrough tunnel, either
+    /// direction (≤ 3 600 000); it is then closed.
+    pub upgraded_idle_timeout_ms: u32,
+    /// Concurrent upgraded connections and passthrough tunnels to this provider, per proxy
+    /// instance (≤ 100 000); one more is refused with `429`.
+    pub max_upgraded_connections: u32,
 }
 
 impl Default for ProviderConfig {
@@ -114,6 +156,10 @@ impl Default for ProviderConfig {
             allow_private_network: false,
             allow_insecure_upstream: false,
             breaker: BreakerPolicy::default(),
+            http_version: HttpVersion::Auto,
+            tls: TlsMode::Terminate,
+            upgraded_idle_timeout_ms: DEFAULT_UPGRADED_IDLE_TIMEOUT_MS,
+            max_upgraded_connections: DEFAULT_MAX_UPGRADED_CONNECTIONS,
         }
     }
 }
@@ -207,6 +253,18 @@ impl ProviderConfig {
             3_600_000,
         )?;
         within("breaker.openMs", self.breaker.open_ms.into(), 1, 3_600_000)?;
+        within(
+            "upgradedIdleTimeoutMs",
+            self.upgraded_idle_timeout_ms.into(),
+            1,
+            MAX_IDLE_TIMEOUT_MS.into(),
+        )?;
+        within(
+            "maxUpgradedConnections",
+            self.max_upgraded_connections.into(),
+            1,
+            100_000,
+        )?;
         Ok(())
     }
 
@@ -223,6 +281,11 @@ impl ProviderConfig {
     /// Longest silence while a body streams.
     pub fn idle_timeout(&self) -> std::time::Duration {
         ms(self.idle_timeout_ms.unwrap_or(self.timeout_ms))
+    }
+
+    /// Longest silence on an upgraded connection or a passthrough tunnel.
+    pub fn upgraded_idle_timeout(&self) -> std::time::Duration {
+        ms(self.upgraded_idle_timeout_ms)
     }
 
     /// The effective rate limit given the hub default.

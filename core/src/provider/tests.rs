@@ -128,3 +128,36 @@ proptest! {
         let _ = split_host_port(&s);
     }
 }
+
+#[test]
+fn protocol_settings_parse_and_passthrough_refuses_credentials() {
+    let c: ProviderConfig = serde_json::from_value(serde_json::json!({
+        "httpVersion": "h2", "tls": "passthrough", "upgradedIdleTimeoutMs": 1000,
+        "maxUpgradedConnections": 3
+    }))
+    .unwrap();
+    assert_eq!(
+        (c.http_version, c.tls, c.max_upgraded_connections),
+        (HttpVersion::H2, TlsMode::Passthrough, 3)
+    );
+    assert!(c.validate().is_ok());
+    assert!(
+        serde_json::from_value::<ProviderConfig>(serde_json::json!({"httpVersion": "h3"})).is_err()
+    );
+    assert_eq!(
+        ProviderConfig {
+            max_upgraded_connections: 0,
+            ..ProviderConfig::default()
+        }
+        .validate()
+        .unwrap_err()
+        .field,
+        "config.maxUpgradedConnections"
+    );
+    assert_eq!(
+        validate_tls_mode(&c, AuthType::Bearer).unwrap_err().field,
+        "config.tls"
+    );
+    assert!(validate_tls_mode(&c, AuthType::None).is_ok());
+    assert!(validate_tls_mode(&ProviderConfig::default(), AuthType::Bearer).is_ok());
+}

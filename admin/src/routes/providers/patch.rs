@@ -14,7 +14,7 @@
 
 use hub_core::provider::{
     Auth, ProviderConfig, ProviderRecord, ProviderStatus, parse_base_url, validate_hosts,
-    validate_name,
+    validate_name, validate_tls_mode,
 };
 use hub_core::store::ProviderChange;
 use hub_core::vault::Vault;
@@ -85,6 +85,11 @@ impl ProviderPatch {
         let effective = config.as_ref().unwrap_or(&current.config);
         let base_url = self.base_url.as_deref().unwrap_or(&current.base_url);
         parse_base_url(base_url, effective.allow_insecure_upstream)?;
+        let auth_type = self
+            .auth
+            .as_ref()
+            .map_or(current.auth_type, Auth::auth_type);
+        validate_tls_mode(effective, auth_type)?;
         let credentials = match &self.auth {
             Some(auth) => {
                 auth.validate()?;
