@@ -95,6 +95,7 @@ problems! {
     MISDIRECTED_REQUEST = 421, "misdirected_request", "Misdirected request";
     RATE_LIMITED = 429, "rate_limited", "Rate limited";
     QUOTA_EXHAUSTED = 429, "quota_exhausted", "Daily quota exhausted";
+    TOO_MANY_UPGRADED = 429, "too_many_upgraded_connections", "Too many upgraded connections";
     HEADERS_TOO_LARGE = 431, "headers_too_large", "Request header fields too large";
     INTERNAL_ERROR = 500, "internal_error", "Internal error";
     UPSTREAM_FAILED = 502, "upstream_failed", "Upstream failed";
@@ -105,6 +106,53 @@ problems! {
     JOBS_UNAVAILABLE = 503, "jobs_unavailable", "Jobs unavailable";
     OVERLOADED = 503, "overloaded", "Too many connections";
     UPSTREAM_TIMEOUT = 504, "upstream_timeout", "Upstream timeout";
+}
+
+/// gRPC status codes the hub answers with itself (grpc/doc/statuscodes.md).
+pub mod grpc_status {
+    /// Not an error.
+    pub const OK: u32 = 0;
+    /// The client's request was malformed.
+    pub const INVALID_ARGUMENT: u32 = 3;
+    /// The deadline (`grpc-timeout`, the provider's budget) expired.
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    /// Not allowed: unknown provider, disabled, forbidden port or destination.
+    pub const PERMISSION_DENIED: u32 = 7;
+    /// Rate limit, daily quota, too many streams.
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    /// The method is not served (a request gRPC cannot carry).
+    pub const UNIMPLEMENTED: u32 = 12;
+    /// A fault in the hub.
+    pub const INTERNAL: u32 = 13;
+    /// Transient: breaker open, provider failing, credentials unavailable. Safe to retry when no
+    /// response headers were received.
+    pub const UNAVAILABLE: u32 = 14;
+    /// The provider's credentials could not be used.
+    pub const UNAUTHENTICATED: u32 = 16;
+}
+
+/// The gRPC status a module gets for one of the hub's own answers (`status` is the HTTP status
+/// the same problem has for plain HTTP callers).
+pub fn grpc_status_of(status: u16) -> u32 {
+    match status {
+        400 | 413 | 417 | 421 | 431 => grpc_status::INVALID_ARGUMENT,
+        401 | 407 => grpc_status::UNAUTHENTICATED,
+        403 | 404 => grpc_status::PERMISSION_DENIED,
+        408 | 504 => grpc_status::DEADLINE_EXCEEDED,
+        409 => grpc_status::INVALID_ARGUMENT,
+        429 => grpc_status::RESOURCE_EXHAUSTED,
+        501 => grpc_status::UNIMPLEMENTED,
+        502 | 503 => grpc_status::UNAVAILABLE,
+        _ => grpc_status::INTERNAL,
+    }
+}
+
+/// Whether a request is a gRPC call (`content-type: application/grpc` or `application/grpc+…`).
+pub fn is_grpc_content_type(content_type: &[u8]) -> bool {
+    let ct = content_type;
+    ct.len() >= 16
+        && ct[..16].eq_ignore_ascii_case(b"application/grpc")
+        && matches!(ct.get(16), None | Some(b'+' | b';'))
 }
 
 /// Request headers a call's sender never sets itself (a module through `POST /call`, the worker
@@ -154,6 +202,49 @@ mod tests {
             "a\u{FFFD}b\tc\r\n\u{FFFD}\u{FFFD}"
         );
         assert_eq!(excerpt(b"abcdef", 3), "abc");
+    }
+
+    #[test]
+    fn grpc_content_types_and_statuses() {
+        for ct in [
+            "application/grpc",
+            "application/grpc+proto",
+            "Application/GRPC;x=1",
+        ] {
+            assert!(is_grpc_content_type(ct.as_bytes()), "{ct}");
+        }
+        for ct in [
+            "application/grpc-web",
+            "application/json",
+            "application/grp",
+            "",
+        ] {
+            assert!(!is_grpc_content_type(ct.as_bytes()), "{ct}");
+        }
+        assert_eq!(
+            grpc_status_of(problem::CIRCUIT_OPEN.status),
+            grpc_status::UNAVAILABLE
+        );
+        assert_eq!(
+            grpc_status_of(problem::RATE_LIMITED.status),
+            grpc_status::RESOURCE_EXHAUSTED
+        );
+        assert_eq!(
+            grpc_status_of(problem::UNKNOWN_PROVIDER.status),
+            grpc_status::PERMISSION_DENIED
+        );
+        assert_eq!(
+            grpc_status_of(problem::UPSTREAM_TIMEOUT.status),
+            grpc_status::DEADLINE_EXCEEDED
+        );
+        assert_eq!(
+            grpc_status_of(problem::UPSTREAM_FAILED.status),
+            grpc_status::UNAVAILABLE
+        );
+        assert_eq!(
+            grpc_status_of(problem::INTERNAL_ERROR.status),
+            grpc_status::INTERNAL
+        );
     }
 
     /// The README's error table names exactly the problems the proxy answers with, each with its
