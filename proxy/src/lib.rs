@@ -8,6 +8,8 @@
 //!   backoff inside the call's budget, replay, hand-off of exhausted calls.
 //! - [`inject`], [`hygiene`]: credential injection and header hygiene.
 //! - [`problem`]: the hub's own `application/problem+json` answers.
+//! - [`upgraded`]: long-lived connections per provider (WebSocket, passthrough tunnels): the
+//!   cap and the gauges.
 
 pub mod asynccall;
 pub mod escape;
@@ -20,6 +22,7 @@ pub mod problem;
 pub mod registry;
 pub mod serve;
 pub mod trace;
+pub mod upgraded;
 
 pub use registry::Registry;
 pub use serve::{ProxyOptions, ProxyServer};

@@ -92,6 +92,18 @@ pub struct Metrics {
     /// `integration_connections_refused_total{reason}`: connections closed at accept because a
     /// cap was reached (`total` or `per_source`).
     pub connections_refused: IntCounterVec,
+    /// `integration_upgraded_open{provider,kind}`: WebSocket connections (`websocket`) and
+    /// passthrough tunnels (`passthrough`) open now.
+    pub upgraded_open: IntGaugeVec,
+    /// `integration_upgraded_total{provider,kind,outcome}`: upgraded connections and passthrough
+    /// tunnels ended (`closed`, `idle_timeout`, `error`) or refused (`refused`).
+    pub upgraded_total: IntCounterVec,
+    /// `integration_upgraded_bytes_total{provider,kind,direction}`: bytes relayed on them
+    /// (`to_provider`, `to_module`).
+    pub upgraded_bytes: IntCounterVec,
+    /// `integration_h2_streams_refused_total{reason}`: HTTP/2 streams from modules refused
+    /// (`concurrency`: over the per-connection cap of streams in flight).
+    pub h2_streams_refused: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -328,6 +340,30 @@ impl Metrics {
                 &r,
                 "integration_connections_refused_total",
                 "Connections closed at accept because a connection cap was reached",
+                &["reason"],
+            ),
+            upgraded_open: gauge_vec(
+                &r,
+                "integration_upgraded_open",
+                "WebSocket connections and passthrough tunnels open now",
+                &["provider", "kind"],
+            ),
+            upgraded_total: counter(
+                &r,
+                "integration_upgraded_total",
+                "WebSocket connections and passthrough tunnels ended or refused",
+                &["provider", "kind", "outcome"],
+            ),
+            upgraded_bytes: counter(
+                &r,
+                "integration_upgraded_bytes_total",
+                "Bytes relayed on WebSocket connections and passthrough tunnels",
+                &["provider", "kind", "direction"],
+            ),
+            h2_streams_refused: counter(
+                &r,
+                "integration_h2_streams_refused_total",
+                "HTTP/2 streams from modules refused",
                 &["reason"],
             ),
             registry: r,

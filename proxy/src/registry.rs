@@ -46,6 +46,21 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// An active provider named `name` on `http://name.test` with the default policy and no
+    /// credentials (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str) -> Self {
+        Self {
+            id: ProviderId::new(),
+            name: name.to_owned(),
+            status: ProviderStatus::Active,
+            base: parse_base_url(&format!("http://{name}.test"), true).expect("test base URL"),
+            config: ProviderConfig::default(),
+            auth: Some(Auth::None),
+            version: 1,
+        }
+    }
+
     /// Whether a module-facing port is one this provider is reached on: the scheme's default
     /// port (443 through CONNECT, 80 in absolute-form) or the base URL's own port.
     pub fn accepts_port(&self, port: u16, tunnel: bool) -> bool {
