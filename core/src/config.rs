@@ -146,6 +146,13 @@ pub struct ProxyConfig {
     /// 5000): open connections from one source address at most (one pod, one node behind SNAT);
     /// over it, the same `503` with `reason="per_source"`.
     pub max_connections_per_source: usize,
+    /// `proxy.prefer_h2` (env `HUB_PROXY_PREFER_H2`, default false): inside tunnels the hub
+    /// offers `http/1.1` and `h2` in ALPN; a module offering only `h2` (gRPC clients) always gets
+    /// it. A module offering both gets HTTP/1.1 unless this is true. Off by default because the
+    /// hub cannot answer `Expect: 100-continue` over h2 (Pingora 0.9 drops interim responses on
+    /// h2), and a client that waits for the `100` there (Java's HttpClient with
+    /// `expectContinue(true)`) hangs; turn it on when no module relies on that.
+    pub prefer_h2: bool,
 }
 
 /// `admin:` section.
@@ -291,6 +298,7 @@ impl Default for ProxyConfig {
             worker_threads: 0,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
+            prefer_h2: false,
         }
     }
 }
@@ -451,6 +459,9 @@ impl HubConfig {
         if let Some(v) = get("HUB_PROXY_MAX_CONNECTIONS_PER_SOURCE") {
             self.proxy.max_connections_per_source =
                 parse("HUB_PROXY_MAX_CONNECTIONS_PER_SOURCE", &v)?;
+        }
+        if let Some(v) = get("HUB_PROXY_PREFER_H2") {
+            self.proxy.prefer_h2 = parse("HUB_PROXY_PREFER_H2", &v)?;
         }
         if let Some(v) = get("HUB_PROXY_WORKER_THREADS") {
             self.proxy.worker_threads = parse("HUB_PROXY_WORKER_THREADS", &v)?;

@@ -108,6 +108,13 @@ problems! {
     UPSTREAM_TIMEOUT = 504, "upstream_timeout", "Upstream timeout";
 }
 
+/// gRPC's status header (in trailers, or in a trailers-only answer).
+pub const GRPC_STATUS: &str = "grpc-status";
+/// gRPC's status message header (percent-encoded).
+pub const GRPC_MESSAGE: &str = "grpc-message";
+/// gRPC's deadline header (`<digits><unit>`, unit one of H M S m u n).
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+
 /// gRPC status codes the hub answers with itself (grpc/doc/statuscodes.md).
 pub mod grpc_status {
     /// Not an error.

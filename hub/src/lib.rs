@@ -390,6 +390,7 @@ pub async fn proxy_options(
             total: hub.config.proxy.max_connections,
             per_source: hub.config.proxy.max_connections_per_source,
         },
+        prefer_h2: hub.config.proxy.prefer_h2,
     })
 }
 

@@ -16,6 +16,7 @@
 
 pub(crate) mod body;
 mod dlq;
+mod grpc;
 mod pool;
 mod rewrite;
 #[cfg(test)]
@@ -135,6 +136,9 @@ impl Forwarder {
         call: &Call<'_>,
         report: &mut CallReport,
     ) -> Result<u16, Problem> {
+        if session.as_http2().is_some() && crate::problem::is_grpc(session.req_header()) {
+            return self.call_grpc(session, call, report).await;
+        }
         let provider = call.provider;
         let policy = Policy::from_config(&provider.config, self.hub_default_rate);
         let mut plan = RetryPlan::new(&provider.config, Instant::now());
@@ -179,21 +183,9 @@ impl Forwarder {
         let (stop, circuit): (&'static str, Option<Duration>) = loop {
             let permit_now = match permit.take() {
                 Some(p) => p,
-                None => match self.admission(provider, &policy).await {
-                    Admission::Admitted(p) => p,
-                    Admission::RateLimited { retry_after }
-                    | Admission::QuotaExhausted { retry_after } => {
-                        if retry_after + plan.attempt_timeout(Instant::now())
-                            <= plan.remaining(Instant::now())
-                        {
-                            tokio::time::sleep(retry_after).await;
-                            continue;
-                        }
-                        break (Stop::BudgetExhausted.kind(), None);
-                    }
-                    Admission::CircuitOpen { retry_after } => {
-                        break ("circuit_open", Some(retry_after));
-                    }
+                None => match self.readmit(provider, &policy, &plan).await {
+                    Ok(p) => p,
+                    Err(stopped) => break stopped,
                 },
             };
             report.attempts += 1;
@@ -239,8 +231,15 @@ impl Forwarder {
                 && let Some(up) = attempt.upstream
             {
                 // A final answer from a working provider (incl. a 4xx): the caller gets it as is.
-                let (status, cut) =
-                    relay(session, up, &peer, call.request_id, plan.deadline()).await;
+                let (status, cut) = relay(
+                    self.dial.as_ref(),
+                    session,
+                    up,
+                    &peer,
+                    call.request_id,
+                    plan.deadline(),
+                )
+                .await;
                 report.cut = cut;
                 return Ok(status);
             }
@@ -299,6 +298,34 @@ impl Forwarder {
             dlq::Recorded::Nowhere => {}
         }
         Err(problem)
+    }
+
+    /// The admission of a retry: a rate limit or quota that frees up within the budget is waited
+    /// for; otherwise why the attempts stop, and the circuit's `Retry-After` when it closed the
+    /// door mid-call.
+    async fn readmit(
+        &self,
+        provider: &Provider,
+        policy: &Policy,
+        plan: &RetryPlan,
+    ) -> Result<Permit, (&'static str, Option<Duration>)> {
+        loop {
+            match self.admission(provider, policy).await {
+                Admission::Admitted(p) => return Ok(p),
+                Admission::RateLimited { retry_after }
+                | Admission::QuotaExhausted { retry_after } => {
+                    if retry_after + plan.attempt_timeout(Instant::now())
+                        > plan.remaining(Instant::now())
+                    {
+                        return Err((Stop::BudgetExhausted.kind(), None));
+                    }
+                    tokio::time::sleep(retry_after).await;
+                }
+                Admission::CircuitOpen { retry_after } => {
+                    return Err(("circuit_open", Some(retry_after)));
+                }
+            }
+        }
     }
 
     /// Asks the shared state for an attempt, counting a refusal.

@@ -102,11 +102,12 @@ fn target_of(req: &RequestHeader, tunnel: Option<&TunnelTarget>) -> Result<Targe
     let raw = std::str::from_utf8(req.raw_path())
         .map_err(|_| Problem::bad_request("request target is not valid UTF-8"))?;
     if let Some(t) = tunnel {
-        let host_header = req
-            .headers
-            .get("host")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| Problem::bad_request("missing Host header"))?;
+        // HTTP/2 names the host in `:authority` (a `Host` beside it must agree: Pingora checks).
+        let host_header = match req.headers.get("host") {
+            Some(v) => v.to_str().ok(),
+            None => req.uri.authority().map(|a| a.as_str()),
+        }
+        .ok_or_else(|| Problem::bad_request("missing Host header"))?;
         let (h, p) = split_host_port(host_header)
             .ok_or_else(|| Problem::bad_request("malformed Host header"))?;
         if normalize_host(&h) != t.host || p.is_some_and(|p| p != t.port) {
@@ -283,6 +284,14 @@ impl ProxyHttp for HubProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        if ctx.conn.is_none() {
+            // An HTTP/2 stream: its connection's context came in the request's extensions.
+            ctx.conn = session
+                .req_header()
+                .extensions
+                .get::<Arc<ConnCtx>>()
+                .cloned();
+        }
         let rid = hygiene::request_id(session.req_header());
         ctx.request_id = Some(rid.clone());
         let trace = TraceContext::continue_or_start(

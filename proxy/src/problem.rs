@@ -114,16 +114,32 @@ impl Problem {
         bytes
     }
 
-    /// Writes the problem as the response of `session`.
-    pub async fn send(
+    /// The `grpc-message` for this problem: `code: detail`, percent-encoded as gRPC requires.
+    pub fn grpc_message(&self) -> String {
+        grpc_percent_encode(&format!("{}: {}", self.code, self.detail))
+    }
+
+    /// The problem as a gRPC "trailers-only" answer: HTTP 200, `grpc-status` from
+    /// [`wire::grpc_status_of`], `grpc-message`, and the hub's own headers, in one HEADERS frame
+    /// that ends the stream. A gRPC client shows it as a status, not as an HTTP error page.
+    pub fn to_grpc(&self, request_id: Option<&str>) -> pingora::Result<ResponseHeader> {
+        let mut resp = ResponseHeader::build(200, Some(8))?;
+        resp.insert_header("content-type", "application/grpc")?;
+        resp.insert_header(
+            wire::GRPC_STATUS,
+            wire::grpc_status_of(self.status).to_string(),
+        )?;
+        resp.insert_header(wire::GRPC_MESSAGE, self.grpc_message())?;
+        self.hub_headers(&mut resp, request_id)?;
+        Ok(resp)
+    }
+
+    /// `X-Request-ID`, `Retry-After`, `X-Circuit-Breaker-Open`, `X-Hub-DLQ-Id` as they apply.
+    fn hub_headers(
         &self,
-        session: &mut ServerSession,
+        resp: &mut ResponseHeader,
         request_id: Option<&str>,
     ) -> pingora::Result<()> {
-        let body = self.body(request_id);
-        let mut resp = ResponseHeader::build(self.status, Some(5))?;
-        resp.insert_header("content-type", "application/problem+json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
         if let Some(id) = request_id {
             resp.insert_header(wire::REQUEST_ID, id)?;
         }
@@ -136,9 +152,76 @@ impl Problem {
         if let Some(id) = self.dlq_id {
             resp.insert_header(wire::DLQ_ID, id.to_string())?;
         }
+        Ok(())
+    }
+
+    /// Writes the problem as the response of `session`: problem+json, or the gRPC form to a gRPC
+    /// call over HTTP/2.
+    pub async fn send(
+        &self,
+        session: &mut ServerSession,
+        request_id: Option<&str>,
+    ) -> pingora::Result<()> {
+        if let ServerSession::H2(h2) = session
+            && is_grpc(h2.req_header())
+        {
+            return h2.write_response_header(Box::new(self.to_grpc(request_id)?), true);
+        }
+        let body = self.body(request_id);
+        let mut resp = ResponseHeader::build(self.status, Some(5))?;
+        resp.insert_header("content-type", "application/problem+json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        self.hub_headers(&mut resp, request_id)?;
         session.set_keepalive(None);
         session.write_response_header(Box::new(resp)).await?;
         session.write_response_body(body, true).await?;
         Ok(())
+    }
+}
+
+/// Whether `req` is a gRPC call.
+pub fn is_grpc(req: &pingora::http::RequestHeader) -> bool {
+    req.headers
+        .get("content-type")
+        .is_some_and(|v| wire::is_grpc_content_type(v.as_bytes()))
+}
+
+/// gRPC's percent-encoding of `grpc-message`: bytes outside printable ASCII, and `%`, as `%XX`.
+fn grpc_percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_form_carries_status_message_and_hub_headers() {
+        let mut p = Problem::new(
+            problem::CIRCUIT_OPEN,
+            "provider pay is failing; 100% sure ✓",
+        );
+        p.circuit_open = true;
+        p.retry_after = Some(7);
+        let h = p.to_grpc(Some("rid-1")).unwrap();
+        let get = |n: &str| h.headers.get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(h.status.as_u16(), 200);
+        assert_eq!(get("content-type"), "application/grpc");
+        assert_eq!(get("grpc-status"), "14");
+        assert_eq!(
+            get("grpc-message"),
+            "circuit_open: provider pay is failing; 100%25 sure %E2%9C%93"
+        );
+        assert_eq!(get(wire::CIRCUIT_OPEN), "true");
+        assert_eq!(get("retry-after"), "7");
+        assert_eq!(get(wire::REQUEST_ID), "rid-1");
     }
 }

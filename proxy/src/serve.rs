@@ -84,6 +84,7 @@ macro_rules! delegate_stream_traits {
 
 mod coalesce;
 pub mod guard;
+pub mod h2;
 mod tls;
 mod workers;
 
@@ -100,6 +101,7 @@ use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{ALPN, Ssl};
 use pingora::proxy::{HttpProxy, http_proxy};
 use pingora::server::configuration::ServerConf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -285,6 +287,8 @@ pub struct ProxyOptions {
     pub worker_threads: Option<usize>,
     /// Caps on open connections.
     pub limits: ConnLimits,
+    /// Give `h2` to modules that offer both it and HTTP/1.1 (`proxy.prefer_h2`).
+    pub prefer_h2: bool,
 }
 
 /// The running proxy's shared parts.
@@ -376,9 +380,11 @@ impl ProxyServer {
             opts.leaf_cache_size,
             opts.leaf_validity,
         ));
-        let acceptor = Acceptor::from_server_config(tls::server_config(resolver.clone())?);
+        let acceptor =
+            Acceptor::from_server_config(tls::server_config(resolver.clone(), opts.prefer_h2)?);
         let refusals = Arc::new(RefusalLeaves::new(ca));
-        let refusal_acceptor = Acceptor::from_server_config(tls::server_config(refusals.clone())?);
+        let refusal_acceptor =
+            Acceptor::from_server_config(tls::server_config(refusals.clone(), opts.prefer_h2)?);
         let workers = match opts.worker_threads {
             Some(n) => Some(
                 Workers::start(n)
@@ -619,6 +625,21 @@ impl ProxyServer {
             return;
         };
         let _open = TunnelGuard::new();
+        if tls.selected_alpn_proto() == Some(ALPN::H2) {
+            let conn = Arc::new(ConnCtx {
+                tunnel: Some(target),
+                head: Arc::new(HeadControl::default()),
+            });
+            h2::serve(
+                &self.app,
+                Box::new(tls),
+                conn,
+                Duration::from_secs(KEEPALIVE_SECS),
+                &shutdown,
+            )
+            .await;
+            return;
+        }
         let control = Arc::new(HeadControl::default());
         let stream = Guarded::new(tls, control.clone());
         self.serve_http(Box::new(stream), control, Some(target), &shutdown)
@@ -673,6 +694,10 @@ impl ProxyServer {
         let Some(tls) = establish(stream, &self.refusal_acceptor, peer, target).await else {
             return;
         };
+        if tls.selected_alpn_proto() == Some(ALPN::H2) {
+            h2::refuse(Box::new(tls), problem, Duration::from_secs(KEEPALIVE_SECS)).await;
+            return;
+        }
         let control = Arc::new(HeadControl::default());
         control.arm();
         let mut session = ServerSession::new_http1(Box::new(Guarded::new(tls, control.clone())));

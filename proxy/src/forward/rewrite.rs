@@ -20,6 +20,8 @@ pub fn upstream_header(
 ) -> pingora::Result<RequestHeader> {
     let mut up = caller.clone();
     hygiene::strip_hop_by_hop(&mut up);
+    // Whatever the caller spoke: Pingora's h2 client sets HTTP/2 on its own copy.
+    up.set_version(http::Version::HTTP_11);
     let (path, query) = match path_and_query.split_once('?') {
         Some((path, q)) => (path, Some(q)),
         None => (path_and_query, None),

@@ -61,6 +61,7 @@ impl Dial for ScriptedDial {
         &self,
         _provider: &Provider,
         _addr: SocketAddr,
+        _version: hub_core::provider::HttpVersion,
     ) -> pingora::Result<UpstreamSession> {
         *self.dials.lock().unwrap() += 1;
         let next = self

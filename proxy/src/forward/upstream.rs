@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hub_core::provider::HttpVersion;
 use hub_core::state::AttemptEnd;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -27,14 +28,55 @@ use crate::registry::Provider;
 /// the forwarder's own tests).
 #[async_trait]
 pub trait Dial: Send + Sync {
-    /// A new connection to `provider` at the checked address `addr`.
-    async fn dial(&self, provider: &Provider, addr: SocketAddr)
-    -> pingora::Result<UpstreamSession>;
+    /// A session to `provider` at the checked address `addr` speaking `version`: a new
+    /// HTTP/1.1 connection, or a stream on a (possibly shared) h2 connection.
+    async fn dial(
+        &self,
+        provider: &Provider,
+        addr: SocketAddr,
+        version: HttpVersion,
+    ) -> pingora::Result<UpstreamSession>;
+
+    /// Gives back an h2 session whose exchange completed, so its connection serves the next
+    /// call (HTTP/1.1 connections go to the hub's own pool instead). Dropping it is also fine.
+    async fn release(
+        &self,
+        _session: UpstreamSession,
+        _provider: &Provider,
+        _addr: SocketAddr,
+        _version: HttpVersion,
+    ) {
+    }
 }
 
+/// Concurrent streams the hub opens on one h2 connection to a provider (the provider's own
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` lowers it).
+pub const UPSTREAM_H2_STREAMS: usize = 100;
+
 /// Dials with Pingora's connector: TCP, then TLS verified against the system roots plus the
-/// hub's extra upstream CA, within the provider's connect timeout.
+/// hub's extra upstream CA, within the provider's connect timeout. ALPN follows the provider's
+/// `httpVersion`; h2 connections are shared by up to [`UPSTREAM_H2_STREAMS`] calls and pooled by
+/// the connector.
 pub struct PingoraDial(pub(crate) Connector);
+
+impl PingoraDial {
+    fn peer(provider: &Provider, addr: SocketAddr, version: HttpVersion) -> HttpPeer {
+        use pingora::protocols::ALPN;
+        let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+        let connect = provider.config.connect_timeout();
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        peer.options.alpn = match version {
+            HttpVersion::Http1 => ALPN::H1,
+            HttpVersion::H2 => ALPN::H2,
+            HttpVersion::Auto => ALPN::H2H1,
+        };
+        peer.options.max_h2_streams = UPSTREAM_H2_STREAMS;
+        peer
+    }
+}
 
 #[async_trait]
 impl Dial for PingoraDial {
@@ -42,26 +84,47 @@ impl Dial for PingoraDial {
         &self,
         provider: &Provider,
         addr: SocketAddr,
+        version: HttpVersion,
     ) -> pingora::Result<UpstreamSession> {
-        let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
-        let connect = provider.config.connect_timeout();
-        peer.options.connection_timeout = Some(connect);
-        peer.options.total_connection_timeout = Some(connect);
-        peer.options.verify_cert = true;
-        peer.options.verify_hostname = true;
+        let peer = Self::peer(provider, addr, version);
         self.0.get_http_session(&peer).await.map(|(s, _)| s)
+    }
+
+    async fn release(
+        &self,
+        session: UpstreamSession,
+        provider: &Provider,
+        addr: SocketAddr,
+        version: HttpVersion,
+    ) {
+        if matches!(session, UpstreamSession::H2(_)) {
+            let peer = Self::peer(provider, addr, version);
+            self.0
+                .release_http_session(session, &peer, Some(provider.config.idle_timeout()))
+                .await;
+        }
     }
 }
 
-/// Where an attempt goes: the provider at the pinned address and its pool key.
+/// Where an attempt goes: the provider at the pinned address, the HTTP version asked for, and
+/// its pool key.
 pub(crate) struct Upstream<'a> {
     pub(crate) provider: &'a Provider,
     pub(crate) addr: SocketAddr,
+    pub(crate) version: HttpVersion,
     pub(crate) key: u64,
 }
 
 impl<'a> Upstream<'a> {
     pub(crate) fn new(provider: &'a Provider, addr: SocketAddr) -> Self {
+        Self::with_version(provider, addr, provider.config.http_version)
+    }
+
+    pub(crate) fn with_version(
+        provider: &'a Provider,
+        addr: SocketAddr,
+        version: HttpVersion,
+    ) -> Self {
         use std::hash::{Hash, Hasher};
         // The provider as of this version (base URL, TLS settings) and the checked address.
         let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -69,8 +132,20 @@ impl<'a> Upstream<'a> {
         Self {
             provider,
             addr,
+            version,
             key: h.finish(),
         }
+    }
+
+    /// A new session (see [`Dial::dial`]).
+    pub(crate) async fn dial(&self, dial: &dyn Dial) -> pingora::Result<UpstreamSession> {
+        dial.dial(self.provider, self.addr, self.version).await
+    }
+
+    /// Gives a finished session back (see [`Dial::release`]).
+    pub(crate) async fn release(&self, dial: &dyn Dial, session: UpstreamSession) {
+        dial.release(session, self.provider, self.addr, self.version)
+            .await;
     }
 }
 
@@ -148,7 +223,7 @@ pub(crate) async fn attempt(
             done => return attempt_of(done),
         }
     }
-    let up = match dial.dial(peer.provider, peer.addr).await {
+    let up = match peer.dial(dial).await {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(error = %e.etype().as_str(), "upstream connect failed");
@@ -173,12 +248,22 @@ async fn send(
     body: &Body,
     first_byte: Duration,
 ) -> Result<UpstreamSession, SendError> {
-    if let UpstreamSession::H1(h1) = &mut up {
-        // Writes stall at most the idle timeout; the head's wait is bounded below.
-        h1.read_timeout = None;
-        h1.write_timeout = Some(peer.provider.config.idle_timeout());
+    let mut header = Box::new(header.clone());
+    match &mut up {
+        UpstreamSession::H1(h1) => {
+            // Writes stall at most the idle timeout; the head's wait is bounded below.
+            h1.read_timeout = None;
+            h1.write_timeout = Some(peer.provider.config.idle_timeout());
+        }
+        UpstreamSession::H2(h2) => {
+            h2.read_timeout = None;
+            h2.write_timeout = Some(peer.provider.config.idle_timeout());
+            // h2 frames the body itself; a caller's chunked framing has no place in it.
+            header.remove_header("transfer-encoding");
+        }
+        UpstreamSession::Custom(_) => {}
     }
-    if let Err(e) = up.write_request_header(Box::new(header.clone())).await {
+    if let Err(e) = up.write_request_header(header).await {
         return Err(SendError {
             error: e,
             header_written: false,
@@ -195,9 +280,7 @@ async fn send(
     };
     match sent.await {
         Ok(()) => {
-            if let UpstreamSession::H1(h1) = &mut up {
-                h1.read_timeout = Some(peer.provider.config.idle_timeout());
-            }
+            up.set_read_timeout(Some(peer.provider.config.idle_timeout()));
             Ok(up)
         }
         Err(e) => Err(SendError {
@@ -247,6 +330,7 @@ impl Cut {
 /// a truncated answer, never a complete-looking one. The total budget is checked between chunks:
 /// a live stream is cut at most one idle period past it.
 pub(crate) async fn relay(
+    dial: &dyn Dial,
     session: &mut Session,
     mut up: UpstreamSession,
     peer: &Upstream<'_>,
@@ -262,6 +346,7 @@ pub(crate) async fn relay(
         resp.remove_header(*h);
     }
     let _ = resp.insert_header(REQUEST_ID, request_id);
+    fit_response_to_caller(&mut resp, session, &up);
     session.set_write_timeout(Some(peer.provider.config.idle_timeout()));
     let cut = async {
         if session
@@ -289,6 +374,22 @@ pub(crate) async fn relay(
                 return Some(Cut::TotalTimeout);
             }
         }
+        if let UpstreamSession::H2(h2) = &mut up {
+            // gRPC's status (and any h2 provider's trailers) go to an h2 caller; HTTP/1.1
+            // callers have no trailers here (Pingora writes none), the body already ended.
+            match h2.read_trailers().await {
+                Ok(Some(trailers)) if session.as_http2().is_some() => {
+                    return session
+                        .write_response_trailers(trailers)
+                        .await
+                        .err()
+                        .map(|_| Cut::CallerGone);
+                }
+                Ok(_) => {}
+                Err(e) if e.etype() == &ErrorType::ReadTimedout => return Some(Cut::IdleTimeout),
+                Err(_) => return Some(Cut::UpstreamError),
+            }
+        }
         session
             .write_response_body(None, true)
             .await
@@ -297,16 +398,17 @@ pub(crate) async fn relay(
     }
     .await;
     match cut {
-        None => {
-            if up.response_done()
-                && let UpstreamSession::H1(mut h1) = up
-            {
+        None if !up.response_done() => {}
+        None => match up {
+            UpstreamSession::H1(mut h1) => {
                 h1.respect_keepalive();
                 if let Some(stream) = h1.reuse().await {
                     pool::put(peer.key, stream);
                 }
             }
-        }
+            UpstreamSession::H2(_) => peer.release(dial, up).await,
+            _ => {}
+        },
         Some(cut) => {
             tracing::debug!(cut = cut.as_str(), "relay to caller cut");
             // No closing chunk: Pingora's finish would write one on a chunked response.
@@ -315,6 +417,30 @@ pub(crate) async fn relay(
         }
     }
     (status, cut)
+}
+
+/// Makes a provider's response head one the caller's protocol can carry: an h2 answer to an
+/// HTTP/1.1 caller gets HTTP/1.1 and, without a length, chunked framing (else Pingora would end
+/// it by closing the connection); an HTTP/1.1 answer to an h2 caller loses its framing header.
+pub(crate) fn fit_response_to_caller(
+    resp: &mut ResponseHeader,
+    session: &Session,
+    up: &UpstreamSession,
+) {
+    if session.as_http2().is_some() {
+        resp.remove_header("transfer-encoding");
+        return;
+    }
+    resp.set_version(http::Version::HTTP_11);
+    let bodiless = resp.status.is_informational()
+        || matches!(resp.status.as_u16(), 204 | 304)
+        || session.req_header().method == http::Method::HEAD;
+    if matches!(up, UpstreamSession::H2(_))
+        && !bodiless
+        && !resp.headers.contains_key("content-length")
+    {
+        let _ = resp.insert_header("transfer-encoding", "chunked");
+    }
 }
 
 /// Up to [`EXCERPT_LEN`] bytes of a failed answer's body (bounded in time).

@@ -201,16 +201,24 @@ impl ResolvesServerCert for LeafResolver {
     }
 }
 
-/// The server-side TLS config used inside tunnels: HTTP/1.1 only, leaves from `resolver`.
+/// The server-side TLS config used inside tunnels: h2 or HTTP/1.1 by ALPN (the server's order
+/// decides when a module offers both: HTTP/1.1 first unless `prefer_h2`), leaves from `resolver`.
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
+    prefer_h2: bool,
 ) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // rustls picks the first of these the module also offers. gRPC clients offer only h2
+    // (`serve/h2.rs`); see `proxy.prefer_h2` for why HTTP/1.1 comes first by default.
+    cfg.alpn_protocols = if prefer_h2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec(), b"h2".to_vec()]
+    };
     // Session resumption (TLS 1.3 tickets, TLS 1.2 session ids): a module reconnecting to the
     // same provider skips the certificate signature, the dearest step of a handshake.
     cfg.ticketer = rustls::crypto::ring::Ticketer::new()?;
