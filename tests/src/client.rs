@@ -147,3 +147,32 @@ pub async fn read_response<S: AsyncReadExt + Unpin>(s: &mut S) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A TLS client config trusting the hub CA that offers only `h2` (as gRPC clients do).
+pub fn hub_h2_tls_config(hub: &TestHub) -> Arc<rustls::ClientConfig> {
+    let mut cfg = (*hub_tls_config(hub)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(cfg)
+}
+
+/// An HTTP/2 module connection through the hub: CONNECT `host:port`, TLS (ALPN h2) with the hub
+/// CA, the h2 handshake; the connection is driven in the background.
+pub async fn h2_module(
+    hub: &TestHub,
+    host: &str,
+    port: u16,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    let tls = raw_tunnel_with(hub, host, port, hub_h2_tls_config(hub)).await;
+    assert_eq!(
+        tls.get_ref().1.alpn_protocol(),
+        Some(&b"h2"[..]),
+        "the hub speaks h2"
+    );
+    let (send, conn) = h2::client::handshake(tls)
+        .await
+        .expect("h2 handshake with the hub");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
+}

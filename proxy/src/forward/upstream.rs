@@ -52,6 +52,12 @@ pub trait Dial: Send + Sync {
 /// Concurrent streams the hub opens on one h2 connection to a provider (the provider's own
 /// `SETTINGS_MAX_CONCURRENT_STREAMS` lowers it).
 pub const UPSTREAM_H2_STREAMS: usize = 100;
+/// Receive window per h2 stream from a provider: what the hub holds of an answer the module does
+/// not read (a slow reader), and the most a stream can have in flight (1 MiB ≈ 80 Mbit/s at
+/// 100 ms round trip).
+pub const UPSTREAM_H2_STREAM_WINDOW: u32 = 1024 * 1024;
+/// Receive window per h2 connection to a provider (shared by its streams).
+pub const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Dials with Pingora's connector: TCP, then TLS verified against the system roots plus the
 /// hub's extra upstream CA, within the provider's connect timeout. ALPN follows the provider's
@@ -74,6 +80,8 @@ impl PingoraDial {
             HttpVersion::Auto => ALPN::H2H1,
         };
         peer.options.max_h2_streams = UPSTREAM_H2_STREAMS;
+        peer.options.h2_stream_window_size = Some(UPSTREAM_H2_STREAM_WINDOW);
+        peer.options.h2_connection_window_size = Some(UPSTREAM_H2_CONNECTION_WINDOW);
         peer
     }
 }
