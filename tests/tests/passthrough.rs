@@ -138,7 +138,10 @@ async fn a_module_that_trusts_only_the_provider_ca_reaches_it_untouched_and_the_
 
     // Trusting only the hub's CA, the same call fails: the certificate is the provider's.
     let err = client(&hub).get(&url).send().await.unwrap_err();
-    assert!(err.is_connect() || err.is_request(), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("UnknownIssuer"),
+        "the module refused a certificate the hub CA did not issue: {err:?}"
+    );
     assert_eq!(fake.requests().len(), 1);
 
     // One access line per tunnel (the second one ended in the module's failed handshake).
@@ -157,6 +160,41 @@ async fn a_module_that_trusts_only_the_provider_ca_reaches_it_untouched_and_the_
         "closed by a side: {first}"
     );
     assert!(!logs::contents().contains("module_OWN_token_SECRET"));
+
+    // The upgraded metrics count the tunnels and their bytes (calls' metrics do not).
+    let m = &hub_proxy::metrics::METRICS;
+    let bytes = |direction: &str| {
+        m.upgraded_bytes
+            .with_label_values(&["pinned", "passthrough", direction])
+            .get()
+    };
+    assert_eq!(
+        bytes("to_provider"),
+        first["bytes_in"].as_u64().unwrap() + lines[1]["bytes_in"].as_u64().unwrap()
+    );
+    assert_eq!(
+        bytes("to_module"),
+        first["bytes_out"].as_u64().unwrap() + lines[1]["bytes_out"].as_u64().unwrap()
+    );
+    let ended = |outcome: &str| {
+        m.upgraded_total
+            .with_label_values(&["pinned", "passthrough", outcome])
+            .get()
+    };
+    assert_eq!(ended("closed") + ended("error"), 2);
+    assert_eq!(
+        m.upgraded_open
+            .with_label_values(&["pinned", "passthrough"])
+            .get(),
+        0
+    );
+    assert_eq!(
+        m.requests
+            .with_label_values(&["pinned", "POST", "200"])
+            .get(),
+        0,
+        "a tunnel is not a call"
+    );
 }
 
 #[tokio::test]
@@ -314,7 +352,7 @@ async fn a_passthrough_destination_is_checked_before_anything_is_dialled() {
 }
 
 #[tokio::test]
-async fn a_provider_that_refuses_the_connection_is_a_502_to_the_connect() {
+async fn a_provider_that_refuses_the_connection_is_a_502_then_its_breaker_opens() {
     logs::init();
     let pki = TestPki::new();
     let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
@@ -329,12 +367,18 @@ async fn a_provider_that_refuses_the_connection_is_a_502_to_the_connect() {
         "hosts": [HOST],
         "baseUrl": format!("https://localhost:{port}"),
         "auth": {"type": "none"},
-        "config": {"tls": "passthrough", "allowPrivateNetwork": true},
+        "config": {"tls": "passthrough", "allowPrivateNetwork": true,
+                   "breaker": {"failureThreshold": 1}},
     }))
     .await;
     let (_tcp, answer) = connect(&hub, port).await;
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     assert_eq!(problem_of(&answer)["code"], "upstream_failed");
+    // The failed connect is the breaker's failure: the next tunnel is refused without a dial.
+    let (_tcp, answer) = connect(&hub, port).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("x-circuit-breaker-open: true"), "{answer}");
+    assert_eq!(problem_of(&answer)["code"], "circuit_open");
 }
 
 #[tokio::test]
