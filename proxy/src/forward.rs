@@ -22,7 +22,7 @@ mod rewrite;
 #[cfg(test)]
 mod tests;
 mod upstream;
-mod verdict;
+pub(crate) mod verdict;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

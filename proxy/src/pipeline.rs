@@ -185,7 +185,7 @@ pub fn route(
     Ok(p.clone())
 }
 
-fn egress_problem(e: &EgressError, provider: &str) -> Problem {
+pub(crate) fn egress_problem(e: &EgressError, provider: &str) -> Problem {
     match e {
         EgressError::Forbidden { .. } => Problem::new(
             problem::FORBIDDEN_DESTINATION,

@@ -85,6 +85,7 @@ macro_rules! delegate_stream_traits {
 mod coalesce;
 pub mod guard;
 pub mod h2;
+mod passthrough;
 mod tls;
 mod workers;
 
@@ -95,7 +96,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hub_core::ca::HubCa;
-use hub_core::provider::{normalize_host, split_host_port};
+use hub_core::provider::{TlsMode, normalize_host, split_host_port};
 use hub_core::state::{Jitter, SharedState};
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
@@ -301,6 +302,8 @@ pub struct ProxyServer {
     refusals: Arc<RefusalLeaves>,
     registry: Arc<Registry>,
     resolver: Arc<LeafResolver>,
+    /// Resolves and checks passthrough destinations (calls resolve in the pipeline).
+    egress: crate::escape::Resolver,
     workers: Option<Workers>,
     limits: ConnLimits,
     /// The DLQ spool's gauges, when failed calls go to the writer.
@@ -401,6 +404,7 @@ impl ProxyServer {
             refusals,
             registry,
             resolver,
+            egress: crate::escape::Resolver::default(),
             workers,
             limits: opts.limits,
             spool: opts.exhausted.as_ref().and_then(|s| s.spool_stats()),
@@ -615,10 +619,17 @@ impl ProxyServer {
         if buf.len() > head_len {
             stream.rewind(&buf[head_len..]);
         }
-        if let Err(problem) = route(&self.registry, &target.host, target.port, true) {
-            tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
-                code = problem.code, status = problem.status, "connect refused");
-            self.refuse_in_tunnel(stream, peer, &target, &problem).await;
+        let provider = match route(&self.registry, &target.host, target.port, true) {
+            Ok(p) => p,
+            Err(problem) => {
+                tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
+                    code = problem.code, status = problem.status, "connect refused");
+                self.refuse_in_tunnel(stream, peer, &target, &problem).await;
+                return;
+            }
+        };
+        if provider.config.tls == TlsMode::Passthrough {
+            self.passthrough(stream, peer, &target, &provider).await;
             return;
         }
         let Some(tls) = establish(stream, &self.acceptor, peer, &target).await else {

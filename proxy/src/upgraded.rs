@@ -141,6 +141,83 @@ impl Drop for Slot {
     }
 }
 
+/// What a relay moved before it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// Why it ended.
+    pub end: End,
+    /// Bytes from the module to the provider.
+    pub to_provider: u64,
+    /// Bytes from the provider to the module.
+    pub to_module: u64,
+}
+
+/// Relays bytes both ways between `module` and `provider` until both directions have ended or
+/// the pair has been silent for `idle` (no byte in either direction; any byte resets it). When
+/// one side ends its writes (EOF), the other side's write half is shut down and the opposite
+/// direction goes on (half-close). A failed read or write ends the relay with [`End::Error`].
+pub async fn relay_streams<M, P>(module: M, provider: P, idle: std::time::Duration) -> Relayed
+where
+    M: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+    P: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
+{
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::time::Instant;
+
+    /// Copies `from` into `to` until EOF (then shuts `to` down), counting into `count` and
+    /// stamping `last` on every chunk.
+    async fn pump(
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+        count: &AtomicU64,
+        last: &Mutex<Instant>,
+    ) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = from.read(&mut buf).await?;
+            if n == 0 {
+                return to.shutdown().await;
+            }
+            *last.lock().expect("relay clock lock") = Instant::now();
+            to.write_all(&buf[..n]).await?;
+            to.flush().await?;
+            count.fetch_add(n as u64, Ordering::Relaxed);
+            *last.lock().expect("relay clock lock") = Instant::now();
+        }
+    }
+
+    let (module_r, module_w) = tokio::io::split(module);
+    let (provider_r, provider_w) = tokio::io::split(provider);
+    let to_provider = AtomicU64::new(0);
+    let to_module = AtomicU64::new(0);
+    let last = Mutex::new(Instant::now());
+    let both = async {
+        tokio::try_join!(
+            pump(module_r, provider_w, &to_provider, &last),
+            pump(provider_r, module_w, &to_module, &last),
+        )
+    };
+    let watchdog = async {
+        loop {
+            let deadline = *last.lock().expect("relay clock lock") + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let end = tokio::select! {
+        r = both => if r.is_ok() { End::Closed } else { End::Error },
+        () = watchdog => End::IdleTimeout,
+    };
+    Relayed {
+        end,
+        to_provider: to_provider.load(Ordering::Relaxed),
+        to_module: to_module.load(Ordering::Relaxed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +255,129 @@ mod tests {
                 .get(),
             1
         );
+    }
+}
+
+#[cfg(test)]
+mod relay_tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const IDLE: Duration = Duration::from_secs(10);
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_go_both_ways_and_a_half_close_reaches_the_other_side() {
+        let (module, mut module_end) = duplex(64);
+        let (provider, mut provider_end) = duplex(64);
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        // More than the duplex buffer: the relay has to keep pumping.
+        let request = vec![7u8; 1000];
+        let mut got = Vec::new();
+        let (written, read) = tokio::join!(
+            async {
+                module_end.write_all(&request).await?;
+                module_end.shutdown().await
+            },
+            provider_end.read_to_end(&mut got)
+        );
+        written.unwrap();
+        read.unwrap();
+        assert_eq!(
+            got, request,
+            "the provider sees the module's bytes, then EOF"
+        );
+        // The module's half-close does not end the other direction.
+        provider_end
+            .write_all(b"answer after the half-close")
+            .await
+            .unwrap();
+        provider_end.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        module_end.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer after the half-close");
+        let r = relay.await.unwrap();
+        assert_eq!(
+            r,
+            Relayed {
+                end: End::Closed,
+                to_provider: 1000,
+                to_module: 27
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_pair_is_cut_after_exactly_the_idle_time() {
+        let (module, _module_end) = duplex(64);
+        let (provider, _provider_end) = duplex(64);
+        let start = Instant::now();
+        let r = relay_streams(module, provider, IDLE).await;
+        assert_eq!(r.end, End::IdleTimeout);
+        assert_eq!(start.elapsed(), IDLE);
+        assert_eq!((r.to_provider, r.to_module), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_in_either_direction_resets_the_idle_time() {
+        let (module, mut module_end) = duplex(64);
+        let (provider, mut provider_end) = duplex(64);
+        let start = Instant::now();
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        let mut byte = [0u8; 1];
+        // A byte every 0.6 × idle, alternating directions, for 3 × idle in all.
+        for i in 0..5 {
+            tokio::time::sleep(IDLE * 6 / 10).await;
+            if i % 2 == 0 {
+                module_end.write_all(b"m").await.unwrap();
+                provider_end.read_exact(&mut byte).await.unwrap();
+            } else {
+                provider_end.write_all(b"p").await.unwrap();
+                module_end.read_exact(&mut byte).await.unwrap();
+            }
+        }
+        let last = start.elapsed();
+        assert_eq!(last, IDLE * 3);
+        let r = relay.await.unwrap();
+        assert_eq!(r.end, End::IdleTimeout);
+        assert_eq!(
+            start.elapsed(),
+            last + IDLE,
+            "cut one idle time after the last byte"
+        );
+        assert_eq!((r.to_provider, r.to_module), (3, 2));
+        // The cut closes both sides.
+        assert_eq!(module_end.read(&mut byte).await.unwrap(), 0);
+        assert_eq!(provider_end.read(&mut byte).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_stops_reading_is_silence_too() {
+        let (module, mut module_end) = duplex(64);
+        // The provider never reads: its 16-byte buffer fills and the relay's write blocks.
+        let (provider, _provider_end) = duplex(16);
+        let start = Instant::now();
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        module_end.write_all(&[1u8; 48]).await.unwrap();
+        let r = relay.await.unwrap();
+        assert_eq!(r.end, End::IdleTimeout);
+        assert_eq!(start.elapsed(), IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_write_ends_the_relay_as_an_error() {
+        let (module, mut module_end) = duplex(64);
+        let (provider, provider_end) = duplex(64);
+        let start = Instant::now();
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        drop(provider_end);
+        // The provider is gone: the relay's next write to it fails.
+        let _ = module_end.write_all(b"into the void").await;
+        let r = relay.await.unwrap();
+        assert_eq!(r.end, End::Error);
+        assert!(start.elapsed() < IDLE);
     }
 }

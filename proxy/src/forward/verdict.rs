@@ -44,7 +44,7 @@ pub(super) fn circuit_open(provider: &str, retry_after: Duration) -> Problem {
 }
 
 /// The permit, or the problem that answers a refused admission.
-pub(super) fn permit_or_problem(provider: &str, admission: Admission) -> Result<Permit, Problem> {
+pub(crate) fn permit_or_problem(provider: &str, admission: Admission) -> Result<Permit, Problem> {
     match admission {
         Admission::Admitted(p) => Ok(p),
         Admission::RateLimited { retry_after } => Err(rate_limited(provider, retry_after, false)),
@@ -114,7 +114,7 @@ pub(super) fn outcome_label(end: AttemptEnd) -> &'static str {
 }
 
 /// Counts a rejected admission.
-pub(super) fn count_rejection(provider: &Provider, admission: &Admission) {
+pub(crate) fn count_rejection(provider: &Provider, admission: &Admission) {
     match admission {
         Admission::Admitted(_) => {}
         Admission::RateLimited { .. } | Admission::QuotaExhausted { .. } => {
