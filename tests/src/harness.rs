@@ -26,6 +26,11 @@ pub struct TestPki {
     pub ca_file: PathBuf,
     /// Server config for fake providers.
     pub server_config: Arc<rustls::ServerConfig>,
+    /// The server certificate chain (leaf, CA) and its key as PEM files, for providers that are
+    /// other programs (a grpcio server).
+    pub leaf_cert_file: PathBuf,
+    /// See `leaf_cert_file`.
+    pub leaf_key_file: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -48,6 +53,10 @@ impl TestPki {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("fake-ca.pem");
         std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let leaf_cert_file = dir.path().join("leaf.pem");
+        std::fs::write(&leaf_cert_file, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+        let leaf_key_file = dir.path().join("leaf-key.pem");
+        std::fs::write(&leaf_key_file, leaf_key.serialize_pem()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let server_config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
@@ -62,6 +71,8 @@ impl TestPki {
             ca_pem: ca_cert.pem(),
             ca_file,
             server_config: Arc::new(server_config),
+            leaf_cert_file,
+            leaf_key_file,
             _dir: dir,
         }
     }

@@ -248,3 +248,130 @@ async fn java_httpclient_uploads_byte_exact_with_expect_continue_and_reads_refus
     assert_eq!(s.fake.requests().len(), 3);
     assert!(s.fake.malformed().is_empty());
 }
+
+/// Whether python3 imports `module` here; under CI its absence fails the test.
+fn have_python_module(module: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "python3 cannot import {module}: .ci/run installs it"
+        );
+        println!("SKIPPED: python3 cannot import {module}");
+    }
+    ok
+}
+
+/// grpcio (PyPI), client and server, through the hub: the client offers only `h2` in its tunnel
+/// (found with `grpc_proxy`), the provider is a grpcio TLS server that reports the credential it
+/// received. Unary, server streaming and lock-step bidi streaming; an unknown provider is
+/// PERMISSION_DENIED with the hub's code.
+#[tokio::test]
+async fn grpcio_unary_server_streaming_and_bidi_pass_with_the_credential_injected() {
+    if !have("python3", "--version") || !have_python_module("grpc") {
+        return;
+    }
+    let pki = TestPki::new();
+    let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
+        return;
+    };
+    let script = clients_dir().join("grpc_e2e.py");
+    /// Kills the server when the test ends, however it ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut server = Killed(
+        Command::new("python3")
+            .arg(&script)
+            .arg("server")
+            .arg("--cert")
+            .arg(&pki.leaf_cert_file)
+            .arg("--key")
+            .arg(&pki.leaf_key_file)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs"),
+    );
+    let out = server.0.stdout.take().unwrap();
+    let line = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut line = String::new();
+            std::io::BufReader::new(out)
+                .read_line(&mut line)
+                .map(|_| line)
+        }),
+    )
+    .await
+    .expect("the grpcio server starts")
+    .unwrap()
+    .unwrap();
+    let port: u16 = line.trim().parse().expect("its port");
+    const TOKEN: &str = "grpcio_secret_token";
+    hub.add_provider(json!({
+        "name": "grpcio",
+        "hosts": ["api.grpc.test"],
+        "baseUrl": format!("https://localhost:{port}"),
+        "auth": {"type": "bearer", "token": TOKEN},
+        "config": {"allowPrivateNetwork": true},
+    }))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("hub-ca.pem");
+    std::fs::write(&ca, &hub.ca_pem).unwrap();
+    let mut client = Command::new("python3");
+    client
+        .arg(&script)
+        .arg("client")
+        .arg("--target")
+        .arg("api.grpc.test:443")
+        .arg("--ca")
+        .arg(&ca)
+        .arg("--unknown")
+        .arg("nobody.grpc.test:443")
+        .env("grpc_proxy", hub.proxy_url())
+        .env_remove("no_grpc_proxy")
+        .env_remove("no_proxy")
+        .env_remove("NO_PROXY");
+    let (out, err) = tokio::time::timeout(std::time::Duration::from_secs(120), run(client))
+        .await
+        .expect("the grpcio client finishes");
+    let got: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let auth = format!("Bearer {TOKEN}");
+    assert_eq!(got["unary"], format!("{auth}|hello"), "{got}");
+    assert_eq!(
+        got["list"],
+        json!([
+            format!("{auth}|q|0"),
+            format!("{auth}|q|1"),
+            format!("{auth}|q|2")
+        ])
+    );
+    assert_eq!(
+        got["chat"],
+        json!([
+            format!("{auth}|one"),
+            format!("{auth}|two"),
+            format!("{auth}|three")
+        ])
+    );
+    assert_eq!(got["unknown"], "PERMISSION_DENIED", "{got}");
+    assert!(
+        got["unknown_details"]
+            .as_str()
+            .unwrap()
+            .starts_with("unknown_provider"),
+        "{got}"
+    );
+    assert!(!err.contains(TOKEN) && !out.replace(&auth, "").contains(TOKEN));
+}
