@@ -110,6 +110,27 @@ pub async fn raw_tunnel_with(
         .unwrap()
 }
 
+/// Every PEM block's DER in `pem` (a chain, or a key).
+pub fn pem_ders(pem: &str) -> Vec<Vec<u8>> {
+    use base64::Engine;
+    let mut out = Vec::new();
+    let mut body = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN") {
+            body.clear();
+        } else if line.starts_with("-----END") {
+            out.push(
+                base64::engine::general_purpose::STANDARD
+                    .decode(&body)
+                    .expect("PEM base64"),
+            );
+        } else {
+            body.push_str(line.trim());
+        }
+    }
+    out
+}
+
 pub fn pem_der(pem: &str) -> Vec<u8> {
     use base64::Engine;
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
