@@ -30,6 +30,21 @@ pub trait Dial: Send + Sync {
     /// A new connection to `provider` at the checked address `addr`.
     async fn dial(&self, provider: &Provider, addr: SocketAddr)
     -> pingora::Result<UpstreamSession>;
+
+    /// A new HTTP/1.1 connection (an upgrade is HTTP/1.1 only).
+    async fn dial_h1(
+        &self,
+        provider: &Provider,
+        addr: SocketAddr,
+    ) -> pingora::Result<Http1Session> {
+        match self.dial(provider, addr).await? {
+            UpstreamSession::H1(h1) => Ok(h1),
+            _ => Error::e_explain(
+                ErrorType::ConnectProxyFailure,
+                "the provider did not speak HTTP/1.1",
+            ),
+        }
+    }
 }
 
 /// Dials with Pingora's connector: TCP, then TLS verified against the system roots plus the
@@ -50,6 +65,28 @@ impl Dial for PingoraDial {
         peer.options.verify_cert = true;
         peer.options.verify_hostname = true;
         self.0.get_http_session(&peer).await.map(|(s, _)| s)
+    }
+
+    async fn dial_h1(
+        &self,
+        provider: &Provider,
+        addr: SocketAddr,
+    ) -> pingora::Result<Http1Session> {
+        let mut peer = HttpPeer::new(addr, provider.base.tls, provider.base.host.clone());
+        let connect = provider.config.connect_timeout();
+        peer.options.connection_timeout = Some(connect);
+        peer.options.total_connection_timeout = Some(connect);
+        peer.options.verify_cert = true;
+        peer.options.verify_hostname = true;
+        // ALPN offers http/1.1 alone, whatever the provider's httpVersion.
+        peer.options.alpn = pingora::protocols::ALPN::H1;
+        match self.0.get_http_session(&peer).await? {
+            (UpstreamSession::H1(h1), _) => Ok(h1),
+            _ => Error::e_explain(
+                ErrorType::ConnectProxyFailure,
+                "the provider did not speak HTTP/1.1",
+            ),
+        }
     }
 }
 
