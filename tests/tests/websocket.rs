@@ -4,7 +4,7 @@
 //! the upgrade request's headers: the credential is the hub's, injected on the upgrade.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,8 @@ struct WsProvider {
     tls: bool,
     seen: Seen,
     refuse: Arc<AtomicU16>,
+    /// Upgraded connections whose echo loop has ended.
+    ended: Arc<AtomicUsize>,
 }
 
 impl WsProvider {
@@ -40,24 +42,25 @@ impl WsProvider {
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let refuse = Arc::new(AtomicU16::new(0));
-        let (s, r, t) = (seen.clone(), refuse.clone(), tls.clone());
+        let ended = Arc::new(AtomicUsize::new(0));
+        let (s, r, t, e) = (seen.clone(), refuse.clone(), tls.clone(), ended.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (seen, refuse) = (s.clone(), r.clone());
+                let (seen, refuse, ended) = (s.clone(), r.clone(), e.clone());
                 match &t {
                     Some(cfg) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(cfg.clone());
                         tokio::spawn(async move {
                             if let Ok(tls) = acceptor.accept(tcp).await {
-                                echo(tls, seen, refuse).await;
+                                echo(tls, seen, refuse, ended).await;
                             }
                         });
                     }
                     None => {
-                        tokio::spawn(echo(tcp, seen, refuse));
+                        tokio::spawn(echo(tcp, seen, refuse, ended));
                     }
                 }
             }
@@ -67,6 +70,7 @@ impl WsProvider {
             tls: tls.is_some(),
             seen,
             refuse,
+            ended,
         }
     }
 
@@ -80,7 +84,12 @@ impl WsProvider {
     }
 }
 
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Seen, refuse: Arc<AtomicU16>) {
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    seen: Seen,
+    refuse: Arc<AtomicU16>,
+    ended: Arc<AtomicUsize>,
+) {
     // The signature is tungstenite's callback.
     #[allow(clippy::result_large_err)]
     let record = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
@@ -109,9 +118,10 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Seen, refuse: 
     };
     while let Some(Ok(msg)) = ws.next().await {
         if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-            return;
+            break;
         }
     }
+    ended.fetch_add(1, Ordering::Relaxed);
 }
 
 fn provider(
@@ -499,4 +509,32 @@ asyncio.run(main())
     let lines = access_lines("ws-python", 1).await;
     assert_eq!(lines[0]["status"], 101, "{:?}", lines[0]);
     assert_eq!(lines[0]["kind"], "websocket");
+}
+
+#[tokio::test]
+async fn a_module_that_vanishes_frees_its_slot_and_the_providers_connection() {
+    let pki = TestPki::new();
+    let Some(hub) = hub_with(&pki).await else {
+        return;
+    };
+    let p = WsProvider::start(Some(pki.server_config.clone())).await;
+    hub.add_provider(provider("ws-vanish", "ws.vanish.test", &p, json!({})))
+        .await;
+    let mut ws = wss(&hub, "ws.vanish.test", "/").await.unwrap();
+    ws.send(Message::text("one")).await.unwrap();
+    assert!(ws.next().await.unwrap().is_ok());
+    assert_eq!(open_gauge(&hub, "ws-vanish").await, 1);
+    // No close frame, no close_notify: the socket just goes away.
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_gauge(&hub, "ws-vanish").await != 0 {
+        assert!(Instant::now() < deadline, "the slot is freed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = access_lines("ws-vanish", 1).await;
+    assert_eq!(lines[0]["status"], 101, "{:?}", lines[0]);
+    while p.ended.load(Ordering::Relaxed) != 1 {
+        assert!(Instant::now() < deadline, "the provider's side is closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
