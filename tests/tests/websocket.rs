@@ -1,7 +1,8 @@
 //! WebSocket through the hub: a real echo provider (tokio-tungstenite over TLS or plain TCP on
 //! loopback) and real clients (tokio-tungstenite in a CONNECT tunnel, the same over a hand-made
-//! absolute-form handshake, Python `websockets` through its proxy support). The provider records
-//! the upgrade request's headers: the credential is the hub's, injected on the upgrade.
+//! absolute-form handshake, Python `websockets` and Node's `ws` with `https-proxy-agent` through
+//! their proxy support; those two skip when missing, and fail under `CI=true`). The provider
+//! records the upgrade request's headers: the credential is the hub's, injected on the upgrade.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
@@ -448,15 +449,18 @@ async fn a_silent_connection_is_closed_by_the_hub_after_the_idle_timeout() {
 #[tokio::test]
 async fn python_websockets_through_the_hub() {
     let ok = Command::new("python3")
-        .args(["-c", "import websockets"])
+        .args([
+            "-c",
+            "import sys, websockets; sys.exit(int(websockets.__version__.split('.')[0]) < 15)",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !ok {
         assert!(
             std::env::var("CI").is_err(),
-            "python3 websockets is missing: .ci/run installs it"
+            "python3 websockets >= 15 is missing: .ci/run installs it"
         );
-        println!("SKIPPED: python3 websockets is not installed");
+        println!("SKIPPED: python3 websockets >= 15 is not installed");
         return;
     }
     let pki = TestPki::new();
@@ -537,4 +541,91 @@ async fn a_module_that_vanishes_frees_its_slot_and_the_providers_connection() {
         assert!(Instant::now() < deadline, "the provider's side is closed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `NODE_PATH` with the global modules (`.ci/run` installs `ws` and `https-proxy-agent` there),
+/// or `None` (a skip; a failure under CI) when node or the modules are missing.
+fn node_with_ws() -> Option<String> {
+    let root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let ok = root.as_ref().is_some_and(|root| {
+        Command::new("node")
+            .args(["-e", "require('ws'); require('https-proxy-agent')"])
+            .env("NODE_PATH", root)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "node with ws and https-proxy-agent is missing: .ci/run installs them"
+        );
+        println!("SKIPPED: node, ws or https-proxy-agent is not installed");
+        return None;
+    }
+    root
+}
+
+#[tokio::test]
+async fn node_ws_with_https_proxy_agent_through_the_hub() {
+    let Some(node_path) = node_with_ws() else {
+        return;
+    };
+    let pki = TestPki::new();
+    let Some(hub) = hub_with(&pki).await else {
+        return;
+    };
+    let p = WsProvider::start(Some(pki.server_config.clone())).await;
+    hub.add_provider(provider("ws-node", "ws.node.test", &p, json!({})))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &hub.ca_pem).unwrap();
+    // As docs/MODULES.md tells a Node module to configure it.
+    let script = r#"
+const fs = require('fs');
+const WebSocket = require('ws');
+const { HttpsProxyAgent } = require('https-proxy-agent');
+const ws = new WebSocket('wss://ws.node.test/chat', {
+  agent: new HttpsProxyAgent(process.env.HTTPS_PROXY),
+  ca: fs.readFileSync(process.env.HUB_CA),
+});
+const got = [];
+ws.on('open', () => ws.send('hello from node'));
+ws.on('message', (data, binary) => {
+  got.push(data.toString());
+  if (got.length === 1) ws.send(Buffer.from([0, 1, 2]));
+  else ws.close(1000);
+});
+ws.on('close', () => { console.log(got.join('|')); process.exit(0); });
+ws.on('error', (e) => { console.error(String(e)); process.exit(1); });
+setTimeout(() => { console.error('timeout'); process.exit(2); }, 10000);
+"#;
+    let mut cmd = Command::new("node");
+    cmd.args(["-e", script])
+        .env("NODE_PATH", node_path)
+        .env("HUB_CA", &ca)
+        .env("HTTPS_PROXY", hub.proxy_url());
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "hello from node|\u{0}\u{1}\u{2}\n");
+    assert_eq!(
+        p.seen()[0]
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone()),
+        Some(format!("Bearer {TOKEN}"))
+    );
+    let lines = access_lines("ws-node", 1).await;
+    assert_eq!(lines[0]["status"], 101, "{:?}", lines[0]);
+    assert_eq!(lines[0]["cut"], "", "{:?}", lines[0]);
 }
