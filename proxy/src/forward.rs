@@ -21,6 +21,7 @@ mod pool;
 mod rewrite;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 mod upstream;
 pub(crate) mod verdict;
 
@@ -44,6 +45,7 @@ use crate::registry::Provider;
 use body::{Body, Expectation};
 use dlq::CallFailure;
 pub use rewrite::{caller_headers, upstream_header};
+pub use upgrade::is_websocket;
 pub use upstream::{Cut, Dial, PingoraDial};
 use upstream::{Upstream, attempt, excerpt_of, relay, retry_after_of};
 
@@ -98,6 +100,8 @@ pub struct CallReport {
     pub idempotency_key: Option<String>,
     /// Why the relayed response was cut short, if it was.
     pub cut: Option<Cut>,
+    /// The long-lived connection the request became (a WebSocket), if it asked for one.
+    pub kind: Option<crate::upgraded::Kind>,
 }
 
 impl Forwarder {
@@ -138,6 +142,9 @@ impl Forwarder {
     ) -> Result<u16, Problem> {
         if session.as_http2().is_some() && crate::problem::is_grpc(session.req_header()) {
             return self.call_grpc(session, call, report).await;
+        }
+        if is_websocket(session.req_header()) {
+            return self.upgrade(session, call, report).await;
         }
         let provider = call.provider;
         let policy = Policy::from_config(&provider.config, self.hub_default_rate);

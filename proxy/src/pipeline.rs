@@ -313,8 +313,10 @@ impl ProxyHttp for HubProxy {
                 let (Some(provider), Some(addr)) = (ctx.provider.clone(), ctx.upstream_addr) else {
                     return Error::e_explain(ErrorType::InternalError, "no route decided");
                 };
+                // A WebSocket upgrade asking for async is refused by the forwarder.
                 if let Some(jobs) = &self.jobs
                     && wants_async(session.req_header())
+                    && !crate::forward::is_websocket(session.req_header())
                 {
                     let r = crate::asynccall::accept(
                         session,
@@ -453,6 +455,7 @@ impl ProxyHttp for HubProxy {
             status,
             attempts = ctx.call.attempts,
             cut = ctx.call.cut.map_or("", |c| c.as_str()),
+            kind = ctx.call.kind.map_or("", |k| k.as_str()),
             code = ctx.problem_code.unwrap_or(""),
             error = e.map_or(String::new(), |e| e.etype().as_str().to_owned()),
             upstream_ms = ctx.upstream_time.map_or(0.0, |d| d.as_secs_f64() * 1e3),
@@ -490,6 +493,7 @@ impl ProxyHttp for HubProxy {
 /// Status code as a label without allocating for the common ones.
 fn itoa_status(status: u16) -> &'static str {
     const CODES: &[(u16, &str)] = &[
+        (101, "101"),
         (200, "200"),
         (201, "201"),
         (202, "202"),
@@ -523,7 +527,7 @@ fn itoa_status(status: u16) -> &'static str {
 }
 
 /// Whether the caller asked for an asynchronous answer (`Prefer: respond-async`, RFC 7240).
-fn wants_async(req: &RequestHeader) -> bool {
+pub(crate) fn wants_async(req: &RequestHeader) -> bool {
     req.headers
         .get_all("prefer")
         .iter()

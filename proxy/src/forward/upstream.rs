@@ -47,6 +47,22 @@ pub trait Dial: Send + Sync {
         _version: HttpVersion,
     ) {
     }
+
+    /// A new HTTP/1.1 connection (an upgrade is HTTP/1.1 only): ALPN offers `http/1.1` alone,
+    /// whatever the provider's `httpVersion`.
+    async fn dial_h1(
+        &self,
+        provider: &Provider,
+        addr: SocketAddr,
+    ) -> pingora::Result<Http1Session> {
+        match self.dial(provider, addr, HttpVersion::Http1).await? {
+            UpstreamSession::H1(h1) => Ok(h1),
+            _ => Error::e_explain(
+                ErrorType::ConnectProxyFailure,
+                "the provider did not speak HTTP/1.1",
+            ),
+        }
+    }
 }
 
 /// Concurrent streams the hub opens on one h2 connection to a provider (the provider's own
