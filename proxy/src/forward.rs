@@ -62,6 +62,8 @@ pub struct Forwarder {
     hub_default_rate: u32,
     replay_limit: usize,
     exhausted: Option<Arc<dyn DeadLetterSink>>,
+    /// The proxy's drain signal: upgraded connections end after its grace.
+    drain: crate::upgraded::Drain,
 }
 
 /// Settings for a [`Forwarder`].
@@ -76,6 +78,8 @@ pub struct ForwarderOptions {
     pub replay_limit: usize,
     /// Where exhausted calls go (the DLQ writer); `None` = logged only.
     pub exhausted: Option<Arc<dyn DeadLetterSink>>,
+    /// The proxy's drain signal (see [`crate::upgraded::Drain`]).
+    pub drain: crate::upgraded::Drain,
 }
 
 /// One call as routed: the provider, the address the destination check pinned, the path and
@@ -124,6 +128,7 @@ impl Forwarder {
             hub_default_rate: opts.hub_default_rate,
             replay_limit: opts.replay_limit,
             exhausted: opts.exhausted,
+            drain: opts.drain,
         }
     }
 

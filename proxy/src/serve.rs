@@ -308,6 +308,8 @@ pub struct ProxyServer {
     limits: ConnLimits,
     /// The DLQ spool's gauges, when failed calls go to the writer.
     spool: Option<hub_core::dlq::spool::SpoolStats>,
+    /// Ends upgraded connections and passthrough tunnels a grace after the drain starts.
+    drain: crate::upgraded::Drain,
 }
 
 /// Writes system roots plus `extra` into one PEM bundle under `data_dir` (Pingora's connector
@@ -358,6 +360,7 @@ impl ProxyServer {
         // Retries are the hub's own policy (resilience), not Pingora's.
         conf.max_retries = 1;
         let conf = Arc::new(conf);
+        let drain = crate::upgraded::Drain::default();
         let forwarder = Arc::new(Forwarder::new(
             &conf,
             ForwarderOptions {
@@ -366,6 +369,7 @@ impl ProxyServer {
                 hub_default_rate: opts.hub_default_rate,
                 replay_limit: opts.replay_limit,
                 exhausted: opts.exhausted.clone(),
+                drain: drain.clone(),
             },
         ));
         let app = Arc::new(http_proxy(
@@ -408,6 +412,7 @@ impl ProxyServer {
             workers,
             limits: opts.limits,
             spool: opts.exhausted.as_ref().and_then(|s| s.spool_stats()),
+            drain,
         }))
     }
 
@@ -567,6 +572,7 @@ impl ProxyServer {
         // Drain: no new connections; idle keep-alive sessions (tunnels included) are told to
         // end, and calls in flight finish (the caller of `serve` bounds how long this may take).
         drop(listener);
+        self.drain.start();
         ServerApp::cleanup(self.app.as_ref()).await;
         let open = active.count.load(Ordering::Acquire);
         tracing::info!(open, "proxy stopped accepting; draining connections");

@@ -38,6 +38,8 @@ pub enum End {
     Closed,
     /// Silent for longer than `config.upgradedIdleTimeoutMs`.
     IdleTimeout,
+    /// The proxy stopped (SIGTERM): closed [`DRAIN_GRACE`] after the drain began.
+    Shutdown,
     /// A read or write failed.
     Error,
 }
@@ -48,8 +50,38 @@ impl End {
         match self {
             Self::Closed => "closed",
             Self::IdleTimeout => "idle_timeout",
+            Self::Shutdown => "shutdown",
             Self::Error => "error",
         }
+    }
+}
+
+/// How long an upgraded connection or a passthrough tunnel lives on once its proxy drains
+/// (SIGTERM): time for a message in flight, well inside the drain's 30 s. Modules reconnect (to
+/// another replica); without it every open WebSocket would hold a rollout for the whole drain.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// One proxy's "stopping" signal, as its long-lived connections see it.
+#[derive(Debug, Clone)]
+pub struct Drain(std::sync::Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::channel(false).0))
+    }
+}
+
+impl Drain {
+    /// The proxy stops accepting: long-lived connections end after [`DRAIN_GRACE`].
+    pub fn start(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Resolves [`DRAIN_GRACE`] after the drain starts; never, if it does not.
+    pub async fn ended(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|draining| *draining).await;
+        tokio::time::sleep(DRAIN_GRACE).await;
     }
 }
 
@@ -156,7 +188,12 @@ pub struct Relayed {
 /// the pair has been silent for `idle` (no byte in either direction; any byte resets it). When
 /// one side ends its writes (EOF), the other side's write half is shut down and the opposite
 /// direction goes on (half-close). A failed read or write ends the relay with [`End::Error`].
-pub async fn relay_streams<M, P>(module: M, provider: P, idle: std::time::Duration) -> Relayed
+pub async fn relay_streams<M, P>(
+    module: M,
+    provider: P,
+    idle: std::time::Duration,
+    drain: Drain,
+) -> Relayed
 where
     M: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
     P: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
@@ -210,6 +247,7 @@ where
     let end = tokio::select! {
         r = both => if r.is_ok() { End::Closed } else { End::Error },
         () = watchdog => End::IdleTimeout,
+        () = drain.ended() => End::Shutdown,
     };
     Relayed {
         end,
@@ -270,10 +308,33 @@ mod relay_tests {
     const IDLE: Duration = Duration::from_secs(10);
 
     #[tokio::test(start_paused = true)]
+    async fn a_drain_ends_a_busy_relay_after_its_grace_and_not_before() {
+        let (module, mut module_end) = duplex(64);
+        let (provider, mut provider_end) = duplex(64);
+        let drain = Drain::default();
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE, drain.clone()));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let started = Instant::now();
+        drain.start();
+        // Traffic keeps flowing during the grace (idle never fires: a byte every second).
+        let mut buf = [0u8; 1];
+        while started.elapsed() < DRAIN_GRACE - Duration::from_secs(1) {
+            module_end.write_all(b"x").await.unwrap();
+            provider_end.read_exact(&mut buf).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        assert!(!relay.is_finished(), "still open within the grace");
+        let r = relay.await.unwrap();
+        assert_eq!(r.end, End::Shutdown);
+        assert_eq!(started.elapsed(), DRAIN_GRACE);
+        assert_eq!(r.to_provider, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn bytes_go_both_ways_and_a_half_close_reaches_the_other_side() {
         let (module, mut module_end) = duplex(64);
         let (provider, mut provider_end) = duplex(64);
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
         // More than the duplex buffer: the relay has to keep pumping.
         let request = vec![7u8; 1000];
         let mut got = Vec::new();
@@ -315,7 +376,7 @@ mod relay_tests {
         let (module, _module_end) = duplex(64);
         let (provider, _provider_end) = duplex(64);
         let start = Instant::now();
-        let r = relay_streams(module, provider, IDLE).await;
+        let r = relay_streams(module, provider, IDLE, Drain::default()).await;
         assert_eq!(r.end, End::IdleTimeout);
         assert_eq!(start.elapsed(), IDLE);
         assert_eq!((r.to_provider, r.to_module), (0, 0));
@@ -326,7 +387,7 @@ mod relay_tests {
         let (module, mut module_end) = duplex(64);
         let (provider, mut provider_end) = duplex(64);
         let start = Instant::now();
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
         let mut byte = [0u8; 1];
         // A byte every 0.6 × idle, alternating directions, for 3 × idle in all.
         for i in 0..5 {
@@ -360,7 +421,7 @@ mod relay_tests {
         // The provider never reads: its 16-byte buffer fills and the relay's write blocks.
         let (provider, _provider_end) = duplex(16);
         let start = Instant::now();
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
         module_end.write_all(&[1u8; 48]).await.unwrap();
         let r = relay.await.unwrap();
         assert_eq!(r.end, End::IdleTimeout);
@@ -372,7 +433,7 @@ mod relay_tests {
         let (module, mut module_end) = duplex(64);
         let (provider, provider_end) = duplex(64);
         let start = Instant::now();
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE));
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
         drop(provider_end);
         // The provider is gone: the relay's next write to it fails.
         let _ = module_end.write_all(b"into the void").await;

@@ -544,6 +544,10 @@ impl Forwarder {
                         "upstream_failed: the provider's stream failed",
                     ),
                     Cut::CallerGone => (grpc_status::OK, ""),
+                    Cut::Shutdown => (
+                        grpc_status::UNAVAILABLE,
+                        "upstream_failed: the hub is stopping",
+                    ),
                 };
                 if cut != Cut::CallerGone {
                     let _ = session

@@ -150,7 +150,7 @@ impl Forwarder {
         let (end, cut) = {
             let mut module = Module(session);
             let mut provider_side = Provider(&mut up);
-            pump(&mut module, &mut provider_side, idle, &slot).await
+            pump(&mut module, &mut provider_side, idle, &slot, &self.drain).await
         };
         slot.ended(end);
         report.cut = cut;
@@ -299,12 +299,16 @@ pub(crate) async fn pump(
     provider: &mut dyn Side,
     idle: Duration,
     slot: &Slot,
+    drain: &crate::upgraded::Drain,
 ) -> (End, Option<Cut>) {
     enum Got {
         FromModule(pingora::Result<Option<Bytes>>),
         FromProvider(pingora::Result<Option<Bytes>>),
         Idle,
+        Shutdown,
     }
+    let shutdown = drain.ended();
+    tokio::pin!(shutdown);
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
     loop {
@@ -312,8 +316,14 @@ pub(crate) async fn pump(
             r = module.read() => Got::FromModule(unclean_eof_is_end(r)),
             r = provider.read() => Got::FromProvider(unclean_eof_is_end(r)),
             () = &mut silence => Got::Idle,
+            () = &mut shutdown => Got::Shutdown,
         };
         match got {
+            Got::Shutdown => {
+                module.close().await;
+                provider.close().await;
+                return (End::Shutdown, Some(Cut::Shutdown));
+            }
             Got::Idle => {
                 module.close().await;
                 provider.close().await;
@@ -441,8 +451,9 @@ mod tests {
             // Keep the channels open: the relay must end by silence, not by a close.
             tokio::time::sleep(Duration::from_secs(3600)).await;
         };
+        let drain = crate::upgraded::Drain::default();
         let (end, cut) = tokio::select! {
-            r = pump(&mut module, &mut provider, idle, &slot) => r,
+            r = pump(&mut module, &mut provider, idle, &slot, &drain) => r,
             () = driver => unreachable!("the relay ends first"),
         };
         assert_eq!((end, cut), (End::IdleTimeout, Some(Cut::IdleTimeout)));
@@ -466,7 +477,15 @@ mod tests {
         let (mut provider, _provider_sends, _provider_receives) = side();
         let slot = slot("ws-close");
         module_sends.send(None).await.unwrap();
-        let (end, cut) = pump(&mut module, &mut provider, Duration::from_secs(10), &slot).await;
+        let drain = crate::upgraded::Drain::default();
+        let (end, cut) = pump(
+            &mut module,
+            &mut provider,
+            Duration::from_secs(10),
+            &slot,
+            &drain,
+        )
+        .await;
         assert_eq!((end, cut), (End::Closed, None));
         assert!(provider.closed && !module.closed);
     }

@@ -335,6 +335,8 @@ pub enum Cut {
     UpstreamError,
     /// The caller went away.
     CallerGone,
+    /// The proxy stopped (an upgraded connection, closed after the drain's grace).
+    Shutdown,
 }
 
 impl Cut {
@@ -345,6 +347,7 @@ impl Cut {
             Self::TotalTimeout => "total_timeout",
             Self::UpstreamError => "upstream_error",
             Self::CallerGone => "caller_gone",
+            Self::Shutdown => "shutdown",
         }
     }
 }

@@ -70,8 +70,13 @@ impl ProxyServer {
             return;
         }
         let _open = TunnelGuard::new();
-        let relayed =
-            relay_streams(stream, upstream, provider.config.upgraded_idle_timeout()).await;
+        let relayed = relay_streams(
+            stream,
+            upstream,
+            provider.config.upgraded_idle_timeout(),
+            self.drain.clone(),
+        )
+        .await;
         slot.count_bytes("to_provider", relayed.to_provider);
         slot.count_bytes("to_module", relayed.to_module);
         slot.ended(relayed.end);
@@ -161,6 +166,7 @@ impl Line<'_> {
         let cut = match relayed.map(|r| r.end) {
             Some(End::IdleTimeout) => "idle_timeout",
             Some(End::Error) => "error",
+            Some(End::Shutdown) => "shutdown",
             Some(End::Closed) | None => "",
         };
         tracing::info!(
