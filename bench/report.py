@@ -27,6 +27,14 @@ INTERCEPTS = {"hub", "hub-redis", "hub-base", "squid-bump"}
 
 
 def mode_label(target, mode):
+    if mode == "h2":
+        if target == "direct":
+            return "HTTP/2, streams over 4 connections"
+        return "HTTP/2 in the tunnel, streams over 4 connections"
+    if mode == "ws":
+        if target == "direct":
+            return "WebSocket echo round trips"
+        return "WebSocket echo round trips, tunnel"
     if mode == "http":
         return "HTTP absolute-form" if target != "direct" else "HTTP"
     if mode == "https":
@@ -125,7 +133,7 @@ def table(runs_path, machine_path, tunnels_path):
         "| proxy CPU µs/req | peak RSS MiB | Redis RT/req |"
     )
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    modes = ["http", "https", "slow", "newconn"]
+    modes = ["http", "https", "slow", "newconn", "h2", "ws"]
     keys = sorted(
         runs,
         key=lambda k: (modes.index(k[1]) if k[1] in modes else 9, -k[2], ORDER.index(k[0]) if k[0] in ORDER else 99),
