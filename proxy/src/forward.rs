@@ -193,17 +193,13 @@ impl Forwarder {
         let mut last: Option<(AttemptEnd, String)> = None;
         // Why the attempts ended, and the circuit's Retry-After when it closed the door mid-call.
         let (stop, circuit): (&'static str, Option<Duration>) = loop {
-            let permit_now = match permit.take() {
-                Some(p) => p,
-                None => match self.readmit(provider, &policy, &plan).await {
-                    Ok(p) => p,
-                    Err(stopped) => break stopped,
-                },
+            let permit_now = match self
+                .next_attempt(&mut permit, provider, &policy, &plan, report)
+                .await
+            {
+                Ok(p) => p,
+                Err(stopped) => break stopped,
             };
-            report.attempts += 1;
-            if report.attempts > 1 {
-                METRICS.retries.with_label_values(&[&provider.name]).inc();
-            }
             let attempt_started = Instant::now();
             let first_byte = plan.attempt_timeout(attempt_started);
             let attempt = attempt(
@@ -223,14 +219,7 @@ impl Forwarder {
             }
             let outcome = attempt.end.outcome();
             self.state.record(permit_now, outcome).await;
-            METRICS
-                .upstream_duration
-                .with_label_values(&[&provider.name])
-                .observe(attempt_started.elapsed().as_secs_f64());
-            METRICS
-                .attempts
-                .with_label_values(&[&provider.name, verdict::outcome_label(attempt.end)])
-                .inc();
+            count_attempt(provider, attempt_started, attempt.end);
             let allowed = may_retry(
                 attempt.end,
                 &method,
@@ -312,6 +301,26 @@ impl Forwarder {
         Err(problem)
     }
 
+    /// The permit for the next attempt (the first admission's, else a new one), counted.
+    async fn next_attempt(
+        &self,
+        first: &mut Option<Permit>,
+        provider: &Provider,
+        policy: &Policy,
+        plan: &RetryPlan,
+        report: &mut CallReport,
+    ) -> Result<Permit, (&'static str, Option<Duration>)> {
+        let permit = match first.take() {
+            Some(p) => p,
+            None => self.readmit(provider, policy, plan).await?,
+        };
+        report.attempts += 1;
+        if report.attempts > 1 {
+            METRICS.retries.with_label_values(&[&provider.name]).inc();
+        }
+        Ok(permit)
+    }
+
     /// The admission of a retry: a rate limit or quota that frees up within the budget is waited
     /// for; otherwise why the attempts stop, and the circuit's `Retry-After` when it closed the
     /// door mid-call.
@@ -351,4 +360,16 @@ impl Forwarder {
     async fn admit(&self, provider: &Provider, policy: &Policy) -> Result<Permit, Problem> {
         verdict::permit_or_problem(&provider.name, self.admission(provider, policy).await)
     }
+}
+
+/// Counts an attempt that ended `end` after starting at `started`.
+fn count_attempt(provider: &Provider, started: Instant, end: AttemptEnd) {
+    METRICS
+        .upstream_duration
+        .with_label_values(&[&provider.name])
+        .observe(started.elapsed().as_secs_f64());
+    METRICS
+        .attempts
+        .with_label_values(&[&provider.name, verdict::outcome_label(end)])
+        .inc();
 }

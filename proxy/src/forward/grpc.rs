@@ -35,9 +35,8 @@ use super::body::{Body, caller_body_problem};
 use super::dlq::{self, CallFailure};
 use super::upstream::{Cut, Upstream};
 use super::verdict::{self, classify};
-use super::{Call, CallReport, Forwarder, TIMEOUT_HEADER, upstream_header};
+use super::{Call, CallReport, Forwarder, TIMEOUT_HEADER, count_attempt, upstream_header};
 use crate::hygiene::{self, REQUEST_ID};
-use crate::metrics::METRICS;
 use crate::problem::Problem;
 
 /// The request body as read so far: kept for replay while it fits the limit.
@@ -208,17 +207,13 @@ impl Forwarder {
         let mut body = Replay::new(self.replay_limit);
         let mut last = (AttemptEnd::Timeout, String::new());
         let (stop, circuit) = loop {
-            let permit_now = match permit.take() {
-                Some(p) => p,
-                None => match self.readmit(provider, &policy, &plan).await {
-                    Ok(p) => p,
-                    Err(stopped) => break stopped,
-                },
+            let permit_now = match self
+                .next_attempt(&mut permit, provider, &policy, &plan, report)
+                .await
+            {
+                Ok(p) => p,
+                Err(stopped) => break stopped,
             };
-            report.attempts += 1;
-            if report.attempts > 1 {
-                METRICS.retries.with_label_values(&[&provider.name]).inc();
-            }
             let started = Instant::now();
             let left = plan.remaining(started);
             if left.is_zero() {
@@ -237,7 +232,7 @@ impl Forwarder {
                 Exchange::Head(h2) => match unavailable(&h2) {
                     None => {
                         self.state.record(permit_now, Outcome::Success).await;
-                        self.count_attempt(provider, started, AttemptEnd::Status(200));
+                        count_attempt(provider, started, AttemptEnd::Status(200));
                         let (status, cut) = self
                             .relay_grpc(session, h2, &peer, &mut body, call, &plan)
                             .await;
@@ -254,7 +249,7 @@ impl Forwarder {
                         if !body.replayable() {
                             // Nothing to send again: the provider's own answer is the module's.
                             self.state.record(permit_now, Outcome::Failure).await;
-                            self.count_attempt(provider, started, end);
+                            count_attempt(provider, started, end);
                             let (status, cut) = self
                                 .relay_grpc(session, h2, &peer, &mut body, call, &plan)
                                 .await;
@@ -270,7 +265,7 @@ impl Forwarder {
                 }
             };
             self.state.record(permit_now, Outcome::Failure).await;
-            self.count_attempt(provider, started, end);
+            count_attempt(provider, started, end);
             if !body.replayable() {
                 break ("body_streamed", None);
             }
@@ -310,22 +305,6 @@ impl Forwarder {
             }
         }
         Err(problem)
-    }
-
-    fn count_attempt(
-        &self,
-        provider: &crate::registry::Provider,
-        started: Instant,
-        end: AttemptEnd,
-    ) {
-        METRICS
-            .upstream_duration
-            .with_label_values(&[&provider.name])
-            .observe(started.elapsed().as_secs_f64());
-        METRICS
-            .attempts
-            .with_label_values(&[&provider.name, verdict::outcome_label(end)])
-            .inc();
     }
 
     /// One attempt up to the provider's response head: the request head, what was kept of the

@@ -21,7 +21,6 @@ use tokio::time::Instant;
 use super::upstream::{Cut, Upstream, relay};
 use super::{Call, CallReport, Forwarder, upstream_header, verdict};
 use crate::hygiene::REQUEST_ID;
-use crate::metrics::METRICS;
 use crate::problem::Problem;
 use crate::upgraded::{End, Kind, Slot};
 
@@ -99,14 +98,7 @@ impl Forwarder {
             Err(end) => *end,
         };
         self.state.record(permit, end.outcome()).await;
-        METRICS
-            .upstream_duration
-            .with_label_values(&[&provider.name])
-            .observe(started.elapsed().as_secs_f64());
-        METRICS
-            .attempts
-            .with_label_values(&[&provider.name, verdict::outcome_label(end)])
-            .inc();
+        super::count_attempt(provider, started, end);
         let mut up = match sent {
             Ok(up) if end.outcome() != Outcome::Failure => up,
             // Not retried: an upgrade is not replayed (and is not a call the DLQ could keep).
