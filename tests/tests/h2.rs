@@ -690,3 +690,37 @@ async fn continuation_and_settings_floods_are_cut_off() {
         "resident memory grew by {grown} bytes"
     );
 }
+
+#[tokio::test]
+async fn a_providers_pinned_http_version_is_what_the_hub_offers() {
+    let Some(s) = setup(json!({})).await else {
+        return;
+    };
+    // The same h2-only provider, pinned to HTTP/1.1: the hub offers only http/1.1 in ALPN, the
+    // provider refuses the handshake, the call fails without reaching it.
+    s.hub
+        .add_provider(json!({
+            "name": "pinned-h1",
+            "hosts": ["pinned.h2.test"],
+            "baseUrl": s.provider.base_url(),
+            "auth": {"type": "bearer", "token": TOKEN},
+            "config": {"allowPrivateNetwork": true, "httpVersion": "http1", "maxAttempts": 1},
+        }))
+        .await;
+    let client = hub_tests::client::client(&s.hub);
+    let r = client.get("https://pinned.h2.test/x").send().await.unwrap();
+    assert_eq!(r.status(), 502, "{}", r.text().await.unwrap());
+    assert!(s.provider.requests().is_empty());
+    // Unpinned (auto): h2 by ALPN, from an HTTP/1.1 module.
+    let r = client
+        .get(format!("https://{HOST}/y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_11, 200)
+    );
+    assert_eq!(s.provider.requests().len(), 1);
+    assert_eq!(s.provider.requests()[0].path, "/y");
+}
