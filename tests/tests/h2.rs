@@ -140,6 +140,9 @@ async fn grpc_unary_and_streams_pass_full_duplex_with_the_credential_injected() 
     );
     assert_eq!(seen[0].header("te"), Some("trailers"));
     assert_eq!(seen[0].path, "/pkg.Svc/Unary");
+    // The provider's authority, once (nginx refuses a request naming its host twice).
+    assert_eq!(seen[0].authority, format!("localhost:{}", s.provider.port));
+    assert_eq!(seen[0].header("host"), None);
     let timeout = seen[0]
         .header("grpc-timeout")
         .expect("the budget is passed on");
@@ -418,6 +421,10 @@ async fn h2_modules_multiplex_streams_and_h2_providers_share_one_connection() {
         s.provider.connections(),
         1,
         "the provider's h2 connection is shared"
+    );
+    assert!(
+        seen.iter().all(|r| r.header("host").is_none()
+            && r.authority == format!("localhost:{}", s.provider.port))
     );
     assert!(s.provider.most_in_flight() > 1, "streams were multiplexed");
     // An h2 module to an HTTP/1.1 provider: translated both ways.

@@ -340,10 +340,9 @@ impl Forwarder {
             }
         };
         h2.write_timeout = Some(idle);
-        if h2
-            .write_request_header(Box::new(header.clone()), false)
-            .is_err()
-        {
+        let mut header = Box::new(header.clone());
+        super::upstream::to_h2(&mut header, peer.provider);
+        if h2.write_request_header(header, false).is_err() {
             return Exchange::Failed {
                 end: AttemptEnd::ConnectionLost,
             };

@@ -282,8 +282,7 @@ async fn send(
         UpstreamSession::H2(h2) => {
             h2.read_timeout = None;
             h2.write_timeout = Some(peer.provider.config.idle_timeout());
-            // h2 frames the body itself; a caller's chunked framing has no place in it.
-            header.remove_header("transfer-encoding");
+            to_h2(&mut header, peer.provider);
         }
         UpstreamSession::Custom(_) => {}
     }
@@ -444,6 +443,31 @@ pub(crate) async fn relay(
         }
     }
     (status, cut)
+}
+
+/// Makes a request head one for h2: the provider's authority in `:authority` only (Pingora's
+/// client would send it again as `host`, and nginx answers a request naming its host twice with
+/// `400`), and no chunked framing (h2 frames the body itself).
+pub(crate) fn to_h2(header: &mut RequestHeader, provider: &Provider) {
+    header.remove_header("transfer-encoding");
+    let Some(host) = header.remove_header("host") else {
+        return;
+    };
+    let scheme = if provider.base.tls { "https" } else { "http" };
+    let target = header
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    match http::Uri::try_from(format!(
+        "{scheme}://{}{target}",
+        String::from_utf8_lossy(host.as_bytes())
+    )) {
+        Ok(uri) => header.set_uri(uri),
+        Err(_) => {
+            // Left to Pingora, which derives `:authority` from `host`.
+            let _ = header.insert_header("host", host);
+        }
+    }
 }
 
 /// Makes a provider's response head one the caller's protocol can carry: an h2 answer to an
