@@ -145,11 +145,13 @@ impl Forwarder {
         call: &Call<'_>,
         report: &mut CallReport,
     ) -> Result<u16, Problem> {
+        // Boxed: inline, their (large) futures would grow every call's future, which is moved
+        // and zeroed per request (measured: +10 µs CPU per HTTPS request at 64 connections).
         if session.as_http2().is_some() && crate::problem::is_grpc(session.req_header()) {
-            return self.call_grpc(session, call, report).await;
+            return Box::pin(self.call_grpc(session, call, report)).await;
         }
         if is_websocket(session.req_header()) {
-            return self.upgrade(session, call, report).await;
+            return Box::pin(self.upgrade(session, call, report)).await;
         }
         let provider = call.provider;
         let policy = Policy::from_config(&provider.config, self.hub_default_rate);
