@@ -155,16 +155,7 @@ impl Forwarder {
         }
         let provider = call.provider;
         let policy = Policy::from_config(&provider.config, self.hub_default_rate);
-        let mut plan = RetryPlan::new(&provider.config, Instant::now());
-        if let Some(ms) = session
-            .req_header()
-            .headers
-            .get(TIMEOUT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            plan = plan.limit_total(Duration::from_millis(ms.max(1)));
-        }
+        let plan = plan_for(provider, session.req_header());
         let expectation = Expectation::of(session.req_header());
         if expectation == Expectation::Unsupported {
             return Err(Problem::new(
@@ -274,6 +265,35 @@ impl Forwarder {
             }
         };
         let (end, excerpt) = last.unwrap_or((AttemptEnd::Timeout, String::new()));
+        Err(self
+            .give_up(
+                session,
+                call,
+                report,
+                &body,
+                (end, excerpt),
+                (stop, circuit),
+            )
+            .await)
+    }
+
+    /// The answer to a call no attempt served: the problem (circuit open, or exhausted with the
+    /// last attempt's end) with its DLQ entry's id. A body not kept whole is recorded without
+    /// it (`body_truncated`), as a streamed upload is.
+    async fn give_up(
+        &self,
+        session: &Session,
+        call: &Call<'_>,
+        report: &CallReport,
+        body: &Body,
+        (end, excerpt): (AttemptEnd, String),
+        (stop, circuit): (&'static str, Option<Duration>),
+    ) -> Problem {
+        let provider = call.provider;
+        let mut problem = match circuit {
+            Some(retry_after) => verdict::circuit_open(&provider.name, retry_after),
+            None => verdict::exhausted(&provider.name, end, report.attempts, stop),
+        };
         let failure = CallFailure {
             idempotency_key: report.idempotency_key.clone(),
             attempts: report.attempts,
@@ -287,20 +307,16 @@ impl Forwarder {
             provider,
             call.path_and_query,
             call.request_id,
-            &body,
+            body,
             failure,
         )
         .await;
-        let mut problem = match circuit {
-            Some(retry_after) => verdict::circuit_open(&provider.name, retry_after),
-            None => verdict::exhausted(&provider.name, end, report.attempts, stop),
-        };
         match id {
             dlq::Recorded::Durable(id) => problem.dlq_id = Some(id),
             dlq::Recorded::Refused => problem = verdict::unrecorded(problem),
             dlq::Recorded::Nowhere => {}
         }
-        Err(problem)
+        problem
     }
 
     /// The permit for the next attempt (the first admission's, else a new one), counted.
@@ -374,4 +390,23 @@ fn count_attempt(provider: &Provider, started: Instant, end: AttemptEnd) {
         .attempts
         .with_label_values(&[&provider.name, verdict::outcome_label(end)])
         .inc();
+}
+
+/// The retry plan of a call: the provider's budget, lowered by what the caller asked for
+/// (`X-Hub-Timeout-Ms`, and a gRPC call's `grpc-timeout`), whichever is smallest.
+fn plan_for(provider: &Provider, req: &pingora::http::RequestHeader) -> RetryPlan {
+    let plan = RetryPlan::new(&provider.config, Instant::now());
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    let asked = [
+        header(TIMEOUT_HEADER)
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_millis),
+        header(hub_core::wire::GRPC_TIMEOUT)
+            .filter(|_| crate::problem::is_grpc(req))
+            .and_then(grpc::parse_grpc_timeout),
+    ];
+    match asked.into_iter().flatten().min() {
+        Some(budget) => plan.limit_total(budget.max(Duration::from_millis(1))),
+        None => plan,
+    }
 }

@@ -68,6 +68,17 @@ impl Problem {
         )
     }
 
+    /// 429: the provider's cap on upgraded connections and passthrough tunnels is reached.
+    pub fn too_many_upgraded(provider: &crate::registry::Provider) -> Self {
+        Self::new(
+            problem::TOO_MANY_UPGRADED,
+            format!(
+                "provider {} has its maximum of {} upgraded connections and tunnels open",
+                provider.name, provider.config.max_upgraded_connections
+            ),
+        )
+    }
+
     /// The JSON body.
     pub fn body(&self, request_id: Option<&str>) -> Bytes {
         let mut v = serde_json::json!({

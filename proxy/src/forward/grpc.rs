@@ -32,10 +32,9 @@ use pingora::proxy::Session;
 use tokio::time::Instant;
 
 use super::body::{Body, caller_body_problem};
-use super::dlq::{self, CallFailure};
 use super::upstream::{Cut, Upstream};
-use super::verdict::{self, classify};
-use super::{Call, CallReport, Forwarder, TIMEOUT_HEADER, count_attempt, upstream_header};
+use super::verdict::classify;
+use super::{Call, CallReport, Forwarder, count_attempt, upstream_header};
 use crate::hygiene::{self, REQUEST_ID};
 use crate::problem::Problem;
 
@@ -176,22 +175,7 @@ impl Forwarder {
     ) -> Result<u16, Problem> {
         let provider = call.provider;
         let policy = Policy::from_config(&provider.config, self.hub_default_rate);
-        let mut plan = RetryPlan::new(&provider.config, Instant::now());
-        let req = session.req_header();
-        let asked = [
-            req.headers
-                .get(wire::GRPC_TIMEOUT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_grpc_timeout),
-            req.headers
-                .get(TIMEOUT_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(|ms| Duration::from_millis(ms.max(1))),
-        ];
-        if let Some(budget) = asked.into_iter().flatten().min() {
-            plan = plan.limit_total(budget.max(Duration::from_millis(1)));
-        }
+        let plan = super::plan_for(provider, session.req_header());
         let mut permit = Some(self.admit(provider, &policy).await?);
         let mut header = upstream_header(
             session.req_header(),
@@ -274,37 +258,10 @@ impl Forwarder {
                 Err(stop) => break (stop.kind(), None),
             }
         };
-        let (end, excerpt) = last;
         let whole = body.whole();
-        let mut problem = match circuit {
-            Some(retry_after) => verdict::circuit_open(&provider.name, retry_after),
-            None => verdict::exhausted(&provider.name, end, report.attempts, stop),
-        };
-        if whole.replayable() {
-            let failure = CallFailure {
-                idempotency_key: report.idempotency_key.clone(),
-                attempts: report.attempts,
-                end,
-                stop,
-                excerpt,
-            };
-            match dlq::hand_off(
-                self.exhausted.as_deref(),
-                session.req_header(),
-                provider,
-                call.path_and_query,
-                call.request_id,
-                &whole,
-                failure,
-            )
-            .await
-            {
-                dlq::Recorded::Durable(id) => problem.dlq_id = Some(id),
-                dlq::Recorded::Refused => problem = verdict::unrecorded(problem),
-                dlq::Recorded::Nowhere => {}
-            }
-        }
-        Err(problem)
+        Err(self
+            .give_up(session, call, report, &whole, last, (stop, circuit))
+            .await)
     }
 
     /// One attempt up to the provider's response head: the request head, what was kept of the

@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use hub_core::state::{AttemptEnd, Outcome, Policy, RetryPlan};
-use hub_core::wire::{HOP_BY_HOP, listed, problem};
+use hub_core::wire::{HOP_BY_HOP, listed};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::client::HttpSession as UpstreamSession;
 use pingora::protocols::http::v1::client::HttpSession as Http1Session;
@@ -73,13 +73,7 @@ impl Forwarder {
         let permit = self.admit(provider, &policy).await?;
         let Some(mut slot) = Slot::take(provider, Kind::WebSocket) else {
             self.state.record(permit, Outcome::Neutral).await;
-            return Err(Problem::new(
-                problem::TOO_MANY_UPGRADED,
-                format!(
-                    "provider {} has its maximum of {} upgraded connections open",
-                    provider.name, provider.config.max_upgraded_connections
-                ),
-            ));
+            return Err(Problem::too_many_upgraded(provider));
         };
         let header = match upgrade_header(session.req_header(), call, report) {
             Ok(h) => h,

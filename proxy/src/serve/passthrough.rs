@@ -99,16 +99,11 @@ impl ProxyServer {
         let admission = self.state.admit(provider.id, &policy).await;
         verdict::count_rejection(provider, &admission);
         let permit = verdict::permit_or_problem(&provider.name, admission)?;
-        // Over the cap the permit is dropped (abandoned): nothing was attempted.
-        let slot = Slot::take(provider, Kind::Passthrough).ok_or_else(|| {
-            Problem::new(
-                problem::TOO_MANY_UPGRADED,
-                format!(
-                    "provider {} has its maximum of open upgraded connections and tunnels",
-                    provider.name
-                ),
-            )
-        })?;
+        let Some(slot) = Slot::take(provider, Kind::Passthrough) else {
+            // Nothing was attempted: the permit ends neutral (a half-open probe is not lost).
+            self.state.record(permit, Outcome::Neutral).await;
+            return Err(Problem::too_many_upgraded(provider));
+        };
         match tokio::time::timeout(provider.config.connect_timeout(), TcpStream::connect(addr))
             .await
         {
