@@ -375,3 +375,52 @@ async fn grpcio_unary_server_streaming_and_bidi_pass_with_the_credential_injecte
     );
     assert!(!err.contains(TOKEN) && !out.replace(&auth, "").contains(TOKEN));
 }
+
+/// curl, as module teams run it: by default a client offering h2 and HTTP/1.1 gets HTTP/1.1
+/// (the hub cannot send `100 Continue` over h2); with `proxy.prefer_h2` it gets h2, and the call
+/// goes through the pipeline (credential injected, upload byte exact).
+#[tokio::test]
+async fn curl_gets_h2_only_when_the_hub_prefers_it() {
+    if !have("curl", "--version") {
+        return;
+    }
+    for prefer in [false, true] {
+        let pki = TestPki::new();
+        let Some(hub) = hub_tests::harness::HubBuilder::new(Backend::Sqlite, &pki)
+            .configure(|c| c.proxy.prefer_h2 = prefer)
+            .start()
+            .await
+        else {
+            return;
+        };
+        let fake = FakeProvider::start(Some(pki.server_config.clone())).await;
+        hub.add_provider(provider_json(
+            "curl-h2",
+            HOST,
+            &fake,
+            json!({"type": "bearer", "token": "curl_h2_token"}),
+        ))
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, &hub.ca_pem).unwrap();
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--http2", "-x", &hub.proxy_url(), "--cacert"])
+            .arg(&ca)
+            .args([
+                "-w",
+                "\n%{http_version} %{http_code}",
+                "--data-binary",
+                "hello-h2",
+            ])
+            .arg(format!("https://{HOST}:{}/curl/h2", fake.port));
+        let (out, err) = run(c).await;
+        let last = out.lines().last().unwrap_or_default().to_owned();
+        let want = if prefer { "2 200" } else { "1.1 200" };
+        assert_eq!(last, want, "prefer_h2={prefer}: {out}\n{err}");
+        let got = fake.requests();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].body, b"hello-h2");
+        assert_eq!(got[0].header("authorization"), Some("Bearer curl_h2_token"));
+    }
+}

@@ -731,3 +731,32 @@ async fn a_providers_pinned_http_version_is_what_the_hub_offers() {
     assert_eq!(s.provider.requests().len(), 1);
     assert_eq!(s.provider.requests()[0].path, "/y");
 }
+
+#[tokio::test]
+async fn grpc_metadata_credentials_of_a_header_auth_type_are_injected() {
+    let Some(s) = setup(json!({})).await else {
+        return;
+    };
+    s.hub
+        .add_provider(json!({
+            "name": "h2-header",
+            "hosts": ["keyed.h2.test"],
+            "baseUrl": s.provider.base_url(),
+            "auth": {"type": "header", "name": "x-goog-api-key", "value": "keyed_secret_value"},
+            "config": {"allowPrivateNetwork": true},
+        }))
+        .await;
+    s.provider.set_mode(H2Mode::Echo);
+    let module = h2_module(&s.hub, "keyed.h2.test", 443).await;
+    let mut ready = module.ready().await.unwrap();
+    let mut req = grpc_request("/pkg.Svc/Keyed", &[("x-goog-api-key", "module-dummy")]);
+    *req.uri_mut() = "https://keyed.h2.test/pkg.Svc/Keyed".parse().unwrap();
+    let (resp, mut body) = ready.send_request(req, false).unwrap();
+    body.send_data(grpc_frame(b"k"), true).unwrap();
+    let a = read_answer(resp).await;
+    assert_eq!(a.grpc_status, Some(0), "{a:?}");
+    let seen = s.provider.requests();
+    assert_eq!(seen[0].header("x-goog-api-key"), Some("keyed_secret_value"));
+    assert_eq!(seen[0].headers.get_all("x-goog-api-key").iter().count(), 1);
+    assert!(!hub_tests::logs::contents().contains("keyed_secret_value"));
+}
