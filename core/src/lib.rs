@@ -21,6 +21,7 @@ pub mod dlq;
 pub mod jobs;
 pub mod otlp;
 pub mod provider;
+pub mod satoken;
 pub mod secret;
 pub mod state;
 pub mod store;
