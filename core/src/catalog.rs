@@ -30,17 +30,24 @@ impl CatalogError {
     }
 }
 
-/// Validates and registers a provider; its credentials are sealed under the active key with the
-/// new id as associated data.
+/// Validates and registers a provider without an audit entry (the CLI and tests); its
+/// credentials are sealed under the active key with the new id as associated data.
 pub async fn register(
     store: &dyn Store,
     vault: &Vault,
     new: NewProvider,
 ) -> Result<ProviderRecord, CatalogError> {
+    let insert = prepare(vault, new)?;
+    Ok(store.create_provider(insert, None).await?)
+}
+
+/// Validates a registration and seals its credentials to a fresh id: the row to insert (whose
+/// id an audit entry can then name, for [`Store::create_provider`]).
+pub fn prepare(vault: &Vault, new: NewProvider) -> Result<ProviderInsert, CatalogError> {
     let hosts = new.validate()?;
     let id = ProviderId::new();
     let credentials = vault.seal_auth(id, &new.auth)?;
-    let insert = ProviderInsert {
+    Ok(ProviderInsert {
         id,
         name: new.name,
         hosts,
@@ -49,6 +56,5 @@ pub async fn register(
         credentials,
         config: new.config,
         status: new.status,
-    };
-    Ok(store.create_provider(insert).await?)
+    })
 }

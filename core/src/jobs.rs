@@ -11,7 +11,8 @@
 //!   or RabbitMQ (`HUB_AMQP_URL`).
 //! - [`worker`]: the [`Worker`] and its tasks; [`exec`]: sending a stored call through the
 //!   proxy; [`callback`]: `X-Hub-Callback-Url` validation (SSRF rules) and delivery.
-//! - [`db`]: the database handle (both backends, statement counter).
+//! - [`Db`] (`crate::db`): the database handle (both backends, statement counter), shared with
+//!   the registry store.
 //! - `background`: [`Background`], the parts above opened once per process from the config.
 //!
 //! # Cost per job (measured by `tests/tests/jobs.rs`, `queries_per_job`)
@@ -27,7 +28,6 @@
 
 mod background;
 pub mod callback;
-pub mod db;
 pub mod exec;
 mod model;
 pub mod queue;
@@ -35,8 +35,8 @@ pub(crate) mod service;
 pub(crate) mod store;
 pub mod worker;
 
+pub use crate::db::Db;
 pub use background::{Background, WRITER_CAPACITY};
-pub use db::Db;
 pub use model::{
     CALLBACK_URL_HEADER, CallbackState, JOB_ID_HEADER, JOB_LOCATION_PREFIX, JobError, JobReceipt,
     JobResult, JobStatus, JobSubmitter, JobView, NewJob, PREFER_ASYNC,

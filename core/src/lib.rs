@@ -4,7 +4,8 @@
 //! - [`provider`]: the provider model, its per-provider policy and auth scheme, validation.
 //! - [`secret`]: a string type that never prints.
 //! - [`config`]: the typed `hub.yaml` tree with `HUB_*` overrides.
-//! - [`store`]: the registry's persistence interface and its SQLite/PostgreSQL implementations.
+//! - [`db`]: one database handle over SQLite or PostgreSQL (SQL written once), transactions.
+//! - [`store`]: the registry's persistence interface and its one SQL implementation.
 //! - [`vault`]: AES-256-GCM credential encryption with a key ring.
 //! - [`state`]: shared resilience state (breaker, rate limit), in-process or Redis.
 //! - [`ca`]: the hub's certificate authority (generated on first start, loaded after).
@@ -17,6 +18,7 @@ pub mod access;
 pub mod ca;
 pub mod catalog;
 pub mod config;
+pub mod db;
 pub mod dlq;
 pub mod jobs;
 pub mod otlp;

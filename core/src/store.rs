@@ -1,17 +1,19 @@
-//! The registry's persistence: one [`Store`] interface, two implementations
-//! ([`sqlite::SqliteStore`], [`postgres::PgStore`]) with their own migrations under
-//! `migrations/{sqlite,postgres}`. Credentials arrive here already sealed by the vault; the store
-//! never sees plaintext.
+//! The registry's persistence: one [`Store`] interface and one implementation, [`SqlStore`],
+//! whose queries are written once for SQLite and PostgreSQL ([`crate::db`]); each backend has its
+//! own migrations under `migrations/{sqlite,postgres}`. Credentials arrive here already sealed by
+//! the vault; the store never sees plaintext.
 //!
 //! Change detection for the proxy's in-memory registry: every write bumps one global
 //! `registry_revision` in the same transaction, so a poller reads a single row to learn whether
 //! anything changed (PostgreSQL additionally `NOTIFY`s on [`REGISTRY_CHANNEL`]).
+//!
+//! A provider write takes the [`AuditEntry`] that records it and appends it in the same
+//! transaction: the entry exists exactly when the change does.
 
 mod access;
-pub mod postgres;
 mod row;
 pub mod snapshot;
-pub mod sqlite;
+mod sql;
 #[cfg(test)]
 mod tests;
 
@@ -26,6 +28,8 @@ use crate::provider::{
     AuthType, HostPattern, ProviderConfig, ProviderId, ProviderRecord, ProviderStatus,
     SealedCredentials,
 };
+
+pub use sql::{SqlStore, watch_registry};
 
 /// PostgreSQL `NOTIFY` channel announcing registry changes (payload: the new revision).
 pub const REGISTRY_CHANNEL: &str = "hub_registry";
@@ -151,8 +155,13 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 
-    /// Inserts a provider; `Conflict` names a taken name or host and its owner.
-    async fn create_provider(&self, new: ProviderInsert) -> Result<ProviderRecord, StoreError>;
+    /// Inserts a provider; `Conflict` names a taken name or host and its owner. `audit` is
+    /// appended in the same transaction (nothing of either is kept when one fails).
+    async fn create_provider(
+        &self,
+        new: ProviderInsert,
+        audit: Option<AuditEntry>,
+    ) -> Result<ProviderRecord, StoreError>;
 
     /// One live provider.
     async fn get_provider(&self, id: ProviderId) -> Result<Option<ProviderRecord>, StoreError>;
@@ -163,16 +172,22 @@ pub trait Store: Send + Sync + 'static {
         query: &ProviderQuery,
     ) -> Result<Vec<ProviderRecord>, StoreError>;
 
-    /// Applies a partial update, bumps `version` and `updated_at`.
+    /// Applies a partial update, bumps `version` and `updated_at`; `audit` is appended in the
+    /// same transaction.
     async fn update_provider(
         &self,
         id: ProviderId,
         change: ProviderChange,
+        audit: Option<AuditEntry>,
     ) -> Result<ProviderRecord, StoreError>;
 
     /// Soft-deletes: the row stays (for audit) but its hosts and name are freed and its sealed
-    /// credentials are wiped.
-    async fn delete_provider(&self, id: ProviderId) -> Result<(), StoreError>;
+    /// credentials are wiped; `audit` is appended in the same transaction.
+    async fn delete_provider(
+        &self,
+        id: ProviderId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError>;
 
     /// Every live provider (active and disabled): the proxy's registry snapshot.
     async fn live_providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
@@ -193,7 +208,8 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a token; revoking again keeps the first time. `NotFound` for an unknown id.
     async fn revoke_api_token(&self, id: TokenId) -> Result<(), StoreError>;
 
-    /// Appends to the audit trail; the store assigns the (growing) id and the time.
+    /// Appends to the audit trail on its own (provider writes append theirs in their
+    /// transaction); the store assigns the (growing) id and the time.
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
 
     /// A page of the audit trail, newest first.
@@ -202,11 +218,5 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store a URL names (`sqlite://path?mode=rwc` or `postgres://…`).
 pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::connect(url).await?))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PgStore::connect(url).await?))
-    } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
-    }
+    Ok(Arc::new(SqlStore::connect(url).await?))
 }

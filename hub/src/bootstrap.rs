@@ -11,9 +11,7 @@ use hub_core::config::HubConfig;
 use hub_core::jobs::{Background, Db};
 use hub_core::secret::SecretString;
 use hub_core::state::{Clock, LocalState, RedisOptions, RedisState, SharedState};
-use hub_core::store::postgres::PgStore;
-use hub_core::store::sqlite::SqliteStore;
-use hub_core::store::{Store, StoreError};
+use hub_core::store::{SqlStore, Store, StoreError};
 use hub_core::vault::{KeySource, Vault};
 
 /// File holding the generated bootstrap admin token in the data dir (embedded default only).
@@ -65,21 +63,13 @@ pub enum StoreOpen {
 
 /// Opens the store a URL names, and a DLQ/jobs handle on the same pool.
 async fn open_store(url: &str, lazy: bool) -> Result<(Arc<dyn Store>, Db), StoreError> {
-    if url.starts_with("sqlite:") {
-        let s = SqliteStore::connect(url).await?;
-        let db = Db::sqlite(s.pool().clone());
-        Ok((Arc::new(s), db))
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let s = if lazy {
-            PgStore::connect_lazy(url)?
-        } else {
-            PgStore::connect(url).await?
-        };
-        let db = Db::postgres(s.pool().clone());
-        Ok((Arc::new(s), db))
+    let s = if lazy {
+        SqlStore::connect_lazy(url).await?
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
-    }
+        SqlStore::connect(url).await?
+    };
+    let db = s.db();
+    Ok((Arc::new(s), db))
 }
 
 fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {

@@ -354,7 +354,7 @@ pub async fn load_registry(
     let url = hub.config.database_url();
     let wake = url.starts_with("postgres").then(|| {
         let wake = Arc::new(tokio::sync::Notify::new());
-        tokio::spawn(hub_core::store::postgres::watch_registry(url, wake.clone()));
+        tokio::spawn(hub_core::store::watch_registry(url, wake.clone()));
         wake
     });
     tokio::spawn(registry.clone().run_refresher(period, wake, stop));

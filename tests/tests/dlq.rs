@@ -358,7 +358,10 @@ async fn retry_all_returns_at_once_and_drains_at_the_rate_limit(v: Variant) {
         config: Some(config),
         ..Default::default()
     };
-    hub.store.update_provider(rec.id, change).await.unwrap();
+    hub.store
+        .update_provider(rec.id, change, None)
+        .await
+        .unwrap();
     hub.registry.refresh().await.unwrap();
     fake.set_mode(Mode::Ok);
     let before = fake.requests().len();

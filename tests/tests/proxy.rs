@@ -246,6 +246,7 @@ async fn deny_by_default_and_other_refusals_never_reach_the_provider() {
                     status: Some(hub_core::provider::ProviderStatus::Disabled),
                     ..Default::default()
                 },
+                None,
             )
             .await
             .unwrap();

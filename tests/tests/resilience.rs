@@ -400,16 +400,19 @@ async fn two_hubs_on_one_redis_share_the_breaker_and_the_rate_limit() {
     let rec = a.add_provider(p).await;
     // Same provider (same id) in the second hub's own registry.
     b.store
-        .create_provider(hub_core::store::ProviderInsert {
-            id: rec.id,
-            name: rec.name.clone(),
-            hosts: rec.hosts.clone(),
-            base_url: rec.base_url.clone(),
-            auth_type: rec.auth_type,
-            credentials: rec.credentials.clone(),
-            config: rec.config.clone(),
-            status: rec.status,
-        })
+        .create_provider(
+            hub_core::store::ProviderInsert {
+                id: rec.id,
+                name: rec.name.clone(),
+                hosts: rec.hosts.clone(),
+                base_url: rec.base_url.clone(),
+                auth_type: rec.auth_type,
+                credentials: rec.credentials.clone(),
+                config: rec.config.clone(),
+                status: rec.status,
+            },
+            None,
+        )
         .await
         .unwrap();
     b.sync().await;

@@ -1,8 +1,10 @@
 //! The audit trail: every change made through the API (who, what, which target, when; never a
-//! secret) is appended after it succeeds, and read back newest first.
+//! secret) is recorded, and read back newest first.
 //!
-//! Appending is a separate statement after the change commits: if it fails, the change stands
-//! and the entry goes to the error log instead (same fields), so nothing is lost silently.
+//! Provider writes append their entry in the change's own transaction
+//! ([`super::providers::write`]). Every other action appends with [`record`], a separate
+//! statement after the change commits: if it fails, the change stands and the entry goes to the
+//! error log instead (same fields), so nothing is lost silently.
 
 use std::fmt::Display;
 

@@ -1,22 +1,21 @@
 //! Provider CRUD: register, list (cursor-paginated, filtered by status and name), read, change
-//! (`PATCH`, optionally guarded by `If-Match`), soft delete. Every change is audited.
+//! (`PATCH`, optionally guarded by `If-Match`), soft delete. Every change is audited in its own
+//! transaction ([`write`]).
 
 pub mod patch;
 pub mod view;
+pub mod write;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use hub_core::catalog;
 use hub_core::provider::{NewProvider, ProviderId, ProviderRecord, ProviderStatus};
 use hub_core::store::{ProviderQuery, StoreError};
 use serde::Deserialize;
-use serde_json::json;
 
 use self::patch::ProviderPatch;
 use self::view::{ProviderView, respond};
-use super::audit;
 use super::page::{self, Page};
 use crate::AdminState;
 use crate::auth::Caller;
@@ -33,9 +32,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(new): ApiJson<NewProvider>,
 ) -> Result<Response, ApiError> {
-    let record = catalog::register(s.store.as_ref(), &s.vault, new).await?;
-    let detail = json!({"name": record.name, "status": record.status.as_str()});
-    audit::record(&s, &caller, "provider.create", record.id, detail).await;
+    let record = write::create(&s, &caller, new).await?;
     Ok(respond(StatusCode::CREATED, &record))
 }
 
@@ -117,7 +114,7 @@ pub async fn update(
         if patch.is_empty() {
             return Ok(respond(StatusCode::OK, &current));
         }
-        match s.store.update_provider(id, change).await {
+        match write::update(&s, &caller, id, change, &patch).await {
             Ok(record) => break record,
             Err(StoreError::Stale) if if_match.0.is_none() && attempt < PATCH_ATTEMPTS => continue,
             Err(StoreError::NotFound) => {
@@ -126,11 +123,6 @@ pub async fn update(
             Err(e) => return Err(e.into()),
         }
     };
-    let mut detail = json!({"fields": patch.field_names()});
-    if let Some(status) = patch.status {
-        detail["status"] = status.as_str().into();
-    }
-    audit::record(&s, &caller, "provider.update", id, detail).await;
     Ok(respond(StatusCode::OK, &updated))
 }
 
@@ -141,13 +133,12 @@ pub async fn delete(
     IdPath(id): IdPath,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    match s.store.delete_provider(id).await {
+    match write::delete(&s, &caller, id).await {
         Ok(()) => {}
         Err(StoreError::NotFound) => {
             return Err(ApiError::NotFound(format!("no provider with id {id}")));
         }
         Err(e) => return Err(e.into()),
     }
-    audit::record(&s, &caller, "provider.delete", id, json!({})).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

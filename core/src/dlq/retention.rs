@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::store::EntryStore;
-use crate::jobs::db::Db;
+use crate::db::Db;
 use crate::jobs::store::JobStore;
 use crate::state::Clock;
 

@@ -11,7 +11,7 @@ use ulid::Ulid;
 use super::model::{DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus, ProviderDepth};
 use super::seal::open_body;
 use super::store::{EntryRow, EntryStore, lag};
-use crate::jobs::db::Db;
+use crate::db::Db;
 use crate::jobs::queue::{Task, TaskKind, WorkQueue};
 use crate::provider::ProviderId;
 use crate::state::Clock;

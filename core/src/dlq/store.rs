@@ -6,7 +6,7 @@ use ulid::Ulid;
 
 use super::model::{DlqEntry, DlqQuery, EntryStatus, ReplayOutcome};
 use super::seal::SealedEntry;
-use crate::jobs::db::{Db, exec, fetch, scalars};
+use crate::db::{Db, exec, fetch, scalars};
 
 /// The columns of an [`EntryRow`].
 macro_rules! columns {

@@ -26,7 +26,7 @@ use super::FailedCall;
 use super::seal::{SealedEntry, seal_failed_call};
 use super::spool::{Closed, Spool, SpoolError, SpoolStats};
 use super::store::EntryStore;
-use crate::jobs::db::Db;
+use crate::db::Db;
 use crate::state::Clock;
 use crate::vault::Vault;
 

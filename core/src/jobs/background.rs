@@ -9,11 +9,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::db::Db;
 use super::queue::{AmqpOptions, AmqpQueue, QueueError, SqlQueue, WorkQueue};
 use super::service::Jobs;
 use super::worker::{Worker, WorkerOptions};
 use crate::config::HubConfig;
+use crate::db::Db;
 use crate::dlq::spool::SpoolError;
 use crate::dlq::writer::{self, DlqSender, WriterOptions};
 use crate::dlq::{Dlq, FailedCall, Retention};

@@ -16,9 +16,9 @@ use super::model::{
 use super::queue::{Task, TaskKind, WorkQueue};
 use super::store::{JobInsert, JobRow, JobStore};
 use crate::config::JobsConfig;
+use crate::db::Db;
 use crate::dlq::seal::keepable_headers;
 use crate::dlq::store::utc;
-use crate::jobs::db::Db;
 use crate::provider::SealedCredentials;
 use crate::state::Clock;
 use crate::vault::Vault;

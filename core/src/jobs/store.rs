@@ -5,7 +5,7 @@
 
 use ulid::Ulid;
 
-use crate::jobs::db::{Db, exec, fetch, scalars};
+use crate::db::{Db, exec, fetch, scalars};
 
 /// The columns of a [`JobRow`].
 macro_rules! columns {

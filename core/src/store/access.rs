@@ -80,11 +80,6 @@ impl AuditRow {
     }
 }
 
-/// The detail as stored.
-pub(super) fn detail_json(detail: &serde_json::Value) -> String {
-    detail.to_string()
-}
-
 /// A token hash that is already stored (a 256-bit collision: in practice, a reused insert).
 pub(super) fn map_token_write_error(err: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &err

@@ -4,6 +4,7 @@
 //! Decoding never panics: a value the domain cannot accept is [`StoreError::Corrupt`].
 
 use chrono::{DateTime, SubsecRound, Utc};
+use sqlx::types::Json;
 
 use super::{MAX_PAGE_SIZE, StoreError};
 use crate::provider::{
@@ -79,15 +80,10 @@ pub(super) fn into_records(rows: Vec<ProviderRow>) -> Result<Vec<ProviderRecord>
     rows.into_iter().map(ProviderRow::into_record).collect()
 }
 
-/// Host patterns as stored: the JSON array of their display strings (`*.x.com`).
-pub(super) fn hosts_json(hosts: &[HostPattern]) -> String {
-    let strings: Vec<String> = hosts.iter().map(ToString::to_string).collect();
-    serde_json::Value::from(strings).to_string()
-}
-
-/// The policy as stored.
-pub(super) fn config_json(config: &ProviderConfig) -> String {
-    serde_json::to_string(config).expect("a struct of numbers, strings and bools always serializes")
+/// Host patterns as stored: the JSON array of their display strings (`*.x.com`), bound as JSON
+/// (text on SQLite, jsonb on PostgreSQL).
+pub(super) fn hosts_json(hosts: &[HostPattern]) -> Json<Vec<String>> {
+    Json(hosts.iter().map(ToString::to_string).collect())
 }
 
 /// The current time at the precision both backends keep (PostgreSQL stores microseconds), so a

@@ -10,12 +10,11 @@ use chrono::Utc;
 use sqlx::{PgPool, SqlitePool};
 use ulid::Ulid;
 
-use super::postgres::PgStore;
-use super::sqlite::SqliteStore;
 use super::*;
 use crate::access::{
     ApiTokenInsert, AuditEntry, AuditQuery, Role, TokenId, TokenQuery, token_hash,
 };
+use crate::db::Pool;
 use crate::provider::BreakerPolicy;
 use crate::testing::{self, TestDb};
 
@@ -34,15 +33,25 @@ enum Raw {
     Pg(PgPool),
 }
 
+impl Raw {
+    /// The store's own pool.
+    fn of(store: &SqlStore) -> Self {
+        match store.db().pool() {
+            Pool::Sqlite(p) => Self::Sqlite(p.clone()),
+            Pool::Postgres(p) => Self::Pg(p.clone()),
+        }
+    }
+}
+
 impl Harness {
     async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         // A nested path: connect creates the missing directories.
         let url = testing::fresh_sqlite_url(&dir.path().join("state/db"));
-        let store = SqliteStore::connect(&url).await.unwrap();
+        let store = SqlStore::connect(&url).await.unwrap();
         store.migrate().await.unwrap();
         Self {
-            raw: Raw::Sqlite(store.pool().clone()),
+            raw: Raw::of(&store),
             store: Arc::new(store),
             url,
             _dir: Some(dir),
@@ -52,10 +61,10 @@ impl Harness {
 
     async fn postgres() -> Option<Self> {
         let db = testing::fresh_postgres().await?;
-        let store = PgStore::connect(db.url()).await.unwrap();
+        let store = SqlStore::connect(db.url()).await.unwrap();
         store.migrate().await.unwrap();
         Some(Self {
-            raw: Raw::Pg(store.pool().clone()),
+            raw: Raw::of(&store),
             store: Arc::new(store),
             url: db.url().to_owned(),
             _dir: None,
@@ -77,6 +86,14 @@ impl Harness {
                 .rows_affected(),
         };
         assert!(affected > 0, "{sql} changed nothing");
+    }
+
+    /// Runs a statement that may change no rows (DDL).
+    async fn ddl(&self, sql: &str) {
+        match &self.raw {
+            Raw::Sqlite(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
+            Raw::Pg(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
+        }
     }
 
     async fn count(&self, sql: &str) -> i64 {
@@ -142,8 +159,10 @@ suite! {
         migrate_is_idempotent,
         api_tokens_are_found_by_hash_listed_and_revoked,
         audit_is_newest_first_paged_and_filtered,
+        provider_writes_commit_their_audit_entry_or_nothing,
     ],
     harness: [
+        an_audit_entry_that_cannot_be_stored_undoes_the_write,
         soft_delete_hides_frees_and_wipes,
         corrupt_config_is_an_error_not_a_panic,
     ],
@@ -200,7 +219,7 @@ async fn round_trip_keeps_every_field(store: Arc<dyn Store>) {
         },
         ..Default::default()
     };
-    let created = store.create_provider(new.clone()).await.unwrap();
+    let created = store.create_provider(new.clone(), None).await.unwrap();
     assert_eq!(created.id, new.id);
     assert_eq!(created.name, "stripe");
     assert_eq!(created.hosts, new.hosts);
@@ -220,7 +239,7 @@ async fn round_trip_keeps_every_field(store: Arc<dyn Store>) {
     let mut plain = insert("plain", &["plain.example.com"]);
     plain.auth_type = AuthType::None;
     plain.credentials = None;
-    let plain = store.create_provider(plain).await.unwrap();
+    let plain = store.create_provider(plain, None).await.unwrap();
     assert_eq!(plain.credentials, None);
     assert_eq!(plain.credentials_updated_at, None);
 
@@ -244,13 +263,13 @@ async fn round_trip_keeps_every_field(store: Arc<dyn Store>) {
 
 async fn duplicate_host_is_a_conflict_naming_the_owner(store: Arc<dyn Store>) {
     let stripe = store
-        .create_provider(insert("stripe", &["api.stripe.com", "*.stripe.com"]))
+        .create_provider(insert("stripe", &["api.stripe.com", "*.stripe.com"]), None)
         .await
         .unwrap();
     let revision = store.registry_revision().await.unwrap();
 
     let other = insert("other", &["other.example.com", "*.stripe.com"]);
-    let (field, message) = expect_conflict(store.create_provider(other.clone()).await);
+    let (field, message) = expect_conflict(store.create_provider(other.clone(), None).await);
     assert_eq!(field, "hosts[1]");
     assert_eq!(
         message,
@@ -264,18 +283,18 @@ async fn duplicate_host_is_a_conflict_naming_the_owner(store: Arc<dyn Store>) {
     assert!(store.get_provider(other.id).await.unwrap().is_none());
     assert_eq!(store.registry_revision().await.unwrap(), revision);
     store
-        .create_provider(insert("other", &["other.example.com"]))
+        .create_provider(insert("other", &["other.example.com"]), None)
         .await
         .unwrap();
 }
 
 async fn duplicate_name_is_a_conflict(store: Arc<dyn Store>) {
     let stripe = store
-        .create_provider(insert("stripe", &["api.stripe.com"]))
+        .create_provider(insert("stripe", &["api.stripe.com"]), None)
         .await
         .unwrap();
     let result = store
-        .create_provider(insert("stripe", &["other.stripe.com"]))
+        .create_provider(insert("stripe", &["other.stripe.com"]), None)
         .await;
     assert_eq!(result.as_ref().unwrap_err().kind(), "conflict");
     let (field, message) = expect_conflict(result);
@@ -283,26 +302,29 @@ async fn duplicate_name_is_a_conflict(store: Arc<dyn Store>) {
     assert!(message.contains(&stripe.id.to_string()), "{message}");
     // The host of the failed create is still free.
     store
-        .create_provider(insert("stripe-eu", &["other.stripe.com"]))
+        .create_provider(insert("stripe-eu", &["other.stripe.com"]), None)
         .await
         .unwrap();
 }
 
 async fn wildcard_and_exact_hosts_are_distinct(store: Arc<dyn Store>) {
     store
-        .create_provider(insert("apex", &["x.com"]))
+        .create_provider(insert("apex", &["x.com"]), None)
         .await
         .unwrap();
     let wild = store
-        .create_provider(insert("wild", &["*.x.com"]))
+        .create_provider(insert("wild", &["*.x.com"]), None)
         .await
         .unwrap();
     store
-        .create_provider(insert("api", &["api.x.com"]))
+        .create_provider(insert("api", &["api.x.com"]), None)
         .await
         .unwrap();
-    let (field, message) =
-        expect_conflict(store.create_provider(insert("again", &["*.X.com"])).await);
+    let (field, message) = expect_conflict(
+        store
+            .create_provider(insert("again", &["*.X.com"]), None)
+            .await,
+    );
     assert_eq!(field, "hosts[0]");
     assert!(
         message.contains(&format!("wild ({})", wild.id)),
@@ -313,10 +335,10 @@ async fn wildcard_and_exact_hosts_are_distinct(store: Arc<dyn Store>) {
 async fn soft_delete_hides_frees_and_wipes(h: &Harness) {
     let store = &h.store;
     let gone = store
-        .create_provider(insert("stripe", &["api.stripe.com", "*.stripe.com"]))
+        .create_provider(insert("stripe", &["api.stripe.com", "*.stripe.com"]), None)
         .await
         .unwrap();
-    store.delete_provider(gone.id).await.unwrap();
+    store.delete_provider(gone.id, None).await.unwrap();
 
     assert!(store.get_provider(gone.id).await.unwrap().is_none());
     let all = ProviderQuery {
@@ -346,19 +368,19 @@ async fn soft_delete_hides_frees_and_wipes(h: &Harness) {
 
     // Name and hosts are free again.
     let reborn = store
-        .create_provider(insert("stripe", &["*.stripe.com", "api.stripe.com"]))
+        .create_provider(insert("stripe", &["*.stripe.com", "api.stripe.com"]), None)
         .await
         .unwrap();
     assert_ne!(reborn.id, gone.id);
     assert!(matches!(
-        store.delete_provider(gone.id).await,
+        store.delete_provider(gone.id, None).await,
         Err(StoreError::NotFound)
     ));
 }
 
 async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
     let created = store
-        .create_provider(insert("stripe", &["api.stripe.com"]))
+        .create_provider(insert("stripe", &["api.stripe.com"]), None)
         .await
         .unwrap();
 
@@ -369,6 +391,7 @@ async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
                 base_url: Some("https://eu.stripe.com".into()),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -396,6 +419,7 @@ async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
                 name: Some("stripe-eu".into()),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -421,6 +445,7 @@ async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
                 credentials: Some((AuthType::Header, Some(sealed(2)))),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -436,6 +461,7 @@ async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
                 credentials: Some((AuthType::None, None)),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -446,7 +472,7 @@ async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
 
     // Even an empty change is a write: the version moves.
     let touched = store
-        .update_provider(created.id, ProviderChange::default())
+        .update_provider(created.id, ProviderChange::default(), None)
         .await
         .unwrap();
     assert_eq!(touched.version, 6);
@@ -458,11 +484,11 @@ async fn update_changes_only_the_given_fields(store: Arc<dyn Store>) {
 
 async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
     let a = store
-        .create_provider(insert("a", &["a1.com", "a2.com"]))
+        .create_provider(insert("a", &["a1.com", "a2.com"]), None)
         .await
         .unwrap();
     let b = store
-        .create_provider(insert("b", &["b1.com"]))
+        .create_provider(insert("b", &["b1.com"]), None)
         .await
         .unwrap();
 
@@ -473,13 +499,14 @@ async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
                 hosts: Some(vec![host("a2.com"), host("*.a3.com")]),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
     assert_eq!(a2.hosts, vec![host("a2.com"), host("*.a3.com")]);
     // The dropped host is free, the kept and new ones are claimed.
     store
-        .create_provider(insert("c", &["a1.com"]))
+        .create_provider(insert("c", &["a1.com"]), None)
         .await
         .unwrap();
     let (field, message) = expect_conflict(
@@ -491,6 +518,7 @@ async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
                     base_url: Some("https://changed.example.com".into()),
                     ..Default::default()
                 },
+                None,
             )
             .await,
     );
@@ -502,7 +530,7 @@ async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
     // The failed update changed nothing, b2.com included.
     assert_same(&store.get_provider(b.id).await.unwrap().unwrap(), &b);
     store
-        .create_provider(insert("d", &["b2.com"]))
+        .create_provider(insert("d", &["b2.com"]), None)
         .await
         .unwrap();
 
@@ -514,6 +542,7 @@ async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
                     name: Some("a".into()),
                     ..Default::default()
                 },
+                None,
             )
             .await,
     );
@@ -528,6 +557,7 @@ async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
                 hosts: Some(vec![host("*.a3.com"), host("a2.com")]),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -535,7 +565,7 @@ async fn update_replaces_hosts_atomically(store: Arc<dyn Store>) {
 
 async fn update_with_old_version_is_stale(store: Arc<dyn Store>) {
     let p = store
-        .create_provider(insert("p", &["p.com"]))
+        .create_provider(insert("p", &["p.com"]), None)
         .await
         .unwrap();
     let at = |v: i64| ProviderChange {
@@ -543,36 +573,50 @@ async fn update_with_old_version_is_stale(store: Arc<dyn Store>) {
         expected_version: Some(v),
         ..Default::default()
     };
-    assert_eq!(store.update_provider(p.id, at(1)).await.unwrap().version, 2);
-    let stale = store.update_provider(p.id, at(1)).await;
+    assert_eq!(
+        store
+            .update_provider(p.id, at(1), None)
+            .await
+            .unwrap()
+            .version,
+        2
+    );
+    let stale = store.update_provider(p.id, at(1), None).await;
     assert!(matches!(stale, Err(StoreError::Stale)), "{stale:?}");
     let now = store.get_provider(p.id).await.unwrap().unwrap();
     assert_eq!((now.version, now.base_url.as_str()), (2, "https://p.com/1"));
-    assert_eq!(store.update_provider(p.id, at(2)).await.unwrap().version, 3);
+    assert_eq!(
+        store
+            .update_provider(p.id, at(2), None)
+            .await
+            .unwrap()
+            .version,
+        3
+    );
 }
 
 async fn writes_to_missing_or_deleted_providers_are_not_found(store: Arc<dyn Store>) {
     let missing = Ulid::new();
     let r = store
-        .update_provider(missing, ProviderChange::default())
+        .update_provider(missing, ProviderChange::default(), None)
         .await;
     assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
     assert!(matches!(
-        store.delete_provider(missing).await,
+        store.delete_provider(missing, None).await,
         Err(StoreError::NotFound)
     ));
 
     let p = store
-        .create_provider(insert("p", &["p.com"]))
+        .create_provider(insert("p", &["p.com"]), None)
         .await
         .unwrap();
-    store.delete_provider(p.id).await.unwrap();
+    store.delete_provider(p.id, None).await.unwrap();
     let versioned = ProviderChange {
         expected_version: Some(p.version),
         status: Some(ProviderStatus::Disabled),
         ..Default::default()
     };
-    let r = store.update_provider(p.id, versioned).await;
+    let r = store.update_provider(p.id, versioned, None).await;
     assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
 }
 
@@ -585,21 +629,21 @@ async fn registry_revision_moves_on_every_write_and_only_then(store: Arc<dyn Sto
     };
 
     let p = store
-        .create_provider(insert("p", &["p.com"]))
+        .create_provider(insert("p", &["p.com"]), None)
         .await
         .unwrap();
     moved("create").await;
     store
-        .update_provider(p.id, ProviderChange::default())
+        .update_provider(p.id, ProviderChange::default(), None)
         .await
         .unwrap();
     moved("update").await;
     let q = store
-        .create_provider(insert("q", &["q.com"]))
+        .create_provider(insert("q", &["q.com"]), None)
         .await
         .unwrap();
     moved("second create").await;
-    store.delete_provider(q.id).await.unwrap();
+    store.delete_provider(q.id, None).await.unwrap();
     moved("delete").await;
 
     // Reads and failed writes leave it alone.
@@ -607,15 +651,15 @@ async fn registry_revision_moves_on_every_write_and_only_then(store: Arc<dyn Sto
     store.get_provider(p.id).await.unwrap();
     store.live_providers().await.unwrap();
     store
-        .create_provider(insert("p", &["x.com"]))
+        .create_provider(insert("p", &["x.com"]), None)
         .await
         .unwrap_err();
-    store.delete_provider(q.id).await.unwrap_err();
+    store.delete_provider(q.id, None).await.unwrap_err();
     let stale = ProviderChange {
         expected_version: Some(1),
         ..Default::default()
     };
-    store.update_provider(p.id, stale).await.unwrap_err();
+    store.update_provider(p.id, stale, None).await.unwrap_err();
     assert_eq!(store.registry_revision().await.unwrap(), before);
 }
 
@@ -623,7 +667,7 @@ async fn pagination_is_stable_under_concurrent_inserts(store: Arc<dyn Store>) {
     let mut existing = HashSet::new();
     for i in 0..40 {
         let p = store
-            .create_provider(insert(&format!("p{i:03}"), &[&format!("p{i}.com")]))
+            .create_provider(insert(&format!("p{i:03}"), &[&format!("p{i}.com")]), None)
             .await
             .unwrap();
         existing.insert(p.id);
@@ -634,7 +678,7 @@ async fn pagination_is_stable_under_concurrent_inserts(store: Arc<dyn Store>) {
         async move {
             for i in 0..40 {
                 store
-                    .create_provider(insert(&format!("q{i:03}"), &[&format!("q{i}.com")]))
+                    .create_provider(insert(&format!("q{i:03}"), &[&format!("q{i}.com")]), None)
                     .await
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(1)).await;
@@ -684,7 +728,7 @@ async fn list_filters_by_status_and_literal_name_substring(store: Arc<dyn Store>
     ] {
         let mut p = insert(name, &[&format!("{name}.com")]);
         p.status = status;
-        store.create_provider(p).await.unwrap();
+        store.create_provider(p, None).await.unwrap();
     }
     let names = async |status, name_contains: Option<&str>, limit| {
         let query = ProviderQuery {
@@ -721,7 +765,7 @@ async fn list_filters_by_status_and_literal_name_substring(store: Arc<dyn Store>
 async fn corrupt_config_is_an_error_not_a_panic(h: &Harness) {
     let store = &h.store;
     let p = store
-        .create_provider(insert("p", &["p.com"]))
+        .create_provider(insert("p", &["p.com"]), None)
         .await
         .unwrap();
     let id = p.id;
@@ -757,6 +801,7 @@ async fn corrupt_config_is_an_error_not_a_panic(h: &Harness) {
                 config: Some(ProviderConfig::default()),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -765,7 +810,7 @@ async fn corrupt_config_is_an_error_not_a_panic(h: &Harness) {
 
 async fn migrate_is_idempotent(store: Arc<dyn Store>) {
     let p = store
-        .create_provider(insert("p", &["p.com"]))
+        .create_provider(insert("p", &["p.com"]), None)
         .await
         .unwrap();
     store.migrate().await.unwrap();
@@ -782,7 +827,7 @@ async fn postgres_notifies_registry_changes() {
     listener.listen(REGISTRY_CHANNEL).await.unwrap();
 
     h.store
-        .create_provider(insert("p", &["p.com"]))
+        .create_provider(insert("p", &["p.com"]), None)
         .await
         .unwrap();
     let revision = h.store.registry_revision().await.unwrap();
@@ -803,7 +848,7 @@ async fn connect_rejects_unknown_schemes() {
 #[tokio::test]
 async fn unreachable_postgres_fails_fast() {
     let started = std::time::Instant::now();
-    let err = PgStore::connect("postgres://postgres@127.0.0.1:1/hub")
+    let err = SqlStore::connect("postgres://postgres@127.0.0.1:1/hub")
         .await
         .err()
         .unwrap();
@@ -834,7 +879,7 @@ async fn sqlite_in_memory_url_works() {
     let store = connect("sqlite::memory:").await.unwrap();
     store.migrate().await.unwrap();
     let p = store
-        .create_provider(insert("p", &["p.com"]))
+        .create_provider(insert("p", &["p.com"]), None)
         .await
         .unwrap();
     assert!(store.get_provider(p.id).await.unwrap().is_some());
@@ -995,4 +1040,137 @@ async fn audit_is_newest_first_paged_and_filtered(store: Arc<dyn Store>) {
             .collect::<Vec<_>>(),
         [4, 2, 0]
     );
+}
+
+fn audit(action: &str, target: ProviderId) -> AuditEntry {
+    AuditEntry {
+        actor: "01JTOKEN".into(),
+        action: action.into(),
+        target_id: Some(target.to_string()),
+        detail: serde_json::json!({"fields": ["name"], "status": "active"}),
+    }
+}
+
+async fn audit_trail(store: &dyn Store) -> Vec<AuditEntry> {
+    let page = store
+        .list_audit(&AuditQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    page.into_iter().rev().map(|r| r.entry).collect()
+}
+
+/// A provider write appends its audit entry in its own transaction: a refused write (conflict,
+/// stale version, missing row) leaves neither a change nor an entry.
+async fn provider_writes_commit_their_audit_entry_or_nothing(store: Arc<dyn Store>) {
+    let first = insert("stripe", &["api.stripe.com"]);
+    let created = store
+        .create_provider(first.clone(), Some(audit("provider.create", first.id)))
+        .await
+        .unwrap();
+    let mut expected = vec![audit("provider.create", created.id)];
+    assert_eq!(audit_trail(&*store).await, expected);
+
+    // Same name: refused before the insert.
+    let same_name = insert("stripe", &["other.stripe.com"]);
+    expect_conflict(
+        store
+            .create_provider(
+                same_name.clone(),
+                Some(audit("provider.create", same_name.id)),
+            )
+            .await,
+    );
+    // Free name, taken host: refused after the provider row was inserted; both roll back.
+    let same_host = insert("stripe-eu", &["api.stripe.com"]);
+    expect_conflict(
+        store
+            .create_provider(
+                same_host.clone(),
+                Some(audit("provider.create", same_host.id)),
+            )
+            .await,
+    );
+    assert!(store.get_provider(same_host.id).await.unwrap().is_none());
+    let stale = ProviderChange {
+        name: Some("renamed".into()),
+        expected_version: Some(7),
+        ..ProviderChange::default()
+    };
+    let r = store
+        .update_provider(
+            created.id,
+            stale,
+            Some(audit("provider.update", created.id)),
+        )
+        .await;
+    assert!(matches!(r, Err(StoreError::Stale)), "{r:?}");
+    let missing = Ulid::new();
+    let r = store
+        .delete_provider(missing, Some(audit("provider.delete", missing)))
+        .await;
+    assert!(matches!(r, Err(StoreError::NotFound)), "{r:?}");
+    assert_eq!(
+        audit_trail(&*store).await,
+        expected,
+        "no entry for a refused write"
+    );
+
+    let renamed = ProviderChange {
+        name: Some("renamed".into()),
+        ..ProviderChange::default()
+    };
+    store
+        .update_provider(
+            created.id,
+            renamed,
+            Some(audit("provider.update", created.id)),
+        )
+        .await
+        .unwrap();
+    store
+        .delete_provider(created.id, Some(audit("provider.delete", created.id)))
+        .await
+        .unwrap();
+    expected.push(audit("provider.update", created.id));
+    expected.push(audit("provider.delete", created.id));
+    assert_eq!(audit_trail(&*store).await, expected);
+}
+
+/// The other way round: when the audit entry cannot be stored, the provider write it records
+/// does not happen either.
+async fn an_audit_entry_that_cannot_be_stored_undoes_the_write(h: &Harness) {
+    let store = &h.store;
+    let kept = insert("kept", &["kept.com"]);
+    store.create_provider(kept.clone(), None).await.unwrap();
+    let revision = store.registry_revision().await.unwrap();
+    h.ddl("ALTER TABLE audit_log RENAME TO audit_log_gone")
+        .await;
+
+    let new = insert("p", &["p.com"]);
+    let r = store
+        .create_provider(new.clone(), Some(audit("provider.create", new.id)))
+        .await;
+    assert!(matches!(r, Err(StoreError::Database(_))), "{r:?}");
+    assert!(store.get_provider(new.id).await.unwrap().is_none());
+    let change = ProviderChange {
+        name: Some("renamed".into()),
+        ..ProviderChange::default()
+    };
+    store
+        .update_provider(kept.id, change, Some(audit("provider.update", kept.id)))
+        .await
+        .unwrap_err();
+    store
+        .delete_provider(kept.id, Some(audit("provider.delete", kept.id)))
+        .await
+        .unwrap_err();
+    let after = store.get_provider(kept.id).await.unwrap().unwrap();
+    assert_eq!(after.name, "kept");
+    assert_eq!(after.version, 1);
+    assert_eq!(store.registry_revision().await.unwrap(), revision);
+    // Without an entry to store, the same writes go through.
+    store.create_provider(new, None).await.unwrap();
 }

@@ -111,7 +111,7 @@ async fn rotate_one(
             expected_version: Some(record.version),
             ..ProviderChange::default()
         };
-        match store.update_provider(id, change).await {
+        match store.update_provider(id, change, None).await {
             Ok(_) => return Ok(Outcome::Rotated),
             // Edited meanwhile: read it again; it may even be current by now.
             Err(StoreError::Stale) => match store.get_provider(id).await {

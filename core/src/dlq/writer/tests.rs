@@ -9,10 +9,10 @@ use sqlx::Connection;
 use ulid::Ulid;
 
 use super::{WriterOptions, spawn};
+use crate::db::Db;
 use crate::dlq::FailedCall;
 use crate::dlq::spool::read_dir_records;
 use crate::dlq::store::EntryStore;
-use crate::jobs::db::Db;
 use crate::secret::SecretString;
 use crate::state::Clock;
 use crate::testing;

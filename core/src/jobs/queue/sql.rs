@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 use ulid::Ulid;
 
 use super::{Claimed, QueueError, Receipt, Task, TaskKind, WorkQueue};
-use crate::jobs::db::{Db, Pool, exec, fetch, scalars};
+use crate::db::{Db, Pool, exec, fetch, scalars};
 use crate::state::Clock;
 
 /// PostgreSQL `NOTIFY` channel announcing pushed work.
@@ -182,7 +182,7 @@ impl WorkQueue for SqlQueue {
                     // One statement: the insert and the notification of listening workers.
                     let sql = format!(
                         "WITH ins AS ({} RETURNING 1) SELECT pg_notify('{WORK_CHANNEL}', '')",
-                        crate::jobs::db::pg(&insert)
+                        crate::db::pg(&insert)
                     );
                     let mut q = sqlx::query(&sql);
                     for t in chunk {

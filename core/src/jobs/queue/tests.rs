@@ -8,7 +8,7 @@ use std::time::Duration;
 use ulid::Ulid;
 
 use super::{AmqpOptions, AmqpQueue, SqlQueue, Task, TaskKind, WorkQueue};
-use crate::jobs::db::Db;
+use crate::db::Db;
 use crate::state::Clock;
 use crate::testing;
 

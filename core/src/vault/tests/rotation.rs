@@ -31,8 +31,12 @@ impl Store for InterferingStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
-    async fn create_provider(&self, new: ProviderInsert) -> Result<ProviderRecord, StoreError> {
-        self.inner.create_provider(new).await
+    async fn create_provider(
+        &self,
+        new: ProviderInsert,
+        audit: Option<AuditEntry>,
+    ) -> Result<ProviderRecord, StoreError> {
+        self.inner.create_provider(new, audit).await
     }
     async fn get_provider(&self, id: ProviderId) -> Result<Option<ProviderRecord>, StoreError> {
         self.inner.get_provider(id).await
@@ -44,6 +48,7 @@ impl Store for InterferingStore {
         &self,
         id: ProviderId,
         change: ProviderChange,
+        audit: Option<AuditEntry>,
     ) -> Result<ProviderRecord, StoreError> {
         let edit = (id == self.victim)
             .then(|| self.edit.lock().unwrap().take())
@@ -53,12 +58,16 @@ impl Store for InterferingStore {
                 credentials: Some((AuthType::Bearer, Some(credentials))),
                 ..ProviderChange::default()
             };
-            self.inner.update_provider(id, concurrent).await?;
+            self.inner.update_provider(id, concurrent, None).await?;
         }
-        self.inner.update_provider(id, change).await
+        self.inner.update_provider(id, change, audit).await
     }
-    async fn delete_provider(&self, id: ProviderId) -> Result<(), StoreError> {
-        self.inner.delete_provider(id).await
+    async fn delete_provider(
+        &self,
+        id: ProviderId,
+        audit: Option<AuditEntry>,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_provider(id, audit).await
     }
     async fn live_providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
         self.inner.live_providers().await
@@ -89,16 +98,19 @@ impl Store for InterferingStore {
 async fn insert(store: &dyn Store, vault: &Vault, name: &str, auth: &Auth) -> ProviderId {
     let id = Ulid::new();
     store
-        .create_provider(ProviderInsert {
-            id,
-            name: name.into(),
-            hosts: vec![HostPattern::parse(&format!("{name}.example.com")).unwrap()],
-            base_url: format!("https://{name}.example.com"),
-            auth_type: auth.auth_type(),
-            credentials: vault.seal_auth(id, auth).unwrap(),
-            config: ProviderConfig::default(),
-            status: ProviderStatus::Active,
-        })
+        .create_provider(
+            ProviderInsert {
+                id,
+                name: name.into(),
+                hosts: vec![HostPattern::parse(&format!("{name}.example.com")).unwrap()],
+                base_url: format!("https://{name}.example.com"),
+                auth_type: auth.auth_type(),
+                credentials: vault.seal_auth(id, auth).unwrap(),
+                config: ProviderConfig::default(),
+                status: ProviderStatus::Active,
+            },
+            None,
+        )
         .await
         .unwrap();
     id
@@ -128,6 +140,7 @@ async fn rotation_scenario(store: Arc<dyn Store>) {
                 status: Some(ProviderStatus::Disabled),
                 ..ProviderChange::default()
             },
+            None,
         )
         .await
         .unwrap();
@@ -139,7 +152,7 @@ async fn rotation_scenario(store: Arc<dyn Store>) {
     let no_auth = insert(&*store, &only_a, "noauth", &Auth::None).await;
     let orphan = insert(&*store, &stray, "orphan", &bearer("o-tok")).await;
     let deleted = insert(&*store, &only_a, "deleted", &bearer("gone")).await;
-    store.delete_provider(deleted).await.unwrap();
+    store.delete_provider(deleted, None).await.unwrap();
 
     let interfering = InterferingStore {
         inner: store.clone(),
@@ -193,9 +206,7 @@ async fn rotation_scenario(store: Arc<dyn Store>) {
 async fn rotation_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = crate::testing::fresh_sqlite_url(dir.path());
-    let store = crate::store::sqlite::SqliteStore::connect(&url)
-        .await
-        .unwrap();
+    let store = crate::store::SqlStore::connect(&url).await.unwrap();
     store.migrate().await.unwrap();
     rotation_scenario(Arc::new(store)).await;
 }
@@ -205,9 +216,7 @@ async fn rotation_on_postgres() {
     let Some(db) = crate::testing::fresh_postgres().await else {
         return; // fresh_postgres said SKIPPED (and fails instead in CI)
     };
-    let store = crate::store::postgres::PgStore::connect(db.url())
-        .await
-        .unwrap();
+    let store = crate::store::SqlStore::connect(db.url()).await.unwrap();
     store.migrate().await.unwrap();
     rotation_scenario(Arc::new(store)).await;
 }
