@@ -1,9 +1,9 @@
 //! The registry store on SQLite or PostgreSQL, every query written once through [`Db`] (`?`
 //! placeholders, numbered for PostgreSQL). What genuinely differs between the backends stays in a
 //! few commented places: how the pool is opened ([`SqlStore::connect`]), the migrations
-//! (`migrations/{sqlite,postgres}`: the DDL differs), how a write starts ([`SqlStore::begin_write`]:
-//! `BEGIN IMMEDIATE` vs. a row lock, `NOTIFY` on PostgreSQL only) and the substring test of the
-//! name filter ([`list_sql`]).
+//! (`migrations/{sqlite,postgres}`: the DDL differs), how a write starts (`begin_write`:
+//! `BEGIN IMMEDIATE` or a row lock, `NOTIFY` on PostgreSQL only) and the substring test of the
+//! name filter (`list_sql!`).
 //!
 //! SQLite: one file in WAL mode (readers never block the writer), foreign keys on, and every write
 //! in a `BEGIN IMMEDIATE` transaction so that concurrent writers queue on the busy timeout instead

@@ -91,8 +91,12 @@ impl Harness {
     /// Runs a statement that may change no rows (DDL).
     async fn ddl(&self, sql: &str) {
         match &self.raw {
-            Raw::Sqlite(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
-            Raw::Pg(pool) => drop(sqlx::query(sql).execute(pool).await.unwrap()),
+            Raw::Sqlite(pool) => {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            }
+            Raw::Pg(pool) => {
+                sqlx::query(sql).execute(pool).await.unwrap();
+            }
         }
     }
 
