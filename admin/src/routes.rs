@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod call;
+pub mod callers;
 pub mod dlq;
 pub mod health;
 pub mod jobs;
@@ -89,6 +90,20 @@ pub enum Op {
     DeleteDlqEntry,
     GetJob,
     GetMetrics,
+    CreateTenant,
+    ListTenants,
+    DeleteTenant,
+    CreateCaller,
+    ListCallers,
+    GetCaller,
+    UpdateCaller,
+    RevokeCaller,
+    RotateCallerToken,
+    CreateGrant,
+    ListGrants,
+    GetGrant,
+    DeleteGrant,
+    Explain,
 }
 
 /// One row of the route table.
@@ -157,6 +172,20 @@ pub const ROUTES: &[Route] = &[
     route!(ListTokens,        "listTokens",        Get,    "/api/v1/integrations/tokens",                ADMIN,    PAGE),
     route!(RevokeToken,       "revokeToken",       Delete, "/api/v1/integrations/tokens/{id}",           ADMIN,    &[]),
     route!(ListAudit,         "listAudit",         Get,    "/api/v1/integrations/audit",                 VIEWER,   &["limit", "cursor", "targetId"]),
+    route!(CreateTenant,      "createTenant",      Post,   "/api/v1/integrations/tenants",               ADMIN,    &[]),
+    route!(ListTenants,       "listTenants",       Get,    "/api/v1/integrations/tenants",               VIEWER,   &[]),
+    route!(DeleteTenant,      "deleteTenant",      Delete, "/api/v1/integrations/tenants/{name}",        ADMIN,    &[]),
+    route!(CreateCaller,      "createCaller",      Post,   "/api/v1/integrations/callers",               ADMIN,    &[]),
+    route!(ListCallers,       "listCallers",       Get,    "/api/v1/integrations/callers",               VIEWER,   &["limit", "cursor", "tenant"]),
+    route!(GetCaller,         "getCaller",         Get,    "/api/v1/integrations/callers/{id}",          VIEWER,   &[]),
+    route!(UpdateCaller,      "updateCaller",      Patch,  "/api/v1/integrations/callers/{id}",          ADMIN,    &[]),
+    route!(RevokeCaller,      "revokeCaller",      Delete, "/api/v1/integrations/callers/{id}",          ADMIN,    &[]),
+    route!(RotateCallerToken, "rotateCallerToken", Post,   "/api/v1/integrations/callers/{id}/token",    ADMIN,    &[]),
+    route!(CreateGrant,       "createGrant",       Post,   "/api/v1/integrations/grants",                ADMIN,    &[]),
+    route!(ListGrants,        "listGrants",        Get,    "/api/v1/integrations/grants",                VIEWER,   &["limit", "cursor", "tenant", "caller", "providerId"]),
+    route!(GetGrant,          "getGrant",          Get,    "/api/v1/integrations/grants/{id}",           VIEWER,   &[]),
+    route!(DeleteGrant,       "deleteGrant",       Delete, "/api/v1/integrations/grants/{id}",           ADMIN,    &[]),
+    route!(Explain,           "explain",           Get,    "/api/v1/integrations/explain",               VIEWER,   &["caller", "method", "url"]),
 ];
 
 /// The handler of an operation, answering `filter`.
@@ -185,6 +214,20 @@ fn handler(op: Op, filter: MethodFilter) -> MethodRouter<AdminState> {
         Op::DeleteDlqEntry => on(filter, dlq::delete),
         Op::GetJob => on(filter, jobs::get),
         Op::GetMetrics => on(filter, system::metrics),
+        Op::CreateTenant => on(filter, callers::create_tenant),
+        Op::ListTenants => on(filter, callers::list_tenants),
+        Op::DeleteTenant => on(filter, callers::delete_tenant),
+        Op::CreateCaller => on(filter, callers::create_caller),
+        Op::ListCallers => on(filter, callers::list_callers),
+        Op::GetCaller => on(filter, callers::get_caller),
+        Op::UpdateCaller => on(filter, callers::update_caller),
+        Op::RevokeCaller => on(filter, callers::revoke_caller),
+        Op::RotateCallerToken => on(filter, callers::rotate_caller_token),
+        Op::CreateGrant => on(filter, callers::create_grant),
+        Op::ListGrants => on(filter, callers::list_grants),
+        Op::GetGrant => on(filter, callers::get_grant),
+        Op::DeleteGrant => on(filter, callers::delete_grant),
+        Op::Explain => on(filter, callers::explain),
     }
 }
 

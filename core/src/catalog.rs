@@ -49,6 +49,7 @@ pub fn prepare(vault: &Vault, new: NewProvider) -> Result<ProviderInsert, Catalo
     let credentials = vault.seal_auth(id, &new.auth)?;
     Ok(ProviderInsert {
         id,
+        tenant: new.scope(),
         name: new.name,
         hosts,
         base_url: new.base_url,

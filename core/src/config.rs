@@ -153,6 +153,58 @@ pub struct ProxyConfig {
     /// h2), and a client that waits for the `100` there (Java's HttpClient with
     /// `expectContinue(true)`) hangs; turn it on when no module relies on that.
     pub prefer_h2: bool,
+    /// `proxy.callers` (env `HUB_PROXY_CALLERS`, default `optional`): whether modules must
+    /// identify themselves with a caller credential (`Proxy-Authorization`, see
+    /// docs/MODULES.md). `off`: identities are ignored and every call is anonymous (no grants
+    /// apply: the behaviour before callers existed). `optional`: a credential, when sent, must
+    /// be valid (else `407`) and its caller's grants apply; a call without one is anonymous, in
+    /// the default tenant, with no grant check; the hub logs loudly once that it allows that.
+    /// `required`: a call without a valid caller credential gets `407 caller_unauthenticated`,
+    /// and every call needs a grant. Production (deploy/) runs `required`.
+    pub callers: CallersMode,
+    /// `proxy.service_account_tokens` (default: none): verify Kubernetes projected
+    /// ServiceAccount tokens sent as the caller credential (`Proxy-Authorization: Bearer <jwt>`,
+    /// or as the Basic password), offline against the cluster's JWKS; a verified token is the
+    /// caller mapped to its namespace/ServiceAccount (`serviceAccount` on the caller). Keys:
+    /// see [`crate::satoken::SaTokenConfig`]. Without it, JWTs are refused like unknown tokens.
+    pub service_account_tokens: Option<crate::satoken::SaTokenConfig>,
+}
+
+/// How the proxy treats caller identity (`proxy.callers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallersMode {
+    /// Identities are ignored.
+    Off,
+    /// Anonymous calls allowed (default tenant, no grants); presented credentials are checked.
+    #[default]
+    Optional,
+    /// Every call needs a valid caller credential and a grant.
+    Required,
+}
+
+impl CallersMode {
+    /// The configured spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Optional => "optional",
+            Self::Required => "required",
+        }
+    }
+}
+
+impl std::str::FromStr for CallersMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "optional" => Ok(Self::Optional),
+            "required" => Ok(Self::Required),
+            other => Err(format!("{other:?}: expected off, optional or required")),
+        }
+    }
 }
 
 /// `admin:` section.
@@ -299,6 +351,8 @@ impl Default for ProxyConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_source: DEFAULT_MAX_CONNECTIONS_PER_SOURCE,
             prefer_h2: false,
+            callers: CallersMode::default(),
+            service_account_tokens: None,
         }
     }
 }
@@ -459,6 +513,9 @@ impl HubConfig {
         if let Some(v) = get("HUB_PROXY_MAX_CONNECTIONS_PER_SOURCE") {
             self.proxy.max_connections_per_source =
                 parse("HUB_PROXY_MAX_CONNECTIONS_PER_SOURCE", &v)?;
+        }
+        if let Some(v) = get("HUB_PROXY_CALLERS") {
+            self.proxy.callers = parse("HUB_PROXY_CALLERS", &v)?;
         }
         if let Some(v) = get("HUB_PROXY_PREFER_H2") {
             self.proxy.prefer_h2 = parse("HUB_PROXY_PREFER_H2", &v)?;

@@ -9,6 +9,7 @@
 //! - [`vault`]: AES-256-GCM credential encryption with a key ring.
 //! - [`state`]: shared resilience state (breaker, rate limit), in-process or Redis.
 //! - [`ca`]: the hub's certificate authority (generated on first start, loaded after).
+//! - [`caller`]: tenants, callers (modules) and grants: who may call which provider, how.
 //! - [`access`]: admin API roles, API tokens (hashed) and audit entries.
 //! - [`dlq`]: the dead-letter queue (writer, spool, replay, retention).
 //! - [`jobs`]: asynchronous calls, the work queue (database or RabbitMQ) and its worker.
@@ -16,6 +17,7 @@
 
 pub mod access;
 pub mod ca;
+pub mod caller;
 pub mod catalog;
 pub mod config;
 pub mod db;

@@ -77,6 +77,8 @@ pub struct ProviderRecord {
     pub id: ProviderId,
     /// Unique human name (e.g. `stripe`), also the metrics label.
     pub name: String,
+    /// The tenant whose callers reach it; `None` for a global provider (every tenant's).
+    pub tenant: Option<String>,
     /// Host patterns routed to this provider (normalized, lower case).
     pub hosts: Vec<HostPattern>,
     /// Where calls go: `https://api.stripe.com` (an http URL only with `allowInsecureUpstream`).
@@ -118,6 +120,27 @@ pub struct NewProvider {
     /// Initial status (default active).
     #[serde(default = "default_status")]
     pub status: ProviderStatus,
+    /// The tenant whose callers reach it (default `default`); fixed for the provider's life.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// A global provider: every tenant's callers reach it (with a grant). Excludes `tenant`.
+    #[serde(default)]
+    pub global: bool,
+}
+
+impl NewProvider {
+    /// The tenant as stored: `None` for a global provider.
+    pub fn scope(&self) -> Option<String> {
+        if self.global {
+            None
+        } else {
+            Some(
+                self.tenant
+                    .clone()
+                    .unwrap_or_else(|| crate::caller::DEFAULT_TENANT.to_owned()),
+            )
+        }
+    }
 }
 
 fn default_status() -> ProviderStatus {
@@ -292,6 +315,17 @@ impl NewProvider {
     /// Validates every field; returns the parsed hosts.
     pub fn validate(&self) -> Result<Vec<HostPattern>, ValidationError> {
         validate_name(&self.name)?;
+        if self.global && self.tenant.is_some() {
+            return Err(ValidationError::new(
+                "global",
+                "a global provider belongs to no tenant: omit tenant",
+            ));
+        }
+        if let Some(t) = &self.tenant
+            && !crate::caller::valid_name(t)
+        {
+            return Err(ValidationError::new("tenant", "not a valid tenant name"));
+        }
         let hosts = validate_hosts(&self.hosts)?;
         parse_base_url(&self.base_url, self.config.allow_insecure_upstream)?;
         self.auth.validate()?;

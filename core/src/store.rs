@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use crate::access::{
     ApiToken, ApiTokenInsert, AuditEntry, AuditQuery, AuditRecord, TokenId, TokenQuery,
 };
+use crate::caller::{CallerRecord, GrantId, GrantRecord, Tenant};
 use crate::provider::{
     AuthType, HostPattern, ProviderConfig, ProviderId, ProviderRecord, ProviderStatus,
     SealedCredentials,
@@ -95,7 +96,9 @@ pub struct ProviderInsert {
     pub id: ProviderId,
     /// Unique among live providers.
     pub name: String,
-    /// Each unique among live providers.
+    /// Its tenant (`None`: global, every tenant's callers reach it). Fixed for its lifetime.
+    pub tenant: Option<String>,
+    /// Each unique among live providers of the same scope (tenant, or global).
     pub hosts: Vec<HostPattern>,
     /// Validated base URL.
     pub base_url: String,
@@ -214,6 +217,44 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of the audit trail, newest first.
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError>;
+
+    /// Every tenant, by name.
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError>;
+
+    /// Adds a tenant (`Conflict` when the name exists), with its audit entry.
+    async fn create_tenant(&self, tenant: Tenant, audit: AuditEntry) -> Result<Tenant, StoreError>;
+
+    /// Removes an empty tenant (`Conflict` while live providers, callers or grants belong to
+    /// it; `NotFound` for an unknown name), with its audit entry.
+    async fn delete_tenant(&self, name: &str, audit: AuditEntry) -> Result<(), StoreError>;
+
+    /// Every caller, revoked ones included, by id (the proxy's registry snapshot).
+    async fn all_callers(&self) -> Result<Vec<CallerRecord>, StoreError>;
+
+    /// Inserts (`create`) or replaces a caller's mutable fields (groups, token hash,
+    /// ServiceAccount, expiry, revocation), with its audit entry in the same transaction;
+    /// `Conflict` names a taken name or ServiceAccount. A registry write.
+    async fn put_caller(
+        &self,
+        caller: CallerRecord,
+        create: bool,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError>;
+
+    /// Every grant, by id (the proxy's registry snapshot).
+    async fn all_grants(&self) -> Result<Vec<GrantRecord>, StoreError>;
+
+    /// Inserts (`create`) or replaces a grant's methods, paths and limits, with its audit
+    /// entry. A registry write.
+    async fn put_grant(
+        &self,
+        grant: GrantRecord,
+        create: bool,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a grant (`NotFound` for an unknown id), with its audit entry. A registry write.
+    async fn delete_grant(&self, id: GrantId, audit: AuditEntry) -> Result<(), StoreError>;
 }
 
 /// Opens the store a URL names (`sqlite://path?mode=rwc` or `postgres://…`).

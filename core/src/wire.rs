@@ -51,6 +51,15 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[
     "x-auth-token",
 ];
 
+/// The challenge on a `407 caller_unauthenticated`: a caller credential goes in
+/// `Proxy-Authorization` as Basic (`<caller>:<token>`) or Bearer (a token or a ServiceAccount JWT).
+pub const PROXY_AUTHENTICATE: &str = "proxy-authenticate";
+/// Its value.
+pub const PROXY_CHALLENGE: &str =
+    "Basic realm=\"integration-hub\", Bearer realm=\"integration-hub\"";
+/// Where a module's caller credential arrives.
+pub const PROXY_AUTHORIZATION: &str = "proxy-authorization";
+
 /// Request headers that must appear at most once: routing, framing and credentials depend on
 /// them, and resolving duplicates silently is how requests get smuggled or misrouted.
 pub const SINGLETON_REQUEST_HEADERS: &[&str] = &["host", "content-length", "authorization"];
@@ -88,6 +97,9 @@ problems! {
     PROVIDER_DISABLED = 403, "provider_disabled", "Provider disabled";
     FORBIDDEN_PORT = 403, "forbidden_port", "Port not allowed";
     FORBIDDEN_DESTINATION = 403, "forbidden_destination", "Forbidden destination";
+    NOT_GRANTED = 403, "not_granted", "Not granted";
+    FOREIGN_CREDENTIAL = 403, "foreign_credential", "Foreign credential";
+    CALLER_UNAUTHENTICATED = 407, "caller_unauthenticated", "Caller not authenticated";
     REQUEST_TIMEOUT = 408, "request_timeout", "Request timeout";
     IDEMPOTENCY_CONFLICT = 409, "idempotency_conflict", "Idempotency conflict";
     BODY_TOO_LARGE = 413, "body_too_large", "Body too large";

@@ -391,7 +391,35 @@ pub async fn proxy_options(
             per_source: hub.config.proxy.max_connections_per_source,
         },
         prefer_h2: hub.config.proxy.prefer_h2,
+        gate: callers_gate(hub).await?,
     })
+}
+
+/// The proxy's caller gate (`proxy.callers`), saying loudly when anonymous calls are allowed.
+async fn callers_gate(hub: &Hub) -> anyhow::Result<hub_proxy::callers::Gate> {
+    use hub_core::config::CallersMode;
+    match hub.config.proxy.callers {
+        CallersMode::Required => {
+            tracing::info!("callers: required (every call needs a caller credential and a grant)");
+        }
+        CallersMode::Optional => tracing::warn!(
+            "callers: optional: calls WITHOUT a caller credential are allowed (default tenant, \
+             no grant check); set proxy.callers: required in production"
+        ),
+        CallersMode::Off => tracing::warn!(
+            "callers: off: caller credentials and grants are ignored; every call is anonymous"
+        ),
+    }
+    let sa = match hub.config.proxy.service_account_tokens.clone() {
+        None => None,
+        Some(config) => {
+            let verifier = hub_core::satoken::SaVerifier::new(config)
+                .await
+                .map_err(|e| anyhow::anyhow!("proxy.service_account_tokens: {e}"))?;
+            Some(Arc::new(verifier))
+        }
+    };
+    Ok(hub_proxy::callers::Gate::new(hub.config.proxy.callers, sa))
 }
 
 /// Starts the DLQ/jobs worker (sending through this process's proxy) and the retention job.

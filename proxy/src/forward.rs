@@ -375,6 +375,41 @@ impl Forwarder {
     }
 
     /// The first admission: a refusal is the caller's answer.
+    /// Charges one call to `grant`'s own limits (kept in the shared state under the grant's
+    /// id, like a provider's): `429` when they are used up, before the provider's are touched.
+    pub async fn admit_grant(
+        &self,
+        provider: &Provider,
+        caller: &str,
+        grant: &crate::registry::Grant,
+    ) -> Result<(), Problem> {
+        let Some(policy) = &grant.policy else {
+            return Ok(());
+        };
+        match self.state.admit(grant.record.id, policy).await {
+            Admission::Admitted(permit) => {
+                self.state
+                    .record(permit, hub_core::state::Outcome::Success)
+                    .await;
+                Ok(())
+            }
+            Admission::RateLimited { retry_after } => Err(verdict::grant_limited(
+                caller,
+                &provider.name,
+                retry_after,
+                false,
+            )),
+            Admission::QuotaExhausted { retry_after } => Err(verdict::grant_limited(
+                caller,
+                &provider.name,
+                retry_after,
+                true,
+            )),
+            // A grant has no breaker of its own (its threshold is never reached).
+            Admission::CircuitOpen { .. } => Ok(()),
+        }
+    }
+
     async fn admit(&self, provider: &Provider, policy: &Policy) -> Result<Permit, Problem> {
         verdict::permit_or_problem(&provider.name, self.admission(provider, policy).await)
     }

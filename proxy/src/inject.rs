@@ -41,6 +41,19 @@ pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<(
     }
 }
 
+/// Whether the caller's request carries a credential where `auth` would put the provider's:
+/// its auth header, or its query parameter.
+pub fn carries_credential(req: &RequestHeader, path_and_query: &str, auth: &Auth) -> bool {
+    match auth {
+        Auth::None => false,
+        Auth::Bearer { .. } | Auth::Basic { .. } => req.headers.contains_key("authorization"),
+        Auth::Header { name, .. } => req.headers.contains_key(name.to_ascii_lowercase().as_str()),
+        Auth::Query { name, .. } => path_and_query
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|p| same_name(param_name(p), name))),
+    }
+}
+
 fn encode_component(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {

@@ -12,6 +12,7 @@
 //!   cap and the gauges.
 
 pub mod asynccall;
+pub mod callers;
 pub mod escape;
 pub mod forward;
 pub mod hygiene;

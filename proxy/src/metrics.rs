@@ -25,6 +25,11 @@ pub struct Metrics {
     pub registry: Registry,
     /// `integration_requests_total{provider,method,code}`.
     pub requests: IntCounterVec,
+    /// `integration_caller_requests_total{caller,tenant,provider,code}`: calls by who made them
+    /// (`caller` is a registered caller's name, `anonymous` without one: bounded by the
+    /// registry, never by what modules send). Refusals before routing count as provider
+    /// `unrouted`.
+    pub caller_requests: IntCounterVec,
     /// `integration_request_duration_seconds{provider}`: whole call as the caller saw it.
     pub request_duration: HistogramVec,
     /// `integration_upstream_duration_seconds{provider}`: time spent on upstream attempts.
@@ -173,6 +178,12 @@ impl Metrics {
                 "integration_requests_total",
                 "Calls answered, by provider, method and status code",
                 &["provider", "method", "code"],
+            ),
+            caller_requests: counter(
+                &r,
+                "integration_caller_requests_total",
+                "Calls answered, by caller, its tenant, provider and status code",
+                &["caller", "tenant", "provider", "code"],
             ),
             request_duration: histogram(
                 &r,

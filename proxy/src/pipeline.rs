@@ -15,13 +15,14 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::callers::{Gate, Identity, Who};
 use crate::escape::{EgressError, Resolver};
 use crate::forward::{Call, CallReport, Forwarder};
 use crate::hygiene;
 use crate::inject;
 use crate::metrics::{METRICS, method_label};
 use crate::problem::Problem;
-use crate::registry::{Provider, Registry};
+use crate::registry::{Provider, Registry, Snapshot};
 use crate::trace::TraceContext;
 use hub_core::jobs::JobSubmitter;
 use hub_core::otlp::{CallSpan, OtlpExporter};
@@ -45,6 +46,8 @@ pub struct ConnCtx {
     pub tunnel: Option<TunnelTarget>,
     /// Disarmed once the head is parsed (see `serve::guard`).
     pub head: Arc<crate::serve::guard::HeadControl>,
+    /// Who the CONNECT authenticated as (requests outside tunnels authenticate themselves).
+    pub identity: Identity,
 }
 
 /// Per-request state.
@@ -62,6 +65,8 @@ pub struct RequestCtx {
     call: CallReport,
     problem_code: Option<&'static str>,
     trace: Option<TraceContext>,
+    /// Who the call is made as, once authenticated.
+    who: Option<Who>,
 }
 
 /// The hub's proxy logic.
@@ -71,9 +76,17 @@ pub struct HubProxy {
     forwarder: Arc<Forwarder>,
     jobs: Option<Arc<dyn JobSubmitter>>,
     spans: Option<OtlpExporter>,
+    gate: Gate,
 }
 
 impl HubProxy {
+    /// Checks callers and grants with `gate` (default: `proxy.callers: optional`).
+    #[must_use]
+    pub fn with_gate(mut self, gate: Gate) -> Self {
+        self.gate = gate;
+        self
+    }
+
     /// A proxy routing through `registry` and sending calls with `forwarder`.
     pub fn new(
         registry: Arc<Registry>,
@@ -87,6 +100,7 @@ impl HubProxy {
             forwarder,
             jobs,
             spans,
+            gate: Gate::default(),
         }
     }
 }
@@ -165,16 +179,17 @@ fn target_of(req: &RequestHeader, tunnel: Option<&TunnelTarget>) -> Result<Targe
     }
 }
 
-/// Routing decision for a host and port: the provider or the problem to answer.
+/// Routing decision for a host and port, for a caller of `tenant`: the provider or the problem
+/// to answer.
 pub fn route(
-    registry: &Registry,
+    snap: &Snapshot,
+    tenant: &str,
     host: &str,
     port: u16,
     tunnel: bool,
 ) -> Result<Arc<Provider>, Problem> {
-    let snap = registry.snapshot();
     let p = snap
-        .lookup(host)
+        .lookup_for(tenant, host)
         .ok_or_else(|| Problem::unknown_provider(host))?;
     if p.status == ProviderStatus::Disabled {
         return Err(Problem::provider_disabled(&p.name));
@@ -205,15 +220,60 @@ impl RequestCtx {
 }
 
 impl HubProxy {
-    async fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Problem> {
+    async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Problem> {
         hygiene::check_request(session)?;
         let target = target_of(session.req_header(), ctx.tunnel())?;
-        let provider = route(
-            &self.registry,
-            &target.host,
-            target.port,
-            ctx.tunnel().is_some(),
-        )?;
+        let snap = self.registry.snapshot();
+        // Who: the tunnel's caller, or (absolute-form) this request's own credential; checked
+        // against the snapshot in force, so revocation reaches open tunnels.
+        let who = match ctx.conn.as_ref().filter(|c| c.tunnel.is_some()) {
+            Some(conn) => self.gate.current(&snap, &conn.identity)?,
+            None => {
+                let credential = session
+                    .req_header()
+                    .headers
+                    .get(hub_core::wire::PROXY_AUTHORIZATION)
+                    .map(http::HeaderValue::as_bytes);
+                let identity = self.gate.authenticate(&snap, credential)?;
+                self.gate.current(&snap, &identity)?
+            }
+        };
+        let in_tunnel = ctx.tunnel().is_some();
+        let who = &*ctx.who.insert(who);
+        let provider = route(&snap, who.tenant(), &target.host, target.port, in_tunnel)?;
+        // Refusals from here on name the provider in the access line and metrics.
+        ctx.provider = Some(provider.clone());
+        ctx.path_and_query.clone_from(&target.path_and_query);
+        let method = session.req_header().method.as_str();
+        let grant = self
+            .gate
+            .authorize(&snap, who, &provider, method, &target.path_and_query)?;
+        drop(snap);
+        if provider.config.refuse_foreign_credential
+            && let Some(auth) = &provider.auth
+            && inject::carries_credential(session.req_header(), &target.path_and_query, auth)
+        {
+            return Err(Problem::new(
+                problem::FOREIGN_CREDENTIAL,
+                format!(
+                    "the call carries its own credential for provider {}, which refuses that; \
+                     the hub injects the provider's",
+                    provider.name
+                ),
+            ));
+        }
+        if let Some(caller) = &who.caller {
+            // The DLQ entry and the job name the authenticated caller, never a claimed one.
+            session
+                .req_header_mut()
+                .insert_header(hub_core::wire::CALLER, caller.name.as_str())
+                .map_err(|_| Problem::bad_request("caller name is not a header value"))?;
+        }
+        if let Some(grant) = grant {
+            self.forwarder
+                .admit_grant(&provider, who.name(), &grant)
+                .await?;
+        }
         if provider.auth.is_none() {
             return Err(Problem::new(
                 problem::CREDENTIALS_UNAVAILABLE,
@@ -263,6 +323,7 @@ impl ProxyHttp for HubProxy {
             call: CallReport::default(),
             problem_code: None,
             trace: None,
+            who: None,
         }
     }
 
@@ -438,6 +499,18 @@ impl ProxyHttp for HubProxy {
                 .request_duration
                 .with_label_values(&[provider])
                 .observe(total.as_secs_f64());
+            METRICS
+                .caller_requests
+                .with_label_values(&[
+                    ctx.who
+                        .as_ref()
+                        .and_then(|w| w.caller.as_ref())
+                        .map_or("anonymous", |c| c.name.as_str()),
+                    ctx.who.as_ref().map_or("-", Who::tenant),
+                    provider,
+                    code,
+                ])
+                .inc();
         }
         let (trace_id, span_id) = ctx
             .trace
@@ -449,6 +522,8 @@ impl ProxyHttp for HubProxy {
             trace_id,
             span_id,
             provider = ctx.provider.as_ref().map_or("-", |p| p.name.as_str()),
+            caller = ctx.who.as_ref().map_or("-", Who::name),
+            tenant = ctx.who.as_ref().map_or("-", Who::tenant),
             method = req.method.as_str(),
             path = %Self::log_path(ctx),
             tunnel = ctx.tunnel().is_some(),
@@ -475,6 +550,14 @@ impl ProxyHttp for HubProxy {
                 end,
                 attributes: vec![
                     ("hub.provider", provider.to_owned()),
+                    (
+                        "hub.caller",
+                        ctx.who.as_ref().map_or("-", Who::name).to_owned(),
+                    ),
+                    (
+                        "hub.tenant",
+                        ctx.who.as_ref().map_or("-", Who::tenant).to_owned(),
+                    ),
                     ("http.request.method", req.method.as_str().to_owned()),
                     ("url.path", Self::log_path(ctx)),
                     ("hub.request_id", ctx.request_id.clone().unwrap_or_default()),

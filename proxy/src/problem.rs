@@ -68,6 +68,19 @@ impl Problem {
         )
     }
 
+    /// 407: no valid caller credential; `why` says what was wrong (never the credential).
+    pub fn caller_unauthenticated(why: impl std::fmt::Display) -> Self {
+        Self::new(
+            problem::CALLER_UNAUTHENTICATED,
+            format!("{why}; send a caller credential in Proxy-Authorization (see docs/MODULES.md)"),
+        )
+    }
+
+    /// 403: the caller's grants do not allow the call.
+    pub fn not_granted(detail: String) -> Self {
+        Self::new(problem::NOT_GRANTED, detail)
+    }
+
     /// 429: the provider's cap on upgraded connections and passthrough tunnels is reached.
     pub fn too_many_upgraded(provider: &crate::registry::Provider) -> Self {
         Self::new(
@@ -119,6 +132,13 @@ impl Problem {
         if self.circuit_open {
             out.push_str(&format!("{}: true\r\n", wire::CIRCUIT_OPEN));
         }
+        if self.status == 407 {
+            out.push_str(&format!(
+                "{}: {}\r\n",
+                wire::PROXY_AUTHENTICATE,
+                wire::PROXY_CHALLENGE
+            ));
+        }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&body);
@@ -162,6 +182,9 @@ impl Problem {
         }
         if let Some(id) = self.dlq_id {
             resp.insert_header(wire::DLQ_ID, id.to_string())?;
+        }
+        if self.status == 407 {
+            resp.insert_header(wire::PROXY_AUTHENTICATE, wire::PROXY_CHALLENGE)?;
         }
         Ok(())
     }

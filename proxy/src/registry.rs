@@ -18,10 +18,12 @@ use std::sync::atomic::{AtomicI64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hub_core::caller::{CallerId, CallerRecord, DEFAULT_TENANT, GrantRecord, ServiceAccountRef};
 use hub_core::provider::{
-    Auth, BaseUrl, HostPattern, ProviderConfig, ProviderId, ProviderRecord, ProviderStatus,
-    parse_base_url,
+    Auth, BaseUrl, BreakerPolicy, HostPattern, ProviderConfig, ProviderId, ProviderRecord,
+    ProviderStatus, parse_base_url,
 };
+use hub_core::state::Policy;
 use hub_core::store::Store;
 use hub_core::store::snapshot::{self, RedisCopy, RegistrySnapshot, SnapshotError};
 use hub_core::vault::Vault;
@@ -33,6 +35,8 @@ pub struct Provider {
     pub id: ProviderId,
     /// Name (metrics label, log field).
     pub name: String,
+    /// Its tenant; `None` for a global provider.
+    pub tenant: Option<String>,
     /// Active or disabled.
     pub status: ProviderStatus,
     /// Where calls go.
@@ -53,6 +57,7 @@ impl Provider {
         Self {
             id: ProviderId::new(),
             name: name.to_owned(),
+            tenant: Some(DEFAULT_TENANT.to_owned()),
             status: ProviderStatus::Active,
             base: parse_base_url(&format!("http://{name}.test"), true).expect("test base URL"),
             config: ProviderConfig::default(),
@@ -68,41 +73,16 @@ impl Provider {
     }
 }
 
-/// One registry state; immutable once built.
+/// The hosts of one scope (a tenant, or the global providers).
 #[derive(Debug, Default)]
-pub struct Snapshot {
-    /// Store revision this snapshot reflects.
-    pub revision: i64,
+struct HostTable {
     exact: HashMap<String, Arc<Provider>>,
     /// `(suffix, provider)`, longest suffix first so the most specific wildcard wins.
     wildcards: Vec<(String, Arc<Provider>)>,
-    by_id: HashMap<ProviderId, Arc<Provider>>,
 }
 
-impl Snapshot {
-    /// Builds a snapshot from providers and their host patterns.
-    pub fn new(revision: i64, providers: Vec<(Arc<Provider>, Vec<HostPattern>)>) -> Self {
-        let mut snap = Snapshot {
-            revision,
-            ..Default::default()
-        };
-        for (p, hosts) in providers {
-            for h in hosts {
-                match h {
-                    HostPattern::Exact(name) => {
-                        snap.exact.insert(name, p.clone());
-                    }
-                    HostPattern::Wildcard(suffix) => snap.wildcards.push((suffix, p.clone())),
-                }
-            }
-            snap.by_id.insert(p.id, p);
-        }
-        snap.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-        snap
-    }
-
-    /// The provider a (normalized, lower-case, port-less) host routes to.
-    pub fn lookup(&self, host: &str) -> Option<&Arc<Provider>> {
+impl HostTable {
+    fn lookup(&self, host: &str) -> Option<&Arc<Provider>> {
         if let Some(p) = self.exact.get(host) {
             return Some(p);
         }
@@ -114,6 +94,150 @@ impl Snapshot {
                     && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
             })
             .map(|(_, p)| p)
+    }
+}
+
+/// A grant as the request path needs it: the record and its own limits, resolved once.
+#[derive(Debug)]
+pub struct Grant {
+    /// The stored grant.
+    pub record: GrantRecord,
+    /// Its rate limit and quota as shared-state policy (`None`: no limits of its own). The
+    /// breaker numbers never trip (a grant has no breaker; the provider's does).
+    pub policy: Option<Policy>,
+}
+
+impl Grant {
+    fn new(record: GrantRecord) -> Self {
+        let l = record.limits;
+        let policy = l.any().then(|| {
+            // A quota without a rate: the rate never binds.
+            let rate = l.rate_limit_per_sec.unwrap_or(u32::MAX / 2).max(1);
+            Policy {
+                rate_per_sec: rate,
+                burst: l.burst.unwrap_or(rate).max(1),
+                daily_quota: l.daily_quota,
+                breaker: BreakerPolicy {
+                    failure_threshold: u32::MAX,
+                    ..BreakerPolicy::default()
+                },
+            }
+        });
+        Self { record, policy }
+    }
+}
+
+/// One registry state; immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Store revision this snapshot reflects.
+    pub revision: i64,
+    tenants: HashMap<String, HostTable>,
+    global: HostTable,
+    by_id: HashMap<ProviderId, Arc<Provider>>,
+    callers_by_id: HashMap<CallerId, Arc<CallerRecord>>,
+    /// Callers by the SHA-256 of their token.
+    callers_by_token: HashMap<String, Arc<CallerRecord>>,
+    callers_by_sa: HashMap<ServiceAccountRef, Arc<CallerRecord>>,
+    grants: HashMap<ProviderId, Vec<Arc<Grant>>>,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from providers and their host patterns (no callers, no grants).
+    pub fn new(revision: i64, providers: Vec<(Arc<Provider>, Vec<HostPattern>)>) -> Self {
+        Self::with_callers(revision, providers, Vec::new(), Vec::new())
+    }
+
+    /// Builds a snapshot from providers, callers and grants.
+    pub fn with_callers(
+        revision: i64,
+        providers: Vec<(Arc<Provider>, Vec<HostPattern>)>,
+        callers: Vec<CallerRecord>,
+        grants: Vec<GrantRecord>,
+    ) -> Self {
+        let mut snap = Snapshot {
+            revision,
+            ..Default::default()
+        };
+        for (p, hosts) in providers {
+            let table = match &p.tenant {
+                Some(t) => snap.tenants.entry(t.clone()).or_default(),
+                None => &mut snap.global,
+            };
+            for h in hosts {
+                match h {
+                    HostPattern::Exact(name) => {
+                        table.exact.insert(name, p.clone());
+                    }
+                    HostPattern::Wildcard(suffix) => table.wildcards.push((suffix, p.clone())),
+                }
+            }
+            snap.by_id.insert(p.id, p);
+        }
+        for table in snap.tenants.values_mut().chain([&mut snap.global]) {
+            table
+                .wildcards
+                .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        }
+        for c in callers {
+            let c = Arc::new(c);
+            if let Some(h) = &c.token_hash {
+                snap.callers_by_token.insert(h.clone(), c.clone());
+            }
+            if let Some(sa) = &c.service_account {
+                snap.callers_by_sa.insert(sa.clone(), c.clone());
+            }
+            snap.callers_by_id.insert(c.id, c);
+        }
+        for g in grants {
+            if snap.by_id.contains_key(&g.provider_id) {
+                snap.grants
+                    .entry(g.provider_id)
+                    .or_default()
+                    .push(Arc::new(Grant::new(g)));
+            }
+        }
+        snap
+    }
+
+    /// The provider a (normalized, lower-case, port-less) host routes to for the default
+    /// tenant (anonymous calls).
+    pub fn lookup(&self, host: &str) -> Option<&Arc<Provider>> {
+        self.lookup_for(DEFAULT_TENANT, host)
+    }
+
+    /// The provider `host` routes to for a caller of `tenant`: the tenant's own, else a global one.
+    pub fn lookup_for(&self, tenant: &str, host: &str) -> Option<&Arc<Provider>> {
+        self.tenants
+            .get(tenant)
+            .and_then(|t| t.lookup(host))
+            .or_else(|| self.global.lookup(host))
+    }
+
+    /// Whether any tenant (or a global provider) claims `host`: the leaf minter serves it.
+    pub fn claimed(&self, host: &str) -> bool {
+        self.global.lookup(host).is_some()
+            || self.tenants.values().any(|t| t.lookup(host).is_some())
+    }
+
+    /// A caller by id.
+    pub fn caller(&self, id: &CallerId) -> Option<&Arc<CallerRecord>> {
+        self.callers_by_id.get(id)
+    }
+
+    /// The caller whose token hashes to `hash`.
+    pub fn caller_by_token(&self, hash: &str) -> Option<&Arc<CallerRecord>> {
+        self.callers_by_token.get(hash)
+    }
+
+    /// The caller a ServiceAccount maps to.
+    pub fn caller_by_service_account(&self, sa: &ServiceAccountRef) -> Option<&Arc<CallerRecord>> {
+        self.callers_by_sa.get(sa)
+    }
+
+    /// The grants on a provider.
+    pub fn grants(&self, provider: &ProviderId) -> &[Arc<Grant>] {
+        self.grants.get(provider).map_or(&[], Vec::as_slice)
     }
 
     /// A provider by id.
@@ -258,8 +382,12 @@ impl Registry {
             .into_iter()
             .filter_map(|r| self.build_provider(&old, r))
             .collect();
-        self.current
-            .store(Arc::new(Snapshot::new(snap.revision, built)));
+        self.current.store(Arc::new(Snapshot::with_callers(
+            snap.revision,
+            built,
+            snap.callers,
+            snap.grants,
+        )));
         self.confirmed_at_ms
             .store(snap.confirmed_at_ms, Ordering::Relaxed);
         self.source
@@ -352,17 +480,23 @@ impl Registry {
             return Ok(false);
         }
         let records = self.store.live_providers().await?;
+        let callers = self.store.all_callers().await?;
+        let grants = self.store.all_grants().await?;
         let keeping = self.snapshot_file.is_some() || self.redis_copy.is_some();
         let keep = keeping.then(|| RegistrySnapshot {
             revision,
             confirmed_at_ms: asked_at,
             providers: records.clone(),
+            callers: callers.clone(),
+            grants: grants.clone(),
         });
         let built = records
             .into_iter()
             .filter_map(|r| self.build_provider(&old, r))
             .collect();
-        self.current.store(Arc::new(Snapshot::new(revision, built)));
+        self.current.store(Arc::new(Snapshot::with_callers(
+            revision, built, callers, grants,
+        )));
         self.confirmed_at_ms.store(asked_at, Ordering::Relaxed);
         self.source
             .store(RegistrySource::Store as u8, Ordering::Relaxed);
@@ -405,6 +539,7 @@ impl Registry {
         let p = Provider {
             id: r.id,
             name: r.name,
+            tenant: r.tenant,
             status: r.status,
             base,
             config: r.config,

@@ -290,6 +290,8 @@ pub struct ProxyOptions {
     pub limits: ConnLimits,
     /// Give `h2` to modules that offer both it and HTTP/1.1 (`proxy.prefer_h2`).
     pub prefer_h2: bool,
+    /// Caller credentials and grants (`proxy.callers`).
+    pub gate: crate::callers::Gate,
 }
 
 /// The running proxy's shared parts.
@@ -310,6 +312,8 @@ pub struct ProxyServer {
     spool: Option<hub_core::dlq::spool::SpoolStats>,
     /// Ends upgraded connections and passthrough tunnels a grace after the drain starts.
     drain: crate::upgraded::Drain,
+    /// Caller credentials and grants.
+    gate: crate::callers::Gate,
 }
 
 /// Writes system roots plus `extra` into one PEM bundle under `data_dir` (Pingora's connector
@@ -379,7 +383,8 @@ impl ProxyServer {
                 forwarder,
                 opts.jobs.clone(),
                 opts.spans.clone(),
-            ),
+            )
+            .with_gate(opts.gate.clone()),
         ));
         let resolver = Arc::new(LeafResolver::new(
             ca.clone(),
@@ -413,6 +418,7 @@ impl ProxyServer {
             limits: opts.limits,
             spool: opts.exhausted.as_ref().and_then(|s| s.spool_stats()),
             drain,
+            gate: opts.gate.clone(),
         }))
     }
 
@@ -613,22 +619,49 @@ impl ProxyServer {
                 .await;
             return;
         }
-        let (target, head_len) = match self.read_connect_head(&mut stream, &mut buf).await {
-            Ok(t) => t,
-            Err(Some(problem)) => {
+        let (target, head_len, credential) =
+            match self.read_connect_head(&mut stream, &mut buf).await {
+                Ok(t) => t,
+                Err(Some(problem)) => {
+                    let _ = stream.write_all(&problem.to_http1(None)).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Err(None) => return,
+            };
+        if buf.len() > head_len {
+            stream.rewind(&buf[head_len..]);
+        }
+        let snap = self.registry.snapshot();
+        // CONNECT authenticates the tunnel: every request inside is this caller's. A bad or
+        // missing credential is answered to the CONNECT itself (407 + Proxy-Authenticate), so
+        // clients that wait for the challenge (Java) send their credential and try again.
+        let authenticated = self
+            .gate
+            .authenticate(&snap, credential.as_deref())
+            .and_then(|identity| Ok((self.gate.current(&snap, &identity)?, identity)));
+        let (who, identity) = match authenticated {
+            Ok(w) => w,
+            Err(problem) => {
+                tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
+                    code = problem.code, status = problem.status, "connect refused");
                 let _ = stream.write_all(&problem.to_http1(None)).await;
                 let _ = stream.shutdown().await;
                 return;
             }
-            Err(None) => return,
         };
-        if buf.len() > head_len {
-            stream.rewind(&buf[head_len..]);
-        }
-        let provider = match route(&self.registry, &target.host, target.port, true) {
+        let routed = route(&snap, who.tenant(), &target.host, target.port, true).and_then(|p| {
+            if p.config.tls == TlsMode::Passthrough {
+                self.gate.authorize_tunnel(&snap, &who, &p)?;
+            }
+            Ok(p)
+        });
+        drop(snap);
+        let provider = match routed {
             Ok(p) => p,
             Err(problem) => {
                 tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
+                    caller = who.name(), tenant = who.tenant(),
                     code = problem.code, status = problem.status, "connect refused");
                 self.refuse_in_tunnel(stream, peer, &target, &problem).await;
                 return;
@@ -646,6 +679,7 @@ impl ProxyServer {
             let conn = Arc::new(ConnCtx {
                 tunnel: Some(target),
                 head: Arc::new(HeadControl::default()),
+                identity,
             });
             h2::serve(
                 &self.app,
@@ -659,8 +693,13 @@ impl ProxyServer {
         }
         let control = Arc::new(HeadControl::default());
         let stream = Guarded::new(tls, control.clone());
-        self.serve_http(Box::new(stream), control, Some(target), &shutdown)
-            .await;
+        self.serve_http(
+            Box::new(stream),
+            control,
+            Some((target, identity)),
+            &shutdown,
+        )
+        .await;
     }
 
     /// Serves HTTP/1.1 requests on `stream` until it ends: each head is guarded (armed here,
@@ -669,15 +708,21 @@ impl ProxyServer {
         &self,
         stream: pingora::protocols::Stream,
         control: Arc<HeadControl>,
-        tunnel: Option<TunnelTarget>,
+        tunnel: Option<(TunnelTarget, crate::callers::Identity)>,
         shutdown: &watch::Receiver<bool>,
     ) {
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive(Some(KEEPALIVE_SECS));
         session.set_pipelining_enabled(true);
+        // Outside a tunnel each request authenticates itself (absolute-form).
+        let (tunnel, identity) = match tunnel {
+            Some((t, i)) => (Some(t), i),
+            None => (None, crate::callers::Identity::Anonymous),
+        };
         let conn = Arc::new(ConnCtx {
             tunnel,
             head: control.clone(),
+            identity,
         });
         loop {
             control.arm();
@@ -731,13 +776,14 @@ impl ProxyServer {
         session.shutdown().await;
     }
 
-    /// Reads the rest of a CONNECT head into `buf`; returns the target and the head's length.
+    /// Reads the rest of a CONNECT head into `buf`; returns the target, the head's length and
+    /// its `Proxy-Authorization` (the caller credential).
     /// `Err(Some(problem))` answers the client; `Err(None)` just closes.
     async fn read_connect_head(
         &self,
         stream: &mut L4Stream,
         buf: &mut Vec<u8>,
-    ) -> Result<(TunnelTarget, usize), Option<Problem>> {
+    ) -> Result<(TunnelTarget, usize, Option<Vec<u8>>), Option<Problem>> {
         let read = async {
             let mut chunk = [0u8; 4096];
             loop {
@@ -746,7 +792,17 @@ impl ProxyServer {
                 match req.parse(buf) {
                     Ok(httparse::Status::Complete(len)) => {
                         let target = req.path.unwrap_or_default().to_owned();
-                        return Ok((target, len));
+                        let mut credentials = req.headers.iter().filter(|h| {
+                            h.name
+                                .eq_ignore_ascii_case(hub_core::wire::PROXY_AUTHORIZATION)
+                        });
+                        let credential = credentials.next().map(|h| h.value.to_vec());
+                        if credentials.next().is_some() {
+                            return Err(Some(Problem::bad_request(
+                                "Proxy-Authorization sent twice",
+                            )));
+                        }
+                        return Ok((target, len, credential));
                     }
                     Ok(httparse::Status::Partial) => {}
                     Err(e) => {
@@ -768,7 +824,7 @@ impl ProxyServer {
                 buf.extend_from_slice(&chunk[..n]);
             }
         };
-        let (raw_target, len) = tokio::time::timeout(HEAD_TIMEOUT, read)
+        let (raw_target, len, credential) = tokio::time::timeout(HEAD_TIMEOUT, read)
             .await
             .map_err(|_| None)??;
         let (host, port) = split_host_port(&raw_target)
@@ -785,6 +841,7 @@ impl ProxyServer {
                 port,
             },
             len,
+            credential,
         ))
     }
 }

@@ -404,6 +404,7 @@ async fn two_hubs_on_one_redis_share_the_breaker_and_the_rate_limit() {
             hub_core::store::ProviderInsert {
                 id: rec.id,
                 name: rec.name.clone(),
+                tenant: rec.tenant.clone(),
                 hosts: rec.hosts.clone(),
                 base_url: rec.base_url.clone(),
                 auth_type: rec.auth_type,

@@ -245,12 +245,31 @@ async fn routes_accept_exactly_their_documented_query_parameters() {
     let d = doc();
     for r in ROUTES.iter().filter(|r| !r.query.is_empty()) {
         let method = r.verb.as_str().to_uppercase();
+        // Required parameters go along with each one tried.
+        let required = |except: &str| -> String {
+            parameters(&d, r.path, r.verb.as_str())
+                .iter()
+                .filter(|p| p["in"] == "query" && p["required"] == true && p["name"] != except)
+                .map(|p| {
+                    format!(
+                        "&{}={}",
+                        p["name"].as_str().unwrap(),
+                        sample(&d, &p["schema"])
+                    )
+                })
+                .collect()
+        };
         for p in parameters(&d, r.path, r.verb.as_str()) {
             if p["in"] != "query" {
                 continue;
             }
             let name = p["name"].as_str().unwrap();
-            let uri = format!("{}?{name}={}", r.path, sample(&d, &p["schema"]));
+            let uri = format!(
+                "{}?{name}={}{}",
+                r.path,
+                sample(&d, &p["schema"]),
+                required(name)
+            );
             let resp = app.send(&method, &uri, Some(BOOTSTRAP), None).await;
             assert!(
                 (200..300).contains(&resp.status),
@@ -259,7 +278,7 @@ async fn routes_accept_exactly_their_documented_query_parameters() {
                 String::from_utf8_lossy(&resp.body)
             );
         }
-        let uri = format!("{}?bogus=1", r.path);
+        let uri = format!("{}?bogus=1{}", r.path, required(""));
         let resp = app.send(&method, &uri, Some(BOOTSTRAP), None).await;
         assert_eq!(resp.status, 400, "{uri}");
         assert_eq!(resp.json()["field"], "bogus", "{uri}");

@@ -135,6 +135,10 @@ pub struct ProviderConfig {
     /// Concurrent upgraded connections and passthrough tunnels to this provider, per proxy
     /// instance (≤ 100 000); one more is refused with `429`.
     pub max_upgraded_connections: u32,
+    /// Refuse (`403 foreign_credential`) a call that carries its own credential where the hub
+    /// injects the provider's (its auth header or query parameter), instead of silently
+    /// replacing it. Off by default: SDKs often insist on a dummy key.
+    pub refuse_foreign_credential: bool,
 }
 
 impl Default for ProviderConfig {
@@ -160,6 +164,7 @@ impl Default for ProviderConfig {
             tls: TlsMode::Terminate,
             upgraded_idle_timeout_ms: DEFAULT_UPGRADED_IDLE_TIMEOUT_MS,
             max_upgraded_connections: DEFAULT_MAX_UPGRADED_CONNECTIONS,
+            refuse_foreign_credential: false,
         }
     }
 }

@@ -28,6 +28,8 @@ pub(super) struct ProviderRow {
     pub version: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// `None`: a global provider.
+    pub tenant: Option<String>,
 }
 
 impl ProviderRow {
@@ -61,6 +63,7 @@ impl ProviderRow {
         Ok(ProviderRecord {
             id,
             name: self.name,
+            tenant: self.tenant,
             hosts,
             base_url: self.base_url,
             auth_type,

@@ -18,6 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::caller::{CallerRecord, GrantRecord};
 use crate::provider::{
     AuthType, HostPattern, ProviderConfig, ProviderRecord, ProviderStatus, SealedCredentials,
 };
@@ -35,6 +36,10 @@ pub struct RegistrySnapshot {
     pub confirmed_at_ms: i64,
     /// Every live provider, credentials sealed.
     pub providers: Vec<ProviderRecord>,
+    /// Every caller (revoked ones included: they must keep failing), tokens as hashes.
+    pub callers: Vec<CallerRecord>,
+    /// Every grant.
+    pub grants: Vec<GrantRecord>,
 }
 
 /// Why a snapshot could not be read or written.
@@ -66,6 +71,11 @@ struct OnDisk {
     revision: i64,
     confirmed_at_ms: i64,
     providers: Vec<Record>,
+    /// Absent from files written before callers existed.
+    #[serde(default)]
+    callers: Vec<CallerRecord>,
+    #[serde(default)]
+    grants: Vec<GrantRecord>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,6 +83,9 @@ struct OnDisk {
 struct Record {
     id: String,
     name: String,
+    /// `None`: global. Files from before tenants hold the default tenant's providers.
+    #[serde(default = "default_tenant")]
+    tenant: Option<String>,
     hosts: Vec<String>,
     base_url: String,
     auth_type: AuthType,
@@ -91,6 +104,7 @@ impl From<&ProviderRecord> for Record {
         Self {
             id: r.id.to_string(),
             name: r.name.clone(),
+            tenant: r.tenant.clone(),
             hosts: r.hosts.iter().map(ToString::to_string).collect(),
             base_url: r.base_url.clone(),
             auth_type: r.auth_type,
@@ -127,6 +141,7 @@ impl Record {
                 }),
             },
             name: self.name,
+            tenant: self.tenant,
             base_url: self.base_url,
             auth_type: self.auth_type,
             credentials_updated_at: self.credentials_updated_at,
@@ -139,6 +154,11 @@ impl Record {
     }
 }
 
+#[allow(clippy::unnecessary_wraps)] // serde's `default =` wants this shape
+fn default_tenant() -> Option<String> {
+    Some(crate::caller::DEFAULT_TENANT.to_owned())
+}
+
 /// The snapshot's bytes (what the file and the Redis copy hold).
 pub fn encode(snap: &RegistrySnapshot) -> Vec<u8> {
     let body = OnDisk {
@@ -146,6 +166,8 @@ pub fn encode(snap: &RegistrySnapshot) -> Vec<u8> {
         revision: snap.revision,
         confirmed_at_ms: snap.confirmed_at_ms,
         providers: snap.providers.iter().map(Record::from).collect(),
+        callers: snap.callers.clone(),
+        grants: snap.grants.clone(),
     };
     serde_json::to_vec(&body).expect("a snapshot serializes")
 }
@@ -173,6 +195,8 @@ pub fn decode(raw: &[u8], from: &Path) -> Result<RegistrySnapshot, SnapshotError
         revision: disk.revision,
         confirmed_at_ms: disk.confirmed_at_ms,
         providers,
+        callers: disk.callers,
+        grants: disk.grants,
     })
 }
 
@@ -296,6 +320,7 @@ mod tests {
         let rec = ProviderRecord {
             id: ulid::Ulid::new(),
             name: "stripe".into(),
+            tenant: Some("acme".into()),
             hosts: vec![
                 HostPattern::parse("api.stripe.com").unwrap(),
                 HostPattern::parse("*.stripe.test").unwrap(),
@@ -317,6 +342,8 @@ mod tests {
             revision: 42,
             confirmed_at_ms: 1_700_000_000_000,
             providers: vec![rec.clone()],
+            callers: Vec::new(),
+            grants: Vec::new(),
         };
         write(&path, &snap).unwrap();
         let back = read(&path).unwrap().unwrap();

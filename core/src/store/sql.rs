@@ -17,6 +17,7 @@
 //! with `CAST(… AS TEXT)`, which both backends understand.
 
 mod access;
+mod callers;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -32,6 +33,7 @@ use super::{ProviderChange, ProviderInsert, ProviderQuery, REGISTRY_CHANNEL, Sto
 use crate::access::{
     ApiToken, ApiTokenInsert, AuditEntry, AuditQuery, AuditRecord, TokenId, TokenQuery,
 };
+use crate::caller::{CallerRecord, GrantId, GrantRecord, Tenant};
 use crate::db::{Db, Pool, Tx, exec, fetch, scalars, tx_exec, tx_fetch, tx_scalar};
 use crate::provider::{HostPattern, ProviderId, ProviderRecord};
 
@@ -53,7 +55,7 @@ macro_rules! columns {
     () => {
         "id, name, CAST(hosts AS TEXT) AS hosts, base_url, auth_type, credentials, \
          credentials_key_id, credentials_updated_at, CAST(config AS TEXT) AS config, status, \
-         version, created_at, updated_at"
+         version, created_at, updated_at, tenant"
     };
 }
 
@@ -199,14 +201,24 @@ async fn ensure_name_free(tx: &mut Tx, name: &str, id: &str) -> Result<(), Store
 /// Makes `hosts` the provider's host set, or `Conflict` naming the first host another live
 /// provider claims.
 async fn replace_hosts(tx: &mut Tx, hosts: &[HostPattern], id: &str) -> Result<(), StoreError> {
+    // Hosts are unique per scope: the provider's tenant, or `*` for a global provider.
+    let scope = tx_scalar!(
+        fetch_one,
+        Option<String>,
+        tx,
+        "SELECT tenant FROM providers WHERE id = ?",
+        id
+    )?
+    .unwrap_or_else(|| "*".to_owned());
     for (i, host) in hosts.iter().enumerate() {
         let owner = tx_fetch!(
             fetch_optional,
             (String, String),
             tx,
             "SELECT p.id, p.name FROM provider_hosts h JOIN providers p ON p.id = h.provider_id \
-             WHERE h.host = ? AND h.provider_id <> ?",
+             WHERE h.host = ? AND h.scope = ? AND h.provider_id <> ?",
             host.to_string(),
+            &scope,
             id
         )?;
         if let Some((owner_id, owner_name)) = owner {
@@ -217,7 +229,8 @@ async fn replace_hosts(tx: &mut Tx, hosts: &[HostPattern], id: &str) -> Result<(
     for host in hosts {
         tx_exec!(
             tx,
-            "INSERT INTO provider_hosts (host, provider_id) VALUES (?, ?)",
+            "INSERT INTO provider_hosts (scope, host, provider_id) VALUES (?, ?, ?)",
+            &scope,
             host.to_string(),
             id
         )
@@ -273,7 +286,7 @@ impl Store for SqlStore {
             concat!(
                 "INSERT INTO providers (id, name, hosts, base_url, auth_type, credentials, \
                  credentials_key_id, credentials_updated_at, config, status, version, \
-                 created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) \
+                 created_at, updated_at, tenant) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?) \
                  RETURNING ",
                 columns!()
             ),
@@ -288,7 +301,8 @@ impl Store for SqlStore {
             Json(&new.config),
             new.status.as_str(),
             now,
-            now
+            now,
+            new.tenant.as_deref()
         )
         .map_err(row::map_write_error)?;
         replace_hosts(&mut tx, &new.hosts, &id).await?;
@@ -450,6 +464,8 @@ impl Store for SqlStore {
             "DELETE FROM provider_hosts WHERE provider_id = ?",
             &id
         )?;
+        // Its grants go with it (the audit entry lists what they allowed).
+        tx_exec!(&mut tx, "DELETE FROM grants WHERE provider_id = ?", &id)?;
         audit_in(&mut tx, audit).await?;
         tx.commit().await?;
         Ok(())
@@ -502,6 +518,48 @@ impl Store for SqlStore {
 
     async fn list_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         access::list_audit(&self.db, query).await
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        self.tenants().await
+    }
+
+    async fn create_tenant(&self, tenant: Tenant, audit: AuditEntry) -> Result<Tenant, StoreError> {
+        self.insert_tenant(tenant, audit).await
+    }
+
+    async fn delete_tenant(&self, name: &str, audit: AuditEntry) -> Result<(), StoreError> {
+        self.remove_tenant(name, audit).await
+    }
+
+    async fn all_callers(&self) -> Result<Vec<CallerRecord>, StoreError> {
+        self.callers().await
+    }
+
+    async fn put_caller(
+        &self,
+        caller: CallerRecord,
+        create: bool,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.write_caller(caller, create, audit).await
+    }
+
+    async fn all_grants(&self) -> Result<Vec<GrantRecord>, StoreError> {
+        self.grants().await
+    }
+
+    async fn put_grant(
+        &self,
+        grant: GrantRecord,
+        create: bool,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.write_grant(grant, create, audit).await
+    }
+
+    async fn delete_grant(&self, id: GrantId, audit: AuditEntry) -> Result<(), StoreError> {
+        self.remove_grant(id, audit).await
     }
 }
 

@@ -187,6 +187,7 @@ fn insert(name: &str, hosts: &[&str]) -> ProviderInsert {
     ProviderInsert {
         id: Ulid::new(),
         name: name.to_owned(),
+        tenant: Some(crate::caller::DEFAULT_TENANT.to_owned()),
         hosts: hosts.iter().map(|h| host(h)).collect(),
         base_url: format!("https://{name}.example.com/v1"),
         auth_type: AuthType::Bearer,

@@ -100,6 +100,7 @@ fn provider(config: serde_json::Value) -> Arc<Provider> {
     Arc::new(Provider {
         id: ulid::Ulid::new(),
         name: "mem".into(),
+        tenant: None,
         status: ProviderStatus::Active,
         base: parse_base_url("http://mem.test", true).unwrap(),
         config,

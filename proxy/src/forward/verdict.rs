@@ -32,6 +32,26 @@ pub(super) fn rate_limited(provider: &str, retry_after: Duration, quota: bool) -
     p
 }
 
+/// 429 for a grant's own rate limit or daily quota.
+pub(super) fn grant_limited(
+    caller: &str,
+    provider: &str,
+    retry_after: Duration,
+    quota: bool,
+) -> Problem {
+    let (kind, what) = if quota {
+        (problem::QUOTA_EXHAUSTED, "daily quota")
+    } else {
+        (problem::RATE_LIMITED, "rate limit")
+    };
+    let mut p = Problem::new(
+        kind,
+        format!("the {what} of caller {caller}'s grant on provider {provider} is reached"),
+    );
+    p.retry_after = Some(ceil_secs(retry_after).max(1));
+    p
+}
+
 /// 503 for an open breaker.
 pub(super) fn circuit_open(provider: &str, retry_after: Duration) -> Problem {
     let mut p = Problem::new(

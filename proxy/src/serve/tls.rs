@@ -196,7 +196,7 @@ impl ResolvesServerCert for LeafResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let host = normalize_host(hello.server_name()?);
         // Only names a live provider serves; the CONNECT check already refused the others.
-        self.registry.snapshot().lookup(&host)?;
+        self.registry.snapshot().claimed(&host).then_some(())?;
         self.leaf_for(&host)
     }
 }

@@ -300,6 +300,171 @@ async fn every_operation_answers_what_the_document_says() {
 
     work::exercise(&app, &mut c).await;
 
+    // Tenants, callers, grants, explain.
+    let api = "/api/v1/integrations";
+    let tenants = format!("{api}/tenants");
+    c.check(
+        "createTenant",
+        &app.send("POST", &tenants, b, Some(json!({"name": "acme"})))
+            .await,
+    );
+    c.check(
+        "createTenant",
+        &app.send("POST", &tenants, b, Some(json!({"name": "acme"})))
+            .await,
+    );
+    c.check(
+        "createTenant",
+        &app.send("POST", &tenants, b, Some(json!({"name": "Bad"})))
+            .await,
+    );
+    c.check("listTenants", &app.send("GET", &tenants, b, None).await);
+    let callers = format!("{api}/callers");
+    let created = app
+        .send(
+            "POST",
+            &callers,
+            b,
+            Some(json!({"name": "billing", "groups": ["payments"]})),
+        )
+        .await;
+    c.check("createCaller", &created);
+    let caller_id = created.json()["id"].as_str().unwrap().to_owned();
+    c.check(
+        "createCaller",
+        &app.send("POST", &callers, b, Some(json!({"name": "billing"})))
+            .await,
+    );
+    c.check(
+        "createCaller",
+        &app.send(
+            "POST",
+            &callers,
+            b,
+            Some(json!({"name": "x", "tenant": "nope"})),
+        )
+        .await,
+    );
+    c.check(
+        "listCallers",
+        &app.send("GET", &format!("{callers}?tenant=default&limit=1"), b, None)
+            .await,
+    );
+    let one_caller = format!("{callers}/{caller_id}");
+    c.check("getCaller", &app.send("GET", &one_caller, b, None).await);
+    c.check(
+        "updateCaller",
+        &app.send(
+            "PATCH",
+            &one_caller,
+            b,
+            Some(json!({"groups": ["payments", "ops"], "expiresAt": null})),
+        )
+        .await,
+    );
+    c.check(
+        "rotateCallerToken",
+        &app.send("POST", &format!("{one_caller}/token"), b, None)
+            .await,
+    );
+    let gw = app.provider("gw").await;
+    let grants = format!("{api}/grants");
+    let grant = app
+        .send(
+            "POST",
+            &grants,
+            b,
+            Some(json!({"caller": caller_id, "provider": gw["id"], "methods": ["GET"], "paths": ["/v1/{id}", "/v2/**"], "rateLimitPerSec": 5})),
+        )
+        .await;
+    c.check("createGrant", &grant);
+    let grant_id = grant.json()["id"].as_str().unwrap().to_owned();
+    c.check(
+        "createGrant",
+        &app.send(
+            "POST",
+            &grants,
+            b,
+            Some(json!({"group": "ops", "provider": "gw", "methods": ["*"], "paths": ["/**"]})),
+        )
+        .await,
+    );
+    c.check(
+        "createGrant",
+        &app.send(
+            "POST",
+            &grants,
+            b,
+            Some(json!({"group": "ops", "provider": "gw", "methods": ["get"], "paths": ["/**"]})),
+        )
+        .await,
+    );
+    c.check(
+        "listGrants",
+        &app.send("GET", &format!("{grants}?caller={caller_id}"), b, None)
+            .await,
+    );
+    c.check(
+        "getGrant",
+        &app.send("GET", &format!("{grants}/{grant_id}"), b, None)
+            .await,
+    );
+    let host = gw["hosts"][0].as_str().unwrap();
+    c.check(
+        "explain",
+        &app.send(
+            "GET",
+            &format!("{api}/explain?caller=billing&method=GET&url=https://{host}/v1/abc"),
+            b,
+            None,
+        )
+        .await,
+    );
+    c.check(
+        "explain",
+        &app.send(
+            "GET",
+            &format!("{api}/explain?caller=billing&method=DELETE&url=https://{host}/v1/abc"),
+            b,
+            None,
+        )
+        .await,
+    );
+    c.check(
+        "explain",
+        &app.send(
+            "GET",
+            &format!("{api}/explain?caller=billing&method=GET&url=ftp://x"),
+            b,
+            None,
+        )
+        .await,
+    );
+    c.check(
+        "deleteGrant",
+        &app.send("DELETE", &format!("{grants}/{grant_id}"), b, None)
+            .await,
+    );
+    c.check(
+        "deleteGrant",
+        &app.send("DELETE", &format!("{grants}/{grant_id}"), b, None)
+            .await,
+    );
+    c.check(
+        "revokeCaller",
+        &app.send("DELETE", &one_caller, b, None).await,
+    );
+    c.check(
+        "deleteTenant",
+        &app.send("DELETE", &format!("{tenants}/acme"), b, None)
+            .await,
+    );
+    c.check(
+        "deleteTenant",
+        &app.send("DELETE", &format!("{tenants}/default"), b, None)
+            .await,
+    );
+
     for r in ROUTES {
         assert!(
             c.seen

@@ -21,6 +21,10 @@ pub struct ProviderView {
     pub id: String,
     /// Unique name.
     pub name: String,
+    /// Its tenant; `null` for a global provider.
+    pub tenant: Option<String>,
+    /// Whether every tenant's callers reach it.
+    pub global: bool,
     /// Host patterns (`api.x.com`, `*.x.com`).
     pub hosts: Vec<String>,
     /// Upstream base URL.
@@ -60,6 +64,8 @@ impl From<&ProviderRecord> for ProviderView {
         Self {
             id: r.id.to_string(),
             name: r.name.clone(),
+            tenant: r.tenant.clone(),
+            global: r.tenant.is_none(),
             hosts: r.hosts.iter().map(ToString::to_string).collect(),
             base_url: r.base_url.clone(),
             auth: AuthView {

@@ -31,6 +31,14 @@ pub async fn create(
     caller: &Caller,
     new: NewProvider,
 ) -> Result<ProviderRecord, ApiError> {
+    if let Some(t) = new.scope()
+        && !s.store.list_tenants().await?.iter().any(|x| x.name == t)
+    {
+        return Err(ApiError::validation(
+            "tenant",
+            format!("no tenant named {t}"),
+        ));
+    }
     let insert = catalog::prepare(&s.vault, new)?;
     let detail = json!({"name": insert.name, "status": insert.status.as_str()});
     let audit = entry(caller, "provider.create", insert.id, detail);
@@ -56,6 +64,23 @@ pub async fn update(
 
 /// Soft-deletes, audited as `provider.delete`.
 pub async fn delete(s: &AdminState, caller: &Caller, id: ProviderId) -> Result<(), StoreError> {
-    let audit = entry(caller, "provider.delete", id, json!({}));
+    // Its grants go with it: the entry says what they allowed.
+    let callers = s.store.all_callers().await?;
+    let grants: Vec<_> = s
+        .store
+        .all_grants()
+        .await?
+        .into_iter()
+        .filter(|g| g.provider_id == id)
+        .collect();
+    let name = s.store.get_provider(id).await?.map(|p| p.name);
+    let removed =
+        hub_core::caller::allowances(&callers, &grants, |_| name.clone(), chrono::Utc::now());
+    let detail = if removed.is_empty() {
+        json!({})
+    } else {
+        json!({"removes": removed})
+    };
+    let audit = entry(caller, "provider.delete", id, detail);
     s.store.delete_provider(id, Some(audit)).await
 }

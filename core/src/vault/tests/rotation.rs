@@ -25,6 +25,48 @@ impl Store for InterferingStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+    async fn list_tenants(&self) -> Result<Vec<crate::caller::Tenant>, StoreError> {
+        self.inner.list_tenants().await
+    }
+    async fn create_tenant(
+        &self,
+        t: crate::caller::Tenant,
+        a: AuditEntry,
+    ) -> Result<crate::caller::Tenant, StoreError> {
+        self.inner.create_tenant(t, a).await
+    }
+    async fn delete_tenant(&self, n: &str, a: AuditEntry) -> Result<(), StoreError> {
+        self.inner.delete_tenant(n, a).await
+    }
+    async fn all_callers(&self) -> Result<Vec<crate::caller::CallerRecord>, StoreError> {
+        self.inner.all_callers().await
+    }
+    async fn put_caller(
+        &self,
+        c: crate::caller::CallerRecord,
+        create: bool,
+        a: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.put_caller(c, create, a).await
+    }
+    async fn all_grants(&self) -> Result<Vec<crate::caller::GrantRecord>, StoreError> {
+        self.inner.all_grants().await
+    }
+    async fn put_grant(
+        &self,
+        g: crate::caller::GrantRecord,
+        create: bool,
+        a: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.put_grant(g, create, a).await
+    }
+    async fn delete_grant(
+        &self,
+        id: crate::caller::GrantId,
+        a: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.inner.delete_grant(id, a).await
+    }
     async fn migrate(&self) -> Result<(), StoreError> {
         self.inner.migrate().await
     }
@@ -102,6 +144,7 @@ async fn insert(store: &dyn Store, vault: &Vault, name: &str, auth: &Auth) -> Pr
             ProviderInsert {
                 id,
                 name: name.into(),
+                tenant: Some(crate::caller::DEFAULT_TENANT.into()),
                 hosts: vec![HostPattern::parse(&format!("{name}.example.com")).unwrap()],
                 base_url: format!("https://{name}.example.com"),
                 auth_type: auth.auth_type(),

@@ -1,0 +1,303 @@
+//! Who is calling, on every way in. A module sends a caller credential as proxy authentication
+//! (`HTTPS_PROXY=http://<caller>:<token>@hub:3128`, or `Proxy-Authorization: Bearer <token>`, or
+//! a Kubernetes ServiceAccount JWT as the Bearer token or the Basic password). [`Gate`] turns
+//! the header into an [`Identity`] — once per tunnel for CONNECT (every request inside is that
+//! caller's), per request for absolute-form — and [`Gate::current`] re-checks the identity
+//! against the registry snapshot in force on every request, so a revoked, expired or rotated
+//! credential stops working on open tunnels as soon as the snapshot moves (≤ the registry
+//! propagation bound).
+//!
+//! [`Gate::authorize`] is the one grant check: the pipeline calls it for requests inside
+//! tunnels, absolute-form requests, WebSocket upgrades and HTTP/2 streams alike; passthrough
+//! tunnels ask [`Gate::authorize_tunnel`] (they need an unrestricted grant: the hub cannot see
+//! their requests).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use hub_core::access::token_hash;
+use hub_core::caller::{
+    CALLER_TOKEN_PREFIX, CallerId, CallerRecord, DEFAULT_TENANT, ServiceAccountRef, evaluate,
+};
+use hub_core::config::CallersMode;
+use hub_core::satoken::SaVerifier;
+
+use crate::problem::Problem;
+use crate::registry::{Grant, Provider, Snapshot};
+
+/// Who a connection or request authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// No caller (`proxy.callers: off`, or `optional` without a credential).
+    Anonymous,
+    /// A caller.
+    Caller {
+        /// The caller.
+        id: CallerId,
+        /// The hash of the token it used (`None` for a ServiceAccount JWT): a rotated token
+        /// stops working on tunnels opened with the old one.
+        token_hash: Option<Arc<str>>,
+        /// When the credential itself expires (a JWT's `exp`).
+        until: Option<DateTime<Utc>>,
+    },
+}
+
+/// The caller (if any) a call is made as, and its tenant.
+#[derive(Debug, Clone)]
+pub struct Who {
+    /// `None`: anonymous.
+    pub caller: Option<Arc<CallerRecord>>,
+}
+
+impl Who {
+    /// The tenant whose providers the call may reach.
+    pub fn tenant(&self) -> &str {
+        self.caller
+            .as_ref()
+            .map_or(DEFAULT_TENANT, |c| c.tenant.as_str())
+    }
+
+    /// The caller's name, `-` when anonymous (logs, metrics, DLQ).
+    pub fn name(&self) -> &str {
+        self.caller.as_ref().map_or("-", |c| c.name.as_str())
+    }
+}
+
+/// Checks caller credentials and grants.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    mode: CallersMode,
+    sa: Option<Arc<SaVerifier>>,
+    /// Ends the JWKS refresh task when the last clone of the gate goes.
+    _refresh: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new(CallersMode::Optional, None)
+    }
+}
+
+enum Credential {
+    /// Basic: the user part names the caller.
+    Named(String, String),
+    /// Bearer: the token alone.
+    Bare(String),
+}
+
+fn parse(raw: &[u8]) -> Result<Credential, &'static str> {
+    let raw = std::str::from_utf8(raw).map_err(|_| "the Proxy-Authorization header is not text")?;
+    let (scheme, rest) = raw
+        .trim()
+        .split_once(' ')
+        .ok_or("the Proxy-Authorization header has no scheme")?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Credential::Bare(rest.to_owned()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err("the Proxy-Authorization scheme must be Basic or Bearer");
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest)
+        .map_err(|_| "the Basic credential is not base64")?;
+    let decoded = String::from_utf8(decoded).map_err(|_| "the Basic credential is not UTF-8")?;
+    let (user, pass) = decoded
+        .split_once(':')
+        .ok_or("the Basic credential has no ':'")?;
+    Ok(Credential::Named(user.to_owned(), pass.to_owned()))
+}
+
+impl Gate {
+    /// A gate in `mode`; `sa` verifies ServiceAccount JWTs (none configured: JWTs are refused)
+    /// and has its keys reloaded in the background (every `refresh_secs`, early on an unknown
+    /// `kid`) for as long as the gate lives. Call within a Tokio runtime when `sa` is set.
+    pub fn new(mode: CallersMode, sa: Option<Arc<SaVerifier>>) -> Self {
+        let refresh = sa.as_ref().map(|v| {
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            drop(v.spawn_refresh(stop));
+            Arc::new(stop_tx)
+        });
+        Self {
+            mode,
+            sa,
+            _refresh: refresh,
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> CallersMode {
+        self.mode
+    }
+
+    /// Authenticates a `Proxy-Authorization` value (`None`: the header is absent).
+    pub fn authenticate(
+        &self,
+        snap: &Snapshot,
+        header: Option<&[u8]>,
+    ) -> Result<Identity, Problem> {
+        if self.mode == CallersMode::Off {
+            return Ok(Identity::Anonymous);
+        }
+        let Some(raw) = header else {
+            return match self.mode {
+                CallersMode::Required => Err(Problem::caller_unauthenticated(
+                    "this hub requires a caller credential and none was sent",
+                )),
+                _ => Ok(Identity::Anonymous),
+            };
+        };
+        let (user, secret) = match parse(raw).map_err(Problem::caller_unauthenticated)? {
+            Credential::Named(user, secret) => (Some(user), secret),
+            Credential::Bare(secret) => (None, secret),
+        };
+        if secret.starts_with(CALLER_TOKEN_PREFIX)
+            || self.sa.is_none()
+            || !SaVerifier::looks_like_jwt(&secret)
+        {
+            let hash = token_hash(&secret);
+            let caller = snap
+                .caller_by_token(&hash)
+                .filter(|c| names(user.as_deref(), c))
+                .ok_or_else(|| {
+                    Problem::caller_unauthenticated("the caller credential is not valid")
+                })?;
+            check_live(caller, None)?;
+            return Ok(Identity::Caller {
+                id: caller.id,
+                token_hash: Some(Arc::from(hash)),
+                until: None,
+            });
+        }
+        let verifier = self.sa.as_ref().expect("checked above");
+        let sa = verifier.verify(&secret).map_err(|e| {
+            Problem::caller_unauthenticated(format!(
+                "the ServiceAccount token was refused ({})",
+                e.kind()
+            ))
+        })?;
+        let key = ServiceAccountRef {
+            namespace: sa.namespace,
+            name: sa.service_account,
+        };
+        let caller = snap
+            .caller_by_service_account(&key)
+            .filter(|c| names(user.as_deref(), c))
+            .ok_or_else(|| {
+                Problem::caller_unauthenticated(format!(
+                    "no caller is mapped to ServiceAccount {}/{}",
+                    key.namespace, key.name
+                ))
+            })?;
+        check_live(caller, Some(sa.expires_at))?;
+        Ok(Identity::Caller {
+            id: caller.id,
+            token_hash: None,
+            until: Some(sa.expires_at),
+        })
+    }
+
+    /// Who `identity` is under the snapshot in force: a revoked, expired, deleted or re-keyed
+    /// caller gets `407` (also inside a tunnel opened before the change).
+    pub fn current(&self, snap: &Snapshot, identity: &Identity) -> Result<Who, Problem> {
+        let Identity::Caller {
+            id,
+            token_hash,
+            until,
+        } = identity
+        else {
+            return Ok(Who { caller: None });
+        };
+        let caller = snap
+            .caller(id)
+            .filter(|c| match token_hash {
+                Some(h) => c.token_hash.as_deref() == Some(&**h),
+                None => true,
+            })
+            .ok_or_else(|| {
+                Problem::caller_unauthenticated("the caller credential is no longer valid")
+            })?;
+        check_live(caller, *until)?;
+        Ok(Who {
+            caller: Some(caller.clone()),
+        })
+    }
+
+    /// The grant that lets `who` send `method` to `path_and_query` on `provider`; `Ok(None)` for
+    /// anonymous calls (allowed only outside `required`, where [`Gate::authenticate`] already
+    /// refused them). Refusals are `403 not_granted`.
+    pub fn authorize(
+        &self,
+        snap: &Snapshot,
+        who: &Who,
+        provider: &Provider,
+        method: &str,
+        path_and_query: &str,
+    ) -> Result<Option<Arc<Grant>>, Problem> {
+        let Some(caller) = &who.caller else {
+            return Ok(None);
+        };
+        if self.mode == CallersMode::Off {
+            return Ok(None);
+        }
+        let grants = snap.grants(&provider.id);
+        evaluate(grants, |g| &g.record, caller, method, path_and_query)
+            .map(|g| Some(g.clone()))
+            .map_err(|r| {
+                let path = path_and_query
+                    .split_once('?')
+                    .map_or(path_and_query, |(p, _)| p);
+                Problem::not_granted(r.detail(&caller.name, &provider.name, method, path))
+            })
+    }
+
+    /// Whether `who` may open a passthrough tunnel to `provider`: the hub cannot see the
+    /// requests, so it takes a grant of every method on `/**`.
+    pub fn authorize_tunnel(
+        &self,
+        snap: &Snapshot,
+        who: &Who,
+        provider: &Provider,
+    ) -> Result<(), Problem> {
+        let Some(caller) = &who.caller else {
+            return Ok(());
+        };
+        if self.mode == CallersMode::Off {
+            return Ok(());
+        }
+        if snap
+            .grants(&provider.id)
+            .iter()
+            .any(|g| g.record.covers(caller) && g.record.unrestricted())
+        {
+            return Ok(());
+        }
+        Err(Problem::not_granted(format!(
+            "caller {} has no unrestricted grant (every method, /**) for passthrough provider {}",
+            caller.name, provider.name
+        )))
+    }
+}
+
+/// Whether the Basic user part (if any) names `caller` (by name or id).
+fn names(user: Option<&str>, caller: &CallerRecord) -> bool {
+    user.is_none_or(|u| u == caller.name || u == caller.id.to_string())
+}
+
+fn check_live(caller: &CallerRecord, until: Option<DateTime<Utc>>) -> Result<(), Problem> {
+    let now = Utc::now();
+    if caller.revoked_at.is_some() {
+        return Err(Problem::caller_unauthenticated(format!(
+            "caller {} is revoked",
+            caller.name
+        )));
+    }
+    if caller.expires_at.is_some_and(|e| now >= e) || until.is_some_and(|e| now >= e) {
+        return Err(Problem::caller_unauthenticated(format!(
+            "the credential of caller {} has expired",
+            caller.name
+        )));
+    }
+    Ok(())
+}
