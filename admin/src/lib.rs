@@ -132,7 +132,8 @@ impl AdminState {
 
     /// The hub proxy `POST /call` goes through (`http://host:port`).
     pub fn with_proxy(mut self, proxy_url: &str) -> Result<Self, SetupError> {
-        self.proxy = Some(routes::call::ProxyClient::new(proxy_url)?);
+        let internal = self.vault.internal_caller_token();
+        self.proxy = Some(routes::call::ProxyClient::new(proxy_url, &internal)?);
         Ok(self)
     }
 }

@@ -129,7 +129,16 @@ pub fn credentials_aad(provider_id: ProviderId) -> Vec<u8> {
 struct RingKey {
     id: String,
     cipher: Aes256Gcm,
+    /// HMAC-SHA256(key, [`INTERNAL_CALLER_LABEL`]): the hub's internal caller credential under
+    /// this key (see [`Vault::internal_caller_token`]).
+    internal: [u8; 32],
 }
+
+/// What the internal caller credential is derived from (with each master key).
+const INTERNAL_CALLER_LABEL: &[u8] = b"integration-hub/internal-caller/v1";
+
+/// Prefix of the internal caller credential.
+pub const INTERNAL_CALLER_PREFIX: &str = "hubi_";
 
 /// The key ring: the first key seals, every key opens. `Debug` shows key ids only.
 #[derive(Clone)]
@@ -153,9 +162,15 @@ impl Vault {
                 let cipher = Aes256Gcm::new_from_slice(entry.key.as_slice()).map_err(|_| {
                     VaultError::bad_spec(format!("key {:?}: wrong length", entry.id))
                 })?;
+                use hmac::Mac as _;
+                let mut mac =
+                    <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(entry.key.as_slice())
+                        .expect("HMAC takes a key of any length");
+                mac.update(INTERNAL_CALLER_LABEL);
                 Ok(RingKey {
                     id: entry.id,
                     cipher,
+                    internal: mac.finalize().into_bytes().into(),
                 })
             })
             .collect::<Result<Vec<_>, VaultError>>()?;
@@ -165,6 +180,31 @@ impl Vault {
     /// A new spec entry `id:base64key` with a fresh random key, for `hub keys generate`.
     pub fn generate_spec_entry(id: &str) -> Result<SecretString, VaultError> {
         spec::generate_entry(id)
+    }
+
+    /// The credential the hub's own components (the admin's `POST /call`, DLQ replays, async
+    /// jobs) present to the proxy as `Proxy-Authorization: Bearer …`: derived from the active
+    /// master key, so every process holding the keys agrees on it without another secret, and
+    /// it changes when the keys rotate. Never logged; the proxy keeps only its hash.
+    pub fn internal_caller_token(&self) -> SecretString {
+        SecretString::new(format!(
+            "{INTERNAL_CALLER_PREFIX}{}",
+            hex::encode(self.keys[0].internal)
+        ))
+    }
+
+    /// The SHA-256 hashes of the internal caller credential under every key of the ring (a
+    /// process still on the previous active key during a rotation is accepted).
+    pub fn internal_caller_hashes(&self) -> Vec<String> {
+        self.keys
+            .iter()
+            .map(|k| {
+                crate::access::token_hash(&format!(
+                    "{INTERNAL_CALLER_PREFIX}{}",
+                    hex::encode(k.internal)
+                ))
+            })
+            .collect()
     }
 
     /// The id of the key that seals.

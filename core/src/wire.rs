@@ -15,6 +15,9 @@ pub const JOB_ID: &str = "x-hub-job-id";
 pub const CALLBACK_URL: &str = "x-hub-callback-url";
 /// A module may name itself (kept as the DLQ entry's `caller`).
 pub const CALLER: &str = "x-hub-caller";
+/// The hub's own calls (internal caller) name the provider they mean: two tenants may claim
+/// the same host. Honoured only from the internal caller; never forwarded.
+pub const PROVIDER_ID: &str = "x-hub-provider-id";
 /// A caller may lower the call's total budget, in milliseconds.
 pub const TIMEOUT_MS: &str = "x-hub-timeout-ms";
 /// The seed's marker on a breaker rejection.
@@ -38,7 +41,14 @@ pub const HOP_BY_HOP: &[&str] = &[
 pub const ANSWERED_BY_HUB: &[&str] = &["expect"];
 
 /// The hub's control headers: read by the hub, never forwarded to a provider.
-pub const HUB_CONTROL: &[&str] = &[DLQ_REPLAY, JOB_ID, CALLER, TIMEOUT_MS, CALLBACK_URL];
+pub const HUB_CONTROL: &[&str] = &[
+    DLQ_REPLAY,
+    JOB_ID,
+    CALLER,
+    TIMEOUT_MS,
+    CALLBACK_URL,
+    PROVIDER_ID,
+];
 
 /// Headers that carry credentials under their usual names: never stored (DLQ entries, jobs, call
 /// records) whatever the provider's own scheme is.

@@ -419,7 +419,11 @@ async fn callers_gate(hub: &Hub) -> anyhow::Result<hub_proxy::callers::Gate> {
             Some(Arc::new(verifier))
         }
     };
-    Ok(hub_proxy::callers::Gate::new(hub.config.proxy.callers, sa))
+    Ok(hub_proxy::callers::Gate::with_internal(
+        hub.config.proxy.callers,
+        sa,
+        hub.vault.internal_caller_hashes(),
+    ))
 }
 
 /// Starts the DLQ/jobs worker (sending through this process's proxy) and the retention job.

@@ -22,6 +22,7 @@ use hub_core::caller::{
 };
 use hub_core::config::CallersMode;
 use hub_core::satoken::SaVerifier;
+use hub_core::vault::INTERNAL_CALLER_PREFIX;
 
 use crate::problem::Problem;
 use crate::registry::{Grant, Provider, Snapshot};
@@ -31,6 +32,11 @@ use crate::registry::{Grant, Provider, Snapshot};
 pub enum Identity {
     /// No caller (`proxy.callers: off`, or `optional` without a credential).
     Anonymous,
+    /// The hub's own components (the admin's `POST /call`, DLQ replays, async jobs), with the
+    /// credential derived from the master keys. Operators authorized those calls in the admin
+    /// API (or the module's grant did, when it submitted the job): no grant check; the provider
+    /// is named by `X-Hub-Provider-Id`.
+    Internal,
     /// A caller.
     Caller {
         /// The caller.
@@ -46,9 +52,14 @@ pub enum Identity {
 /// The caller (if any) a call is made as, and its tenant.
 #[derive(Debug, Clone)]
 pub struct Who {
-    /// `None`: anonymous.
+    /// `None`: anonymous, or the hub itself.
     pub caller: Option<Arc<CallerRecord>>,
+    /// The hub's internal caller.
+    pub internal: bool,
 }
+
+/// The name the hub's own calls carry in logs and metrics.
+pub const INTERNAL_NAME: &str = "hub";
 
 impl Who {
     /// The tenant whose providers the call may reach.
@@ -58,9 +69,13 @@ impl Who {
             .map_or(DEFAULT_TENANT, |c| c.tenant.as_str())
     }
 
-    /// The caller's name, `-` when anonymous (logs, metrics, DLQ).
+    /// The caller's name: `-` when anonymous, `hub` for the hub's own calls (logs, metrics).
     pub fn name(&self) -> &str {
-        self.caller.as_ref().map_or("-", |c| c.name.as_str())
+        match &self.caller {
+            Some(c) => c.name.as_str(),
+            None if self.internal => INTERNAL_NAME,
+            None => "-",
+        }
     }
 }
 
@@ -69,6 +84,8 @@ impl Who {
 pub struct Gate {
     mode: CallersMode,
     sa: Option<Arc<SaVerifier>>,
+    /// SHA-256 of the internal caller credential under each master key.
+    internal: Arc<[String]>,
     /// Ends the JWKS refresh task when the last clone of the gate goes.
     _refresh: Option<Arc<tokio::sync::watch::Sender<bool>>>,
 }
@@ -114,6 +131,16 @@ impl Gate {
     /// and has its keys reloaded in the background (every `refresh_secs`, early on an unknown
     /// `kid`) for as long as the gate lives. Call within a Tokio runtime when `sa` is set.
     pub fn new(mode: CallersMode, sa: Option<Arc<SaVerifier>>) -> Self {
+        Self::with_internal(mode, sa, Vec::new())
+    }
+
+    /// [`Gate::new`], also accepting the hub's internal caller credential by these hashes
+    /// ([`hub_core::vault::Vault::internal_caller_hashes`]).
+    pub fn with_internal(
+        mode: CallersMode,
+        sa: Option<Arc<SaVerifier>>,
+        internal: Vec<String>,
+    ) -> Self {
         let refresh = sa.as_ref().map(|v| {
             let (stop_tx, stop) = tokio::sync::watch::channel(false);
             drop(v.spawn_refresh(stop));
@@ -122,6 +149,7 @@ impl Gate {
         Self {
             mode,
             sa,
+            internal: internal.into(),
             _refresh: refresh,
         }
     }
@@ -152,6 +180,16 @@ impl Gate {
             Credential::Named(user, secret) => (Some(user), secret),
             Credential::Bare(secret) => (None, secret),
         };
+        if secret.starts_with(INTERNAL_CALLER_PREFIX) {
+            let hash = token_hash(&secret);
+            return if user.is_none() && self.internal.contains(&hash) {
+                Ok(Identity::Internal)
+            } else {
+                Err(Problem::caller_unauthenticated(
+                    "the caller credential is not valid",
+                ))
+            };
+        }
         if secret.starts_with(CALLER_TOKEN_PREFIX)
             || self.sa.is_none()
             || !SaVerifier::looks_like_jwt(&secret)
@@ -201,13 +239,24 @@ impl Gate {
     /// Who `identity` is under the snapshot in force: a revoked, expired, deleted or re-keyed
     /// caller gets `407` (also inside a tunnel opened before the change).
     pub fn current(&self, snap: &Snapshot, identity: &Identity) -> Result<Who, Problem> {
-        let Identity::Caller {
-            id,
-            token_hash,
-            until,
-        } = identity
-        else {
-            return Ok(Who { caller: None });
+        let (id, token_hash, until) = match identity {
+            Identity::Anonymous => {
+                return Ok(Who {
+                    caller: None,
+                    internal: false,
+                });
+            }
+            Identity::Internal => {
+                return Ok(Who {
+                    caller: None,
+                    internal: true,
+                });
+            }
+            Identity::Caller {
+                id,
+                token_hash,
+                until,
+            } => (id, token_hash, until),
         };
         let caller = snap
             .caller(id)
@@ -221,6 +270,7 @@ impl Gate {
         check_live(caller, *until)?;
         Ok(Who {
             caller: Some(caller.clone()),
+            internal: false,
         })
     }
 

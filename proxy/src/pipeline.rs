@@ -200,6 +200,28 @@ pub fn route(
     Ok(p.clone())
 }
 
+/// Routing for the hub's internal caller: the provider its `X-Hub-Provider-Id` names.
+fn route_by_id(
+    snap: &Snapshot,
+    id: &[u8],
+    host: &str,
+    port: u16,
+    tunnel: bool,
+) -> Result<Arc<Provider>, Problem> {
+    let p = std::str::from_utf8(id)
+        .ok()
+        .and_then(|s| s.parse::<hub_core::provider::ProviderId>().ok())
+        .and_then(|id| snap.get(&id))
+        .ok_or_else(|| Problem::unknown_provider(host))?;
+    if p.status == ProviderStatus::Disabled {
+        return Err(Problem::provider_disabled(&p.name));
+    }
+    if !p.accepts_port(port, tunnel) {
+        return Err(Problem::forbidden_port(host, port));
+    }
+    Ok(p.clone())
+}
+
 pub(crate) fn egress_problem(e: &EgressError, provider: &str) -> Problem {
     match e {
         EgressError::Forbidden { .. } => Problem::new(
@@ -240,7 +262,20 @@ impl HubProxy {
         };
         let in_tunnel = ctx.tunnel().is_some();
         let who = &*ctx.who.insert(who);
-        let provider = route(&snap, who.tenant(), &target.host, target.port, in_tunnel)?;
+        let named = who
+            .internal
+            .then(|| {
+                session
+                    .req_header()
+                    .headers
+                    .get(hub_core::wire::PROVIDER_ID)
+            })
+            .flatten();
+        let provider = match named {
+            // The hub's own calls name their provider (two tenants may share a host).
+            Some(id) => route_by_id(&snap, id.as_bytes(), &target.host, target.port, in_tunnel)?,
+            None => route(&snap, who.tenant(), &target.host, target.port, in_tunnel)?,
+        };
         // Refusals from here on name the provider in the access line and metrics.
         ctx.provider = Some(provider.clone());
         ctx.path_and_query.clone_from(&target.path_and_query);
@@ -505,7 +540,16 @@ impl ProxyHttp for HubProxy {
                     ctx.who
                         .as_ref()
                         .and_then(|w| w.caller.as_ref())
-                        .map_or("anonymous", |c| c.name.as_str()),
+                        .map_or_else(
+                            || {
+                                if ctx.who.as_ref().is_some_and(|w| w.internal) {
+                                    crate::callers::INTERNAL_NAME
+                                } else {
+                                    "anonymous"
+                                }
+                            },
+                            |c| c.name.as_str(),
+                        ),
                     ctx.who.as_ref().map_or("-", Who::tenant),
                     provider,
                     code,

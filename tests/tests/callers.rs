@@ -821,3 +821,144 @@ async fn admin_validation_names_the_field_and_changes_are_audited_with_what_they
         );
     }
 }
+
+#[tokio::test]
+async fn the_hubs_own_calls_pass_as_the_internal_caller_and_modules_cannot_pose_as_it() {
+    for backend in BACKENDS {
+        let pki = TestPki::new();
+        let Some(hub) = HubBuilder::new(backend, &pki)
+            .configure(|c| {
+                c.proxy.callers = CallersMode::Required;
+                c.dlq.flush_interval_ms = 100;
+            })
+            .dlq(hub_tests::harness::DlqWiring::Writer)
+            .start()
+            .await
+        else {
+            continue;
+        };
+        let admin = Admin::new(&hub);
+        let f = FakeProvider::start(None).await;
+        for t in ["acme", "beta"] {
+            admin.post("/tenants", json!({"name": t})).await;
+        }
+        let mut acme = provider_json("acme-pay", "pay.fake.test", &f, "sk_ACME", "acme");
+        acme["config"]["maxAttempts"] = json!(1);
+        admin.post("/providers", acme).await;
+        let beta = admin
+            .post(
+                "/providers",
+                provider_json("beta-pay", "pay.fake.test", &f, "sk_BETA", "beta"),
+            )
+            .await;
+        let beta_id = beta["id"].as_str().unwrap().to_owned();
+        let (id, token) = admin.caller("billing", "acme", &[]).await;
+        admin
+            .post(
+                "/grants",
+                json!({"caller": id, "provider": "acme-pay", "methods": ["*"], "paths": ["/**"]}),
+            )
+            .await;
+        hub.sync().await;
+
+        // The admin's POST /call reaches beta's provider (same host as acme's) by its id.
+        let (status, answer) = admin
+            .send(
+                reqwest::Method::POST,
+                "/call",
+                Some(json!({"providerId": beta_id, "method": "GET", "path": "/v1/x"})),
+            )
+            .await;
+        assert_eq!(
+            (status, answer["status"].as_u64()),
+            (200, Some(200)),
+            "{backend:?} {answer}"
+        );
+        let last = f.requests().last().unwrap().clone();
+        assert_eq!(last.header("authorization"), Some("Bearer sk_BETA"));
+        assert!(last.header("proxy-authorization").is_none());
+        assert!(
+            last.header("x-hub-provider-id").is_none(),
+            "never forwarded"
+        );
+
+        // A module cannot pose as the hub, nor pick another tenant's provider by id.
+        let forged = format!("Bearer hubi_{}", "0".repeat(64));
+        let refused = tunnel(&hub, "pay.fake.test", Some(&forged), hub_tls_config(&hub))
+            .await
+            .expect_err("refused");
+        assert_eq!(parse(&refused).0, 407, "{refused}");
+        let url = format!("http://pay.fake.test:{}/v1/mine", f.port);
+        let resp = module(&hub, "billing", &token)
+            .get(&url)
+            .header("x-hub-provider-id", &beta_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let last = f.requests().last().unwrap().clone();
+        assert_eq!(
+            last.header("authorization"),
+            Some("Bearer sk_ACME"),
+            "its own tenant's"
+        );
+
+        // A failed call is recorded with its caller, and the replay (the worker, through the
+        // proxy as the internal caller) succeeds under `required`.
+        f.set_mode(hub_tests::Mode::Status(500));
+        let resp = module(&hub, "billing", &token)
+            .post(&url)
+            .header("idempotency-key", "k-1")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502);
+        let dlq_id: ulid::Ulid = resp.headers()["x-hub-dlq-id"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let entry = loop {
+            if let Ok(e) = hub.background.dlq.get(dlq_id).await {
+                break e;
+            }
+            assert!(Instant::now() < deadline, "the entry is stored");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(entry.caller.as_deref(), Some("billing"));
+        f.set_mode(hub_tests::Mode::Ok);
+        let worker = hub
+            .background
+            .worker(
+                hub.store.clone(),
+                &hub.proxy_url(),
+                hub.background.worker_options(),
+            )
+            .unwrap();
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(worker.run(rx));
+        hub.background.dlq.retry(dlq_id).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let e = hub.background.dlq.get(dlq_id).await.unwrap();
+            if e.status == hub_core::dlq::EntryStatus::Resolved {
+                break;
+            }
+            assert!(Instant::now() < deadline, "replayed: {e:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let last = f.requests().last().unwrap().clone();
+        assert_eq!(last.header("authorization"), Some("Bearer sk_ACME"));
+        stop.send_replace(true);
+        let _ = running.await;
+        let internal = hub.vault.internal_caller_token();
+        let logs = hub_tests::logs::contents();
+        assert!(
+            !logs.contains(internal.expose()),
+            "the internal credential is never logged"
+        );
+        assert!(!logs.contains(&token));
+    }
+}

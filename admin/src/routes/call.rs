@@ -48,8 +48,9 @@ pub struct ProxyClient {
 }
 
 impl ProxyClient {
-    /// A client sending every request through the proxy at `url` (`http://host:port`).
-    pub fn new(url: &str) -> Result<Self, SetupError> {
+    /// A client sending every request through the proxy at `url` (`http://host:port`), as the
+    /// hub's internal caller (`internal`: [`hub_core::vault::Vault::internal_caller_token`]).
+    pub fn new(url: &str, internal: &hub_core::secret::SecretString) -> Result<Self, SetupError> {
         let bad = |message: &str| SetupError::ProxyUrl {
             url: url.to_owned(),
             message: message.to_owned(),
@@ -58,7 +59,13 @@ impl ProxyClient {
         if parsed.scheme() != "http" || parsed.host_str().is_none() || parsed.path() != "/" {
             return Err(bad("expected http://host:port"));
         }
-        let proxy = reqwest::Proxy::all(url).map_err(|e| bad(&e.to_string()))?;
+        let mut credential =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", internal.expose()))
+                .map_err(|_| bad("the internal caller credential is not a header value"))?;
+        credential.set_sensitive(true);
+        let proxy = reqwest::Proxy::all(url)
+            .map_err(|e| bad(&e.to_string()))?
+            .custom_http_auth(credential);
         let client = reqwest::Client::builder()
             .proxy(proxy)
             .redirect(reqwest::redirect::Policy::none())
@@ -246,6 +253,7 @@ pub async fn call(
         .client
         .request(out.method, url)
         .headers(out.headers)
+        .header(hub_core::wire::PROVIDER_ID, id.to_string())
         .timeout(budget);
     if let Some(body) = out.body {
         builder = builder.body(body);

@@ -109,10 +109,18 @@ pub struct ProxyCaller {
 }
 
 impl ProxyCaller {
-    /// A caller using the hub proxy at `proxy_url` (`http://host:port`).
-    pub fn new(proxy_url: &str) -> Result<Self, reqwest::Error> {
+    /// A caller using the hub proxy at `proxy_url` (`http://host:port`), identified to it by
+    /// the hub's internal caller credential ([`crate::vault::Vault::internal_caller_token`]).
+    pub fn new(
+        proxy_url: &str,
+        internal: &crate::secret::SecretString,
+    ) -> Result<Self, reqwest::Error> {
+        let mut credential =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", internal.expose()))
+                .expect("hex is a header value");
+        credential.set_sensitive(true);
         let client = reqwest::Client::builder()
-            .proxy(reqwest::Proxy::all(proxy_url)?)
+            .proxy(reqwest::Proxy::all(proxy_url)?.custom_http_auth(credential))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .build()?;
@@ -146,6 +154,7 @@ impl ProxyCaller {
             req = req.header(k, v);
         }
         req = req
+            .header(crate::wire::PROVIDER_ID, out.provider.id.to_string())
             .header(crate::wire::REQUEST_ID, out.request_id)
             .header(out.marker.0, out.marker.1.as_str());
         if let (Some(h), Some(key)) = (&idem_header, out.idempotency_key) {

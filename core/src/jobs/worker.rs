@@ -201,6 +201,7 @@ impl Worker {
         clock: Clock,
         opts: WorkerOptions,
     ) -> Result<Self, reqwest::Error> {
+        let internal = vault.internal_caller_token();
         Ok(Self {
             ctx: Arc::new(Ctx {
                 queue,
@@ -208,7 +209,7 @@ impl Worker {
                 jobs: JobStore::new(db),
                 providers,
                 vault,
-                caller: ProxyCaller::new(proxy_url)?,
+                caller: ProxyCaller::new(proxy_url, &internal)?,
                 clock,
                 opts,
                 cache: Mutex::new(HashMap::new()),
