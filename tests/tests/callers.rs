@@ -962,3 +962,185 @@ async fn the_hubs_own_calls_pass_as_the_internal_caller_and_modules_cannot_pose_
         assert!(!logs.contains(&token));
     }
 }
+
+/// A ServiceAccount token issuer: an ES256 key, its JWKS, and tokens signed with it.
+struct Issuer {
+    key: ring::signature::EcdsaKeyPair,
+    jwks: Value,
+}
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const AUDIENCE: &str = "integration-hub";
+
+impl Issuer {
+    fn new(kid: &str) -> Self {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _};
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let point = key.public_key().as_ref().to_vec();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+            "use": "sig", "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
+        Self { key, jwks }
+    }
+
+    fn token(&self, kid: &str, claims: Value) -> String {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let header = json!({"alg": "ES256", "kid": kid, "typ": "JWT"});
+        let input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let sig = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", b64(sig.as_ref()))
+    }
+}
+
+fn sa_claims(ns: &str, name: &str, iss: &str, aud: &str, exp_in: i64) -> Value {
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    json!({"iss": iss, "aud": [aud], "sub": format!("system:serviceaccount:{ns}:{name}"),
+        "iat": now - 10, "exp": now + exp_in,
+        "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": "u-1"}}})
+}
+
+#[tokio::test]
+async fn a_service_account_token_is_a_caller_credential_and_bad_ones_get_407() {
+    for backend in BACKENDS {
+        let pki = TestPki::new();
+        let issuer = Issuer::new("k1");
+        let stranger = Issuer::new("k1");
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, issuer.jwks.to_string()).unwrap();
+        let sa: hub_core::satoken::SaTokenConfig = serde_json::from_value(json!({
+            "jwks_file": jwks, "issuer": ISSUER, "audiences": [AUDIENCE]
+        }))
+        .unwrap();
+        let Some(hub) = HubBuilder::new(backend, &pki)
+            .configure(|c| {
+                c.proxy.callers = CallersMode::Required;
+                c.proxy.service_account_tokens = Some(sa);
+            })
+            .start()
+            .await
+        else {
+            continue;
+        };
+        let admin = Admin::new(&hub);
+        let f = FakeProvider::start(Some(pki.server_config.clone())).await;
+        admin
+            .post(
+                "/providers",
+                provider_json("pay", "pay.fake.test", &f, "sk_PAY", "default"),
+            )
+            .await;
+        let v = admin
+            .post(
+                "/callers",
+                json!({"name": "billing", "token": false,
+                       "serviceAccount": {"namespace": "payments", "name": "billing"}}),
+            )
+            .await;
+        assert!(
+            v.get("token").is_none(),
+            "a ServiceAccount-only caller has no token: {v}"
+        );
+        admin
+            .post(
+                "/grants",
+                json!({"caller": "billing", "provider": "pay", "methods": ["GET"], "paths": ["/**"]}),
+            )
+            .await;
+        hub.sync().await;
+        let good = issuer.token(
+            "k1",
+            sa_claims("payments", "billing", ISSUER, AUDIENCE, 600),
+        );
+        let get = b"GET /v1/x HTTP/1.1\r\nHost: pay.fake.test\r\n\r\n";
+        for credential in [format!("Bearer {good}"), basic("billing", &good)] {
+            let mut tls = tunnel(
+                &hub,
+                "pay.fake.test",
+                Some(&credential),
+                hub_tls_config(&hub),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{backend:?}: {e}"));
+            tls.write_all(get).await.unwrap();
+            assert!(read_response(&mut tls).await.starts_with("HTTP/1.1 200"));
+        }
+        let mut forged = good.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        let refused = [
+            (
+                "expired",
+                issuer.token(
+                    "k1",
+                    sa_claims("payments", "billing", ISSUER, AUDIENCE, -120),
+                ),
+            ),
+            (
+                "wrong audience",
+                issuer.token(
+                    "k1",
+                    sa_claims("payments", "billing", ISSUER, "kube-apiserver", 600),
+                ),
+            ),
+            (
+                "wrong issuer",
+                issuer.token(
+                    "k1",
+                    sa_claims("payments", "billing", "https://evil.test", AUDIENCE, 600),
+                ),
+            ),
+            (
+                "signed by another key",
+                stranger.token(
+                    "k1",
+                    sa_claims("payments", "billing", ISSUER, AUDIENCE, 600),
+                ),
+            ),
+            ("bad signature", forged),
+            (
+                "unmapped ServiceAccount",
+                issuer.token("k1", sa_claims("payments", "other", ISSUER, AUDIENCE, 600)),
+            ),
+        ];
+        for (why, token) in refused {
+            let answer = tunnel(
+                &hub,
+                "pay.fake.test",
+                Some(&format!("Bearer {token}")),
+                hub_tls_config(&hub),
+            )
+            .await
+            .expect_err(why);
+            let (status, body) = parse(&answer);
+            assert_eq!(
+                (status, body["code"].as_str()),
+                (407, Some("caller_unauthenticated")),
+                "{why}: {answer}"
+            );
+            assert!(
+                !answer.contains(&token[..20]),
+                "{why}: the token is not echoed"
+            );
+        }
+        assert_eq!(f.requests().len(), 2);
+        let logs = hub_tests::logs::contents();
+        assert!(!logs.contains(&good), "the JWT is never logged");
+    }
+}

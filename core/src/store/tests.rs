@@ -1179,3 +1179,141 @@ async fn an_audit_entry_that_cannot_be_stored_undoes_the_write(h: &Harness) {
     // Without an entry to store, the same writes go through.
     store.create_provider(new, None).await.unwrap();
 }
+
+/// Migrations 1–3 (a database from before tenants) in a directory of their own.
+fn migrations_before_tenants(backend: &str) -> tempfile::TempDir {
+    let src =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../migrations/{backend}"));
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, dir.path().join(&name)).unwrap();
+        }
+    }
+    dir
+}
+
+/// An existing database (providers, hosts, audit) migrates with nothing lost: its providers
+/// land in the default tenant, their hosts stay claimed there, and another tenant may claim
+/// the same host.
+#[tokio::test]
+async fn a_database_from_before_tenants_migrates_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_url = testing::fresh_sqlite_url(&dir.path().join("old.db"));
+    let pg = testing::fresh_postgres().await;
+    let mut urls = vec![("sqlite", sqlite_url)];
+    if let Some(db) = &pg {
+        urls.push(("postgres", db.url().to_owned()));
+    }
+    for (backend, url) in urls {
+        let old = migrations_before_tenants(backend);
+        let store = SqlStore::connect(&url).await.unwrap();
+        let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+        match store.db().pool() {
+            Pool::Sqlite(p) => migrator.run(p).await.unwrap(),
+            Pool::Postgres(p) => migrator.run(p).await.unwrap(),
+        }
+        // What a hub before tenants wrote (JSON as text on SQLite, jsonb on PostgreSQL).
+        let now = Utc::now();
+        let id = Ulid::new().to_string();
+        let hosts = serde_json::json!(["api.old.test"]);
+        let config = serde_json::to_value(ProviderConfig::default()).unwrap();
+        let insert = "INSERT INTO providers (id, name, hosts, base_url, auth_type, config, status, \
+                      version, created_at, updated_at) VALUES (?, 'old', ?, 'https://api.old.test', \
+                      'none', ?, 'active', 3, ?, ?)";
+        match store.db().pool() {
+            Pool::Sqlite(p) => {
+                sqlx::query(insert)
+                    .bind(&id)
+                    .bind(hosts.to_string())
+                    .bind(config.to_string())
+                    .bind(now)
+                    .bind(now)
+                    .execute(p)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "INSERT INTO provider_hosts (host, provider_id) VALUES ('api.old.test', ?)",
+                )
+                .bind(&id)
+                .execute(p)
+                .await
+                .unwrap();
+            }
+            Pool::Postgres(p) => {
+                sqlx::query(&crate::db::pg(insert))
+                    .bind(&id)
+                    .bind(sqlx::types::Json(&hosts))
+                    .bind(sqlx::types::Json(&config))
+                    .bind(now)
+                    .bind(now)
+                    .execute(p)
+                    .await
+                    .unwrap();
+                sqlx::query(
+                    "INSERT INTO provider_hosts (host, provider_id) VALUES ('api.old.test', $1)",
+                )
+                .bind(&id)
+                .execute(p)
+                .await
+                .unwrap();
+            }
+        }
+        // Now the current hub starts: the remaining migrations run.
+        store.migrate().await.unwrap();
+        let live = store.live_providers().await.unwrap();
+        assert_eq!(live.len(), 1, "{backend}");
+        let p = &live[0];
+        assert_eq!((p.name.as_str(), p.version), ("old", 3), "{backend}");
+        assert_eq!(
+            p.tenant.as_deref(),
+            Some(crate::caller::DEFAULT_TENANT),
+            "{backend}"
+        );
+        assert_eq!(p.hosts, vec![host("api.old.test")], "{backend}");
+        let tenants = store.list_tenants().await.unwrap();
+        assert!(tenants.iter().any(|t| t.name == "default"), "{backend}");
+        // The host is still claimed in the default tenant...
+        let mut dup = insert_in("dup", &["api.old.test"], Some("default"));
+        dup.id = Ulid::new();
+        assert!(
+            matches!(
+                store.create_provider(dup, None).await,
+                Err(StoreError::Conflict { .. })
+            ),
+            "{backend}"
+        );
+        // ...and free in another tenant.
+        store
+            .create_tenant(
+                crate::caller::Tenant {
+                    name: "acme".into(),
+                    created_at: Utc::now(),
+                },
+                audit_entry("tenant.create"),
+            )
+            .await
+            .unwrap();
+        let acme = insert_in("acme-old", &["api.old.test"], Some("acme"));
+        store.create_provider(acme, None).await.unwrap();
+        assert_eq!(store.live_providers().await.unwrap().len(), 2, "{backend}");
+    }
+}
+
+fn insert_in(name: &str, hosts: &[&str], tenant: Option<&str>) -> ProviderInsert {
+    ProviderInsert {
+        tenant: tenant.map(str::to_owned),
+        ..insert(name, hosts)
+    }
+}
+
+fn audit_entry(action: &str) -> AuditEntry {
+    AuditEntry {
+        actor: "test".into(),
+        action: action.into(),
+        target_id: None,
+        detail: serde_json::json!({}),
+    }
+}
