@@ -4,10 +4,15 @@
 // usage: HubClient PROXY_HOST PROXY_PORT CA_FILE URL BODY_FILE MODE
 // MODE: plain (a file body), expect (expectContinue(true)), chunked (a body of unknown length),
 // refused (a GET the hub refuses). Prints "STATUS BODY".
+// With HUB_CALLER and HUB_CALLER_TOKEN set, it sends the caller credential the way a Java module
+// must: an Authenticator for the proxy, and Basic allowed for tunnels (run with
+// -Djdk.http.auth.tunneling.disabledSchemes= ; the JDK disables Basic for CONNECT by default).
 
 import java.io.IOException;
 import java.io.UncheckedIOException;
+import java.net.Authenticator;
 import java.net.InetSocketAddress;
+import java.net.PasswordAuthentication;
 import java.net.ProxySelector;
 import java.net.URI;
 import java.net.http.HttpClient;
@@ -40,11 +45,24 @@ public class HubClient {
         SSLContext tls = SSLContext.getInstance("TLS");
         tls.init(null, tmf.getTrustManagers(), null);
 
-        HttpClient client = HttpClient.newBuilder()
+        HttpClient.Builder builder = HttpClient.newBuilder()
                 .proxy(ProxySelector.of(new InetSocketAddress(proxyHost, proxyPort)))
                 .sslContext(tls)
-                .connectTimeout(Duration.ofSeconds(10))
-                .build();
+                .connectTimeout(Duration.ofSeconds(10));
+        String caller = System.getenv("HUB_CALLER");
+        String token = System.getenv("HUB_CALLER_TOKEN");
+        if (caller != null && token != null) {
+            builder.authenticator(new Authenticator() {
+                @Override
+                protected PasswordAuthentication getPasswordAuthentication() {
+                    if (getRequestorType() != RequestorType.PROXY) {
+                        return null;
+                    }
+                    return new PasswordAuthentication(caller, token.toCharArray());
+                }
+            });
+        }
+        HttpClient client = builder.build();
         HttpRequest.Builder req = HttpRequest.newBuilder(url).timeout(Duration.ofSeconds(60));
         switch (mode) {
             case "plain" -> req.POST(HttpRequest.BodyPublishers.ofFile(body));

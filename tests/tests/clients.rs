@@ -424,3 +424,204 @@ async fn curl_gets_h2_only_when_the_hub_prefers_it() {
         assert_eq!(got[0].header("authorization"), Some("Bearer curl_h2_token"));
     }
 }
+
+/// `proxy.callers: required`: each runtime sends the caller credential the documented way
+/// (docs/MODULES.md "Caller credentials") and gets through; without it, 407.
+#[tokio::test]
+async fn real_clients_send_the_caller_credential_from_their_proxy_settings() {
+    let pki = TestPki::new();
+    let Some(hub) = hub_tests::harness::HubBuilder::new(Backend::Sqlite, &pki)
+        .configure(|c| c.proxy.callers = hub_core::config::CallersMode::Required)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let fake = FakeProvider::start(Some(pki.server_config.clone())).await;
+    let provider = hub
+        .add_provider(provider_json(
+            "clients",
+            HOST,
+            &fake,
+            json!({"type": "bearer", "token": "clients_secret_token"}),
+        ))
+        .await;
+    let token = hub_core::caller::new_caller_token();
+    let now = chrono::Utc::now();
+    let caller = hub_core::caller::CallerRecord {
+        id: ulid::Ulid::new(),
+        name: "billing".into(),
+        tenant: hub_core::caller::DEFAULT_TENANT.into(),
+        groups: Vec::new(),
+        token_hash: Some(hub_core::access::token_hash(&token)),
+        service_account: None,
+        expires_at: None,
+        revoked_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let audit = |action: &str| hub_core::access::AuditEntry {
+        actor: "test".into(),
+        action: action.into(),
+        target_id: None,
+        detail: json!({}),
+    };
+    hub.store
+        .put_caller(caller.clone(), true, audit("caller.create"))
+        .await
+        .unwrap();
+    let grant = hub_core::caller::GrantRecord {
+        id: ulid::Ulid::new(),
+        tenant: caller.tenant.clone(),
+        subject: hub_core::caller::Subject::Caller(caller.id),
+        provider_id: provider.id,
+        methods: hub_core::caller::Methods::Any,
+        paths: vec![hub_core::caller::PathPattern::parse("/**").unwrap()],
+        limits: hub_core::caller::GrantLimits::default(),
+        created_at: now,
+        updated_at: now,
+    };
+    hub.store
+        .put_grant(grant, true, audit("grant.create"))
+        .await
+        .unwrap();
+    hub.sync().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &hub.ca_pem).unwrap();
+    let body = dir.path().join("body.bin");
+    std::fs::write(&body, b"{}").unwrap();
+    let with_creds = format!("http://billing:{token}@{}", hub.proxy_addr);
+    let url = |p: &str| format!("https://{HOST}:{}{p}", fake.port);
+    let mut expected = 0;
+
+    if have("curl", "--version") {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&ca)
+            .arg("-x")
+            .arg(&with_creds)
+            .arg(url("/curl"));
+        let (out, _) = run(c).await;
+        assert_eq!(out.trim(), "200", "curl with user:token in -x");
+        expected += 1;
+        let mut c = Command::new("curl");
+        c.args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "--cacert",
+        ])
+        .arg(&ca)
+        .arg("-x")
+        .arg(hub.proxy_url())
+        .arg(url("/curl-anon"));
+        // curl reports the CONNECT's 407 as its own failure (exit 56); %{http_connect} has it.
+        let out = tokio::task::spawn_blocking(move || c.output())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "407");
+    }
+    if have("python3", "--version") {
+        let mut c = Command::new("python3");
+        c.arg(clients_dir().join("hub_client.py"))
+            .arg(&with_creds)
+            .arg(&ca)
+            .arg(url("/py"))
+            .arg(&body)
+            .arg("plain");
+        let (out, err) = run(c).await;
+        let answer: serde_json::Value =
+            serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+        assert_eq!(
+            answer["status"], 200,
+            "requests with user:token in proxies: {out}"
+        );
+        expected += 1;
+    }
+    if have("java", "-version") {
+        let mut c = Command::new("java");
+        c.arg("-Djdk.http.auth.tunneling.disabledSchemes=")
+            .arg(clients_dir().join("HubClient.java"))
+            .arg(hub.proxy_addr.ip().to_string())
+            .arg(hub.proxy_addr.port().to_string())
+            .arg(&ca)
+            .arg(url("/java"))
+            .arg(&body)
+            .arg("plain")
+            .env("HUB_CALLER", "billing")
+            .env("HUB_CALLER_TOKEN", &token);
+        let (out, err) = run(c).await;
+        assert!(
+            out.starts_with("200 "),
+            "Java with an Authenticator: {out}\n{err}"
+        );
+        expected += 1;
+    }
+    if let Some(node_path) = node_modules() {
+        // https-proxy-agent sends the URL's user:token as Basic on the CONNECT.
+        let script = r#"
+const fs = require('fs'), https = require('https');
+const { HttpsProxyAgent } = require('https-proxy-agent');
+const [proxy, ca, url] = process.argv.slice(1);
+const agent = new HttpsProxyAgent(proxy, { ca: fs.readFileSync(ca) });
+https.get(url, { agent, ca: fs.readFileSync(ca) }, (res) => {
+  res.resume();
+  res.on('end', () => { console.log(res.statusCode); process.exit(0); });
+}).on('error', (e) => { console.error(e.message); process.exit(1); });
+"#;
+        let mut c = Command::new("node");
+        c.arg("-e")
+            .arg(script)
+            .arg(&with_creds)
+            .arg(&ca)
+            .arg(url("/node"))
+            .env("NODE_PATH", node_path);
+        let (out, _) = run(c).await;
+        assert_eq!(
+            out.trim(),
+            "200",
+            "node https-proxy-agent with user:token in the URL"
+        );
+        expected += 1;
+    }
+    assert_eq!(fake.requests().len(), expected);
+    for r in fake.requests() {
+        assert!(r.header("proxy-authorization").is_none());
+        assert_eq!(
+            r.header("authorization"),
+            Some("Bearer clients_secret_token")
+        );
+    }
+    assert!(!hub_tests::logs::contents().contains(&token));
+}
+
+/// `NODE_PATH` holding `https-proxy-agent` (`.ci/run` installs it globally), or `None` (a skip;
+/// a failure under CI).
+fn node_modules() -> Option<String> {
+    let root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let ok = root.as_ref().is_some_and(|root| {
+        Command::new("node")
+            .args(["-e", "require('https-proxy-agent')"])
+            .env("NODE_PATH", root)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "node with https-proxy-agent is missing: .ci/run installs it"
+        );
+        println!("SKIPPED: node or https-proxy-agent is not installed");
+        return None;
+    }
+    root
+}

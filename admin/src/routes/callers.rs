@@ -921,7 +921,8 @@ pub async fn explain(
         Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
         None => (rest, "/".to_owned()),
     };
-    let (host, _port) = split_host_port(authority)
+    let https = q.url.starts_with("https://");
+    let (host, port) = split_host_port(authority)
         .filter(|(h, _)| !h.is_empty())
         .ok_or_else(|| bad_url("has no valid host"))?;
     let host = normalize_host(&host);
@@ -1009,6 +1010,17 @@ pub async fn explain(
         answer.status = problem::PROVIDER_DISABLED.status;
         answer.code = Some(problem::PROVIDER_DISABLED.code);
         answer.detail = format!("provider {} is disabled", provider.name);
+        return Ok(Json(answer));
+    }
+    // The proxy's port rule: the scheme's default port or the base URL's own.
+    let port = port.unwrap_or(if https { 443 } else { 80 });
+    let base_port = hub_core::provider::parse_base_url(&provider.base_url, true)
+        .map(|b| b.port)
+        .ok();
+    if port != if https { 443 } else { 80 } && Some(port) != base_port {
+        answer.status = problem::FORBIDDEN_PORT.status;
+        answer.code = Some(problem::FORBIDDEN_PORT.code);
+        answer.detail = format!("port {port} is not a port of the provider serving {host}");
         return Ok(Json(answer));
     }
     let grants: Vec<&GrantRecord> = world
