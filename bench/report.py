@@ -18,12 +18,13 @@ TARGETS = {
     "hub": "hub (in-process state)",
     "hub-redis": "hub (Redis state)",
     "hub-base": "hub, baseline build (--baseline)",
+    "hub-callers": "hub, callers required (one grant)",
     "squid": "squid (plain)",
     "squid-bump": "squid ssl-bump",
     "tinyproxy": "tinyproxy",
 }
 ORDER = list(TARGETS)
-INTERCEPTS = {"hub", "hub-redis", "hub-base", "squid-bump"}
+INTERCEPTS = {"hub", "hub-redis", "hub-base", "hub-callers", "squid-bump"}
 
 
 def mode_label(target, mode):
@@ -259,6 +260,11 @@ def bars(runs):
         if hc and bc:
             row(f"{mode.upper()} c{conns}: hub CPU µs/req ÷ baseline build's", hc / bc, "≤ 1.0 + noise",
                 hc <= bc * 1.05, "×", digits=3)
+    for mode, conns in (("https", 64), ("http", 64), ("https", 1)):
+        cc, hc = m("hub-callers", mode, conns, "cpu"), m("hub", mode, conns, "cpu")
+        if cc and hc:
+            row(f"{mode.upper()} c{conns}: callers required CPU µs/req ÷ callers off", cc / hc, "≤ 1.10",
+                cc <= hc * 1.10, "×", digits=3)
     sp, dp = m("hub", "slow", 64, "p99"), m("direct", "slow", 64, "p99")
     row("50 ms endpoint c64: hub p99 − direct p99", sp - dp if sp is not None and dp is not None else None,
         "≤ 5 ms", sp is not None and dp is not None and sp - dp <= 5, " ms")

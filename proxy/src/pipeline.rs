@@ -276,17 +276,17 @@ impl HubProxy {
             Some(id) => route_by_id(&snap, id.as_bytes(), &target.host, target.port, in_tunnel)?,
             None => route(&snap, who.tenant(), &target.host, target.port, in_tunnel)?,
         };
-        // Refusals from here on name the provider in the access line and metrics.
+        // Refusals from here on name the provider and path in the access line and metrics.
         ctx.provider = Some(provider.clone());
-        ctx.path_and_query.clone_from(&target.path_and_query);
+        ctx.path_and_query = target.path_and_query;
         let method = session.req_header().method.as_str();
         let grant = self
             .gate
-            .authorize(&snap, who, &provider, method, &target.path_and_query)?;
+            .authorize(&snap, who, &provider, method, &ctx.path_and_query)?;
         drop(snap);
         if provider.config.refuse_foreign_credential
             && let Some(auth) = &provider.auth
-            && inject::carries_credential(session.req_header(), &target.path_and_query, auth)
+            && inject::carries_credential(session.req_header(), &ctx.path_and_query, auth)
         {
             return Err(Problem::new(
                 problem::FOREIGN_CREDENTIAL,
@@ -328,8 +328,6 @@ impl HubProxy {
             .await
             .map_err(|e| egress_problem(&e, &provider.name))?;
         ctx.upstream_addr = Some(addr);
-        ctx.path_and_query = target.path_and_query;
-        ctx.provider = Some(provider);
         Ok(())
     }
 
