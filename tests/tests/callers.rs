@@ -758,6 +758,10 @@ async fn admin_validation_names_the_field_and_changes_are_audited_with_what_they
                 json!({"caller": id, "provider": "pay", "methods": ["GET"], "paths": ["/**"], "burst": 3}),
                 "burst",
             ),
+            (
+                json!({"caller": id, "provider": "pay", "methods": ["GET"], "paths": ["/**"], "rateLimit": 3}),
+                "rateLimit",
+            ),
         ] {
             let (status, v) = admin
                 .send(reqwest::Method::POST, "/grants", Some(body.clone()))

@@ -620,14 +620,6 @@ pub struct NewGrant {
     provider: String,
     methods: serde_json::Value,
     paths: serde_json::Value,
-    #[serde(flatten)]
-    limits: GrantLimitsInput,
-}
-
-/// A grant's limits as sent (validated into [`GrantLimits`]).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct GrantLimitsInput {
     #[serde(default)]
     rate_limit_per_sec: Option<u32>,
     #[serde(default)]
@@ -636,7 +628,7 @@ pub struct GrantLimitsInput {
     daily_quota: Option<u64>,
 }
 
-fn check_limits(l: &GrantLimitsInput) -> Result<GrantLimits, ApiError> {
+fn check_limits(l: &NewGrant) -> Result<GrantLimits, ApiError> {
     if let Some(r) = l.rate_limit_per_sec
         && !(1..=100_000).contains(&r)
     {
@@ -740,6 +732,7 @@ pub async fn create_grant(
             ),
         ));
     }
+    let limits = check_limits(&new)?;
     let now = Utc::now();
     let grant = GrantRecord {
         id: ulid::Ulid::new(),
@@ -748,7 +741,7 @@ pub async fn create_grant(
         provider_id: provider.id,
         methods: check_methods(new.methods)?,
         paths: check_paths(new.paths)?,
-        limits: check_limits(&new.limits)?,
+        limits,
         created_at: now,
         updated_at: now,
     };
