@@ -1148,3 +1148,60 @@ async fn a_service_account_token_is_a_caller_credential_and_bad_ones_get_407() {
         assert!(!logs.contains(&good), "the JWT is never logged");
     }
 }
+
+#[tokio::test]
+async fn a_provider_may_refuse_a_callers_own_credential_instead_of_replacing_it() {
+    for backend in BACKENDS {
+        let pki = TestPki::new();
+        let Some(hub) = hub(backend, &pki).await else {
+            continue;
+        };
+        let admin = Admin::new(&hub);
+        let f = FakeProvider::start(None).await;
+        let mut strict = provider_json("strict", "strict.fake.test", &f, "sk_STRICT", "default");
+        strict["config"]["refuseForeignCredential"] = json!(true);
+        admin.post("/providers", strict).await;
+        let mut query = provider_json("strict-q", "q.fake.test", &f, "unused", "default");
+        query["auth"] = json!({"type": "query", "name": "api_key", "value": "sk_Q"});
+        query["config"]["refuseForeignCredential"] = json!(true);
+        admin.post("/providers", query).await;
+        let (id, token) = admin.caller("billing", "default", &[]).await;
+        for p in ["strict", "strict-q"] {
+            admin
+                .post(
+                    "/grants",
+                    json!({"caller": id, "provider": p, "methods": ["*"], "paths": ["/**"]}),
+                )
+                .await;
+        }
+        hub.sync().await;
+        let m = module(&hub, "billing", &token);
+        let url = format!("http://strict.fake.test:{}/v1/x", f.port);
+        let (status, body) = problem(
+            m.get(&url)
+                .header("authorization", "Bearer sk_live_MODULE_OWN")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("foreign_credential")),
+            "{backend:?}"
+        );
+        assert!(!body.to_string().contains("sk_live_MODULE_OWN"));
+        let qurl = format!("http://q.fake.test:{}/v1/x?api_key=mine", f.port);
+        let (status, body) = problem(m.get(&qurl).send().await.unwrap()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("foreign_credential"))
+        );
+        assert_eq!(f.requests().len(), 0, "nothing sent");
+        assert_eq!(m.get(&url).send().await.unwrap().status(), 200);
+        assert_eq!(
+            f.requests()[0].header("authorization"),
+            Some("Bearer sk_STRICT")
+        );
+    }
+}
