@@ -739,6 +739,7 @@ async fn list_filters_by_status_and_literal_name_substring(store: Arc<dyn Store>
         let query = ProviderQuery {
             status,
             name_contains: name_contains.map(str::to_owned),
+            visible_to: None,
             after: None,
             limit,
         };
@@ -895,6 +896,7 @@ fn token_insert(name: &str, role: Role) -> ApiTokenInsert {
         id: TokenId::new(),
         name: name.into(),
         role,
+        tenant: None,
         hash: token_hash(&format!("secret-{name}")),
         created_by: "bootstrap".into(),
     }

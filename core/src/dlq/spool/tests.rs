@@ -16,6 +16,7 @@ fn entry(vault: &Vault, body: &[u8]) -> SealedEntry {
         id: Ulid::new(),
         provider_id: Ulid::new(),
         provider: "p",
+        tenant: Some("default"),
         method: "POST",
         path: "/v1/charges",
         headers: &headers,
