@@ -205,7 +205,7 @@ async fn a_scoped_operator_sees_only_its_tenant(v: Variant) {
 
     // Providers: acme's and the global one, nothing of beta's.
     let page = get(PROVIDERS.to_owned()).await.json();
-    assert_eq!(ids(&page, "id"), [acme.provider.clone(), shared.clone()]);
+    assert_eq!(ids(&page, "id"), [acme.provider.as_str(), shared.as_str()]);
     assert_eq!(
         get(format!("{PROVIDERS}/{}", acme.provider)).await.status,
         200
@@ -226,7 +226,7 @@ async fn a_scoped_operator_sees_only_its_tenant(v: Variant) {
 
     // Callers and grants.
     let page = get(format!("{API}/callers")).await.json();
-    assert_eq!(ids(&page, "id"), [acme.caller.clone()]);
+    assert_eq!(ids(&page, "id"), [acme.caller.as_str()]);
     let page = get(format!("{API}/callers?tenant=beta")).await.json();
     assert_eq!(page, json!({"items": [], "nextCursor": null}));
     get(format!("{API}/callers/{}", beta.caller))
@@ -237,7 +237,7 @@ async fn a_scoped_operator_sees_only_its_tenant(v: Variant) {
         200
     );
     let page = get(format!("{API}/grants")).await.json();
-    assert_eq!(ids(&page, "id"), [acme.grant.clone()]);
+    assert_eq!(ids(&page, "id"), [acme.grant.as_str()]);
     get(format!("{API}/grants/{}", beta.grant))
         .await
         .problem(404, "not_found");
