@@ -32,6 +32,8 @@ pub struct Caller {
     pub id: String,
     /// What it may do.
     pub role: Role,
+    /// The one tenant it acts on; `None`: every tenant (see [`crate::scope`]).
+    pub tenant: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
@@ -90,6 +92,7 @@ pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Cal
             return Ok(Caller {
                 id: BOOTSTRAP_ACTOR.to_owned(),
                 role: Role::Admin,
+                tenant: None,
             });
         }
     }
@@ -100,6 +103,7 @@ pub async fn authenticate(state: &AdminState, headers: &HeaderMap) -> Result<Cal
         Some(t) if t.revoked_at.is_none() => Ok(Caller {
             id: t.id.to_string(),
             role: t.role,
+            tenant: t.tenant,
         }),
         _ => Err(ApiError::Unauthorized),
     }

@@ -32,6 +32,9 @@ pub enum ApiError {
         /// What the caller has.
         has: Role,
     },
+    /// 403: outside the token's tenant scope (the message says what and why).
+    #[error("{0}")]
+    OutOfScope(String),
     /// 404: no such resource (or route).
     #[error("{0}")]
     NotFound(String),
@@ -134,7 +137,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::Forbidden { .. } | Self::OutOfScope(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::InvalidId { .. }
@@ -159,7 +162,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthorized => "unauthorized",
-            Self::Forbidden { .. } => "forbidden",
+            Self::Forbidden { .. } | Self::OutOfScope(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::InvalidId { .. } => "invalid_id",
@@ -183,7 +186,7 @@ impl ApiError {
     fn title(&self) -> &'static str {
         match self {
             Self::Unauthorized => "Unauthorized",
-            Self::Forbidden { .. } => "Forbidden",
+            Self::Forbidden { .. } | Self::OutOfScope(_) => "Forbidden",
             Self::NotFound(_) => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::InvalidId { .. } => "Invalid id",

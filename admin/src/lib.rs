@@ -6,6 +6,7 @@
 //! - [`routes`]: the route table (one constant drives the router, the docs and the drift test)
 //!   and the handlers, one module per resource.
 //! - [`auth`]: bearer tokens, roles, the per-route access check.
+//! - [`scope`]: what a token scoped to one tenant sees and changes (the one rule).
 //! - [`error`]: [`ApiError`], answered as `application/problem+json`.
 //! - [`extract`]: request extractors that turn bad input into 4xx problems, never 5xx.
 //! - [`metrics`]: the service's own Prometheus registry: request counts and latency by route
@@ -18,6 +19,7 @@ pub mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
+pub mod scope;
 #[cfg(test)]
 mod testkit;
 

@@ -144,7 +144,15 @@ macro_rules! route {
     };
 }
 
-const DLQ_LIST: &[&str] = &["limit", "cursor", "providerId", "status"];
+const DLQ_LIST: &[&str] = &[
+    "limit",
+    "cursor",
+    "providerId",
+    "status",
+    "tenant",
+    "caller",
+];
+const DLQ_RETRY_ALL: &[&str] = &["providerId", "tenant", "caller"];
 
 /// Everything the admin service answers.
 #[rustfmt::skip]
@@ -162,7 +170,7 @@ pub const ROUTES: &[Route] = &[
     route!(GetProviderHealth, "getProviderHealth", Get,    "/api/v1/integrations/providers/{id}/health", VIEWER,   &[]),
     route!(CallProvider,      "callProvider",      Post,   "/api/v1/integrations/call",                  OPERATOR, &[]),
     route!(ListDlq,           "listDlq",           Get,    "/api/v1/integrations/dlq",                   VIEWER,   DLQ_LIST),
-    route!(RetryAllDlq,       "retryAllDlq",       Post,   "/api/v1/integrations/dlq/retry-all",         OPERATOR, &["providerId"]),
+    route!(RetryAllDlq,       "retryAllDlq",       Post,   "/api/v1/integrations/dlq/retry-all",         OPERATOR, DLQ_RETRY_ALL),
     route!(GetDlqEntry,       "getDlqEntry",       Get,    "/api/v1/integrations/dlq/{id}",              VIEWER,   &[]),
     route!(DeleteDlqEntry,    "deleteDlqEntry",    Delete, "/api/v1/integrations/dlq/{id}",              OPERATOR, &[]),
     route!(GetDlqBody,        "getDlqBody",        Get,    "/api/v1/integrations/dlq/{id}/body",         OPERATOR, &[]),

@@ -179,6 +179,7 @@ impl TestApp {
             id,
             provider_id: provider["id"].as_str().unwrap().parse().unwrap(),
             provider: provider["name"].as_str().unwrap().to_owned(),
+            tenant: provider["tenant"].as_str().map(str::to_owned),
             method: "POST".into(),
             path: "/v1/charges?limit=3".into(),
             headers: vec![("content-type".into(), "application/json".into())],
@@ -212,6 +213,7 @@ impl TestApp {
         let job = NewJob {
             provider_id: provider["id"].as_str().unwrap().parse().unwrap(),
             provider: provider["name"].as_str().unwrap().to_owned(),
+            tenant: provider["tenant"].as_str().map(str::to_owned),
             method: "POST".into(),
             path: "/v1/reports".into(),
             headers: vec![("content-type".into(), "application/json".into())],

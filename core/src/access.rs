@@ -63,6 +63,8 @@ pub struct ApiToken {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// The one tenant it acts on; `None`: every tenant.
+    pub tenant: Option<String>,
     /// Who created it: `bootstrap` or a token id.
     pub created_by: String,
     /// Creation time.
@@ -80,6 +82,8 @@ pub struct ApiTokenInsert {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// The one tenant it acts on (which must exist); `None`: every tenant.
+    pub tenant: Option<String>,
     /// [`token_hash`] of the token handed out once.
     pub hash: String,
     /// `bootstrap` or the creating token's id.

@@ -38,7 +38,8 @@ use ulid::Ulid;
 use crate::provider::ProviderId;
 
 pub use model::{
-    DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus, MAX_PAGE, ProviderDepth, ReplayOutcome,
+    DlqEntry, DlqError, DlqFilter, DlqPage, DlqQuery, EntryStatus, MAX_PAGE, ProviderDepth,
+    ReplayOutcome,
 };
 pub use retention::{Retention, Swept};
 pub use seal::{CALLER_HEADER, JOB_HEADER, REPLAY_HEADER, SealedEntry};
@@ -58,6 +59,8 @@ pub struct FailedCall {
     pub provider_id: ProviderId,
     /// Provider name.
     pub provider: String,
+    /// The tenant of the call: the provider's (`None` for a global provider).
+    pub tenant: Option<String>,
     /// Method.
     pub method: String,
     /// Path and query as the caller sent them (auth query values redacted).

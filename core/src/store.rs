@@ -139,6 +139,8 @@ pub struct ProviderQuery {
     pub status: Option<ProviderStatus>,
     /// Only names containing this substring.
     pub name_contains: Option<String>,
+    /// Only providers this tenant's scope sees: its own and the global ones.
+    pub visible_to: Option<String>,
     /// Only ids strictly greater than this (the previous page's last id).
     pub after: Option<ProviderId>,
     /// Page size (clamped to 1..=[`MAX_PAGE_SIZE`]).

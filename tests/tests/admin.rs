@@ -3,7 +3,7 @@
 //! write-only credentials (every answer is searched for every secret), propagation to the
 //! running proxy, `POST /call` through the proxy to a fake provider, bad input that must
 //! never yield a 5xx, the DLQ and jobs endpoints over the real DLQ writer, queue and worker,
-//! and `/metrics`.
+//! `/metrics`, and tokens scoped to one tenant.
 
 #[path = "admin/access.rs"]
 mod access;
@@ -17,6 +17,8 @@ mod input;
 mod jobs_metrics;
 #[path = "admin/providers.rs"]
 mod providers;
+#[path = "admin/scope.rs"]
+mod scope;
 #[path = "admin/support.rs"]
 mod support;
 /// The DLQ and jobs suites' hub (proxy, DLQ writer, work queue, worker).

@@ -127,6 +127,7 @@ async fn entries_are_listed_by_page_and_filter_and_deleted(v: Variant) {
         status: None,
         before,
         limit: 2,
+        ..DlqQuery::default()
     };
     let p1 = hub.bg.dlq.list(&q(None, None)).await.unwrap();
     assert_eq!(
@@ -368,7 +369,15 @@ async fn retry_all_returns_at_once_and_drains_at_the_rate_limit(v: Variant) {
     let (_stop, _worker) = hub.start_worker();
 
     let t0 = Instant::now();
-    let queued = hub.bg.dlq.retry_all(Some(rec.id)).await.unwrap();
+    let queued = hub
+        .bg
+        .dlq
+        .retry_all(&hub_core::dlq::DlqFilter {
+            provider_id: Some(rec.id),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert!(
         t0.elapsed() < Duration::from_secs(1),
         "retry-all answers at once"

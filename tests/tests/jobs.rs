@@ -25,6 +25,7 @@ fn new_job(rec: &ProviderRecord, key: Option<&str>, callback: Option<String>) ->
     NewJob {
         provider_id: rec.id,
         provider: rec.name.clone(),
+        tenant: rec.tenant.clone(),
         method: "POST".into(),
         path: "/v1/reports?month=11".into(),
         headers: vec![

@@ -100,11 +100,14 @@ pub struct AuditListQuery {
     target_id: Option<String>,
 }
 
-/// `GET /audit`: newest first, optionally about one target.
+/// `GET /audit`: newest first, optionally about one target. Unscoped tokens only: entries
+/// name targets of every tenant (and tokens, tenants), which a tenant's token must not read.
 pub async fn list(
     State(s): State<AdminState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<AuditListQuery>,
 ) -> Result<Json<Page<AuditView>>, ApiError> {
+    caller.check_unscoped("reading the audit trail")?;
     let limit = page::limit(q.limit)?;
     let before = q
         .cursor

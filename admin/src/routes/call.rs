@@ -234,6 +234,7 @@ pub async fn call(
         .store
         .get_provider(id)
         .await?
+        .filter(|p| caller.sees_provider(p.tenant.as_deref()))
         .ok_or_else(|| ApiError::NotFound(format!("no provider with id {id}")))?;
     if record.status == ProviderStatus::Disabled {
         return Err(ApiError::ProviderDisabled(record.name));

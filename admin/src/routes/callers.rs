@@ -7,6 +7,10 @@
 //! with the (caller, provider, methods, paths) allowances it newly gives (`allows`) or takes
 //! away (`removes`), computed by [`hub_core::caller::allowances`].
 //!
+//! A token scoped to a tenant ([`crate::scope`]) sees and changes that tenant's callers and
+//! grants only (another tenant's answer 404), creates in its tenant, and may not create or
+//! delete tenants.
+//!
 //! `GET /explain` answers what the proxy would do with a call, using the proxy's own grant
 //! evaluator ([`hub_core::caller::evaluate`]); it names the credential *type* that would be
 //! injected, never the credential.
@@ -36,6 +40,7 @@ use crate::AdminState;
 use crate::auth::Caller as Actor;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiQuery, IdPath, parse_ulid};
+use crate::scope::Listing;
 
 // ---------------------------------------------------------------------------------------------
 // What the registry holds, read whole: callers and grants are small tables (one row per module
@@ -70,10 +75,12 @@ impl World {
         )
     }
 
-    fn caller(&self, key: &str) -> Option<&CallerRecord> {
+    /// The caller named `key` (name or id), when `actor` sees it.
+    fn caller(&self, actor: &Actor, key: &str) -> Option<&CallerRecord> {
         self.callers
             .iter()
             .find(|c| c.name == key || c.id.to_string() == key)
+            .filter(|c| actor.sees(Some(&c.tenant)))
     }
 }
 
@@ -158,6 +165,7 @@ pub async fn create_tenant(
     actor: Actor,
     ApiJson(new): ApiJson<NewTenant>,
 ) -> Result<Response, ApiError> {
+    actor.check_unscoped("managing tenants")?;
     name_field("name", &new.name)?;
     let tenant = Tenant {
         name: new.name,
@@ -171,9 +179,13 @@ pub async fn create_tenant(
     ))
 }
 
-/// `GET /tenants`.
-pub async fn list_tenants(State(s): State<AdminState>) -> Result<Json<Page<Tenant>>, ApiError> {
-    let items = s.store.list_tenants().await?;
+/// `GET /tenants` (a scoped token: its own).
+pub async fn list_tenants(
+    State(s): State<AdminState>,
+    actor: Actor,
+) -> Result<Json<Page<Tenant>>, ApiError> {
+    let mut items = s.store.list_tenants().await?;
+    items.retain(|t| actor.sees(Some(&t.name)));
     Ok(Json(Page {
         items,
         next_cursor: None,
@@ -186,6 +198,7 @@ pub async fn delete_tenant(
     Path(name): Path<String>,
     actor: Actor,
 ) -> Result<Response, ApiError> {
+    actor.check_unscoped("managing tenants")?;
     if name == DEFAULT_TENANT {
         return Err(ApiError::Conflict {
             field: "name".into(),
@@ -316,7 +329,9 @@ pub async fn create_caller(
     ApiJson(new): ApiJson<NewCaller>,
 ) -> Result<Response, ApiError> {
     name_field("name", &new.name)?;
-    let tenant = new.tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+    let tenant = actor
+        .tenant_for_new(new.tenant)?
+        .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
     ensure_tenant(&s, "tenant", &tenant).await?;
     let groups = check_groups(&new.groups)?;
     check_service_account(new.service_account.as_ref())?;
@@ -374,11 +389,14 @@ pub struct CallerListQuery {
 /// `GET /callers`: oldest first, revoked ones included.
 pub async fn list_callers(
     State(s): State<AdminState>,
+    actor: Actor,
     ApiQuery(q): ApiQuery<CallerListQuery>,
 ) -> Result<Json<Page<CallerView>>, ApiError> {
     let limit = page::limit(q.limit)?;
     let after = cursor_id(q.cursor.as_deref())?;
-    let tenant = page::filter("tenant", q.tenant)?;
+    let Listing::Matching(tenant) = actor.tenant_filter(page::filter("tenant", q.tenant)?) else {
+        return Ok(Json(Page::empty()));
+    };
     let mut all = s.store.all_callers().await?;
     all.sort_by_key(|c| c.id);
     let fetched: Vec<CallerRecord> = all
@@ -395,21 +413,19 @@ pub async fn list_callers(
     )))
 }
 
-async fn find_caller(s: &AdminState, id: CallerId) -> Result<CallerRecord, ApiError> {
-    s.store
-        .all_callers()
-        .await?
-        .into_iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| ApiError::NotFound(format!("no caller with id {id}")))
-}
-
 /// `GET /callers/{id}`.
 pub async fn get_caller(
     State(s): State<AdminState>,
     IdPath(id): IdPath,
+    actor: Actor,
 ) -> Result<Json<CallerView>, ApiError> {
-    Ok(Json((&find_caller(&s, id).await?).into()))
+    s.store
+        .all_callers()
+        .await?
+        .iter()
+        .find(|c| c.id == id && actor.sees(Some(&c.tenant)))
+        .map(|c| Json(c.into()))
+        .ok_or_else(|| ApiError::NotFound(format!("no caller with id {id}")))
 }
 
 /// Body of `PATCH /callers/{id}`.
@@ -449,7 +465,7 @@ async fn change_caller(
     let caller = after
         .callers
         .iter_mut()
-        .find(|c| c.id == id)
+        .find(|c| c.id == id && actor.sees(Some(&c.tenant)))
         .ok_or_else(|| ApiError::NotFound(format!("no caller with id {id}")))?;
     change(caller)?;
     caller.updated_at = Utc::now();
@@ -694,7 +710,7 @@ pub async fn create_grant(
     let (subject, tenant) = match (&new.caller, &new.group) {
         (Some(c), None) => {
             let caller = before
-                .caller(c)
+                .caller(&actor, c)
                 .ok_or_else(|| ApiError::validation("caller", format!("no caller {c}")))?;
             if new.tenant.as_deref().is_some_and(|t| t != caller.tenant) {
                 return Err(ApiError::validation(
@@ -706,9 +722,8 @@ pub async fn create_grant(
         }
         (None, Some(g)) => {
             name_field("group", g)?;
-            let tenant = new
-                .tenant
-                .clone()
+            let tenant = actor
+                .tenant_for_new(new.tenant.clone())?
                 .unwrap_or_else(|| DEFAULT_TENANT.to_owned());
             ensure_tenant(&s, "tenant", &tenant).await?;
             (Subject::Group(g.clone()), tenant)
@@ -721,6 +736,7 @@ pub async fn create_grant(
         }
     };
     let provider = find_provider(&before, &new.provider)
+        .filter(|p| actor.sees_provider(p.tenant.as_deref()))
         .ok_or_else(|| ApiError::validation("provider", format!("no provider {}", new.provider)))?;
     if provider.tenant.as_deref().is_some_and(|t| t != tenant) {
         return Err(ApiError::validation(
@@ -775,6 +791,7 @@ pub struct GrantListQuery {
 /// `GET /grants`: oldest first.
 pub async fn list_grants(
     State(s): State<AdminState>,
+    actor: Actor,
     ApiQuery(q): ApiQuery<GrantListQuery>,
 ) -> Result<Json<Page<GrantView>>, ApiError> {
     let limit = page::limit(q.limit)?;
@@ -793,6 +810,9 @@ pub async fn list_grants(
             field: "providerId".into(),
             message: "not a valid ULID".into(),
         })?),
+    };
+    let Listing::Matching(tenant) = actor.tenant_filter(tenant) else {
+        return Ok(Json(Page::empty()));
     };
     let mut all = s.store.all_grants().await?;
     all.sort_by_key(|g| g.id);
@@ -816,12 +836,13 @@ pub async fn list_grants(
 pub async fn get_grant(
     State(s): State<AdminState>,
     IdPath(id): IdPath,
+    actor: Actor,
 ) -> Result<Json<GrantView>, ApiError> {
     s.store
         .all_grants()
         .await?
         .iter()
-        .find(|g| g.id == id)
+        .find(|g| g.id == id && actor.sees(Some(&g.tenant)))
         .map(|g| Json(g.into()))
         .ok_or_else(|| ApiError::NotFound(format!("no grant with id {id}")))
 }
@@ -834,11 +855,14 @@ pub async fn delete_grant(
 ) -> Result<Response, ApiError> {
     let before = World::load(&s).await?;
     let mut after = World::load(&s).await?;
-    let before_len = after.grants.len();
-    after.grants.retain(|g| g.id != id);
-    if after.grants.len() == before_len {
+    if !after
+        .grants
+        .iter()
+        .any(|g| g.id == id && actor.sees(Some(&g.tenant)))
+    {
         return Err(ApiError::NotFound(format!("no grant with id {id}")));
     }
+    after.grants.retain(|g| g.id != id);
     let detail = diff_detail(&before, &after, json!({}));
     match s
         .store
@@ -891,6 +915,7 @@ pub struct Explanation {
 /// `GET /explain?caller=…&method=…&url=…`.
 pub async fn explain(
     State(s): State<AdminState>,
+    actor: Actor,
     ApiQuery(q): ApiQuery<ExplainQuery>,
 ) -> Result<Json<Explanation>, ApiError> {
     let method = q.method.to_ascii_uppercase();
@@ -932,7 +957,7 @@ pub async fn explain(
             credential_type: None,
         })
     };
-    let Some(caller) = world.caller(&q.caller) else {
+    let Some(caller) = world.caller(&actor, &q.caller) else {
         return Ok(refuse(
             problem::CALLER_UNAUTHENTICATED,
             format!("no caller {}", q.caller),

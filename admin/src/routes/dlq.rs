@@ -1,5 +1,7 @@
-//! The dead-letter queue: list (newest first, filtered by provider and status), one entry, its
-//! body (operators only: it is whatever the caller sent), retry one, retry all, delete.
+//! The dead-letter queue: list (newest first, filtered by provider, status, tenant and caller),
+//! one entry, its body (operators only: it is whatever the caller sent), retry one, retry all,
+//! delete. A token scoped to a tenant sees and acts on that tenant's entries only
+//! ([`crate::scope`]).
 //!
 //! Retries are queued, not run here: `202` means the worker will re-send the call through the
 //! hub proxy (same pipeline and idempotency key as live traffic) and record the outcome on the
@@ -10,7 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use hub_core::dlq::{DlqEntry, DlqQuery, EntryStatus};
+use hub_core::dlq::{DlqEntry, DlqFilter, DlqQuery, EntryStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -21,6 +23,7 @@ use crate::AdminState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, IdPath, parse_ulid};
+use crate::scope::Listing;
 
 /// Query of `GET /dlq`.
 #[derive(Debug, Deserialize)]
@@ -30,6 +33,8 @@ pub struct DlqListQuery {
     cursor: Option<String>,
     provider_id: Option<String>,
     status: Option<EntryStatus>,
+    tenant: Option<String>,
+    caller: Option<String>,
 }
 
 /// Query of `POST /dlq/retry-all`.
@@ -37,6 +42,8 @@ pub struct DlqListQuery {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RetryAllQuery {
     provider_id: Option<String>,
+    tenant: Option<String>,
+    caller: Option<String>,
 }
 
 /// The `202` of `POST /dlq/retry-all`.
@@ -71,16 +78,36 @@ fn provider_filter(raw: Option<String>) -> Result<Option<ulid::Ulid>, ApiError> 
     .transpose()
 }
 
-/// `GET /dlq`: newest first; `cursor` is the last id of the previous page.
+/// The entry `id`, when `caller` sees it (404 otherwise, as for no entry at all).
+async fn load(s: &AdminState, caller: &Caller, id: ulid::Ulid) -> Result<DlqEntry, ApiError> {
+    let entry = s.dlq.get(id).await.map_err(|e| ApiError::dlq(id, e))?;
+    caller.check_sees(
+        entry.tenant.as_deref(),
+        &format!("no DLQ entry with id {id}"),
+    )?;
+    Ok(entry)
+}
+
+/// `GET /dlq`: newest first; `cursor` is the last id of the previous page. A scoped token sees
+/// its tenant's entries only.
 pub async fn list(
     State(s): State<AdminState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<DlqListQuery>,
 ) -> Result<Json<Page<DlqEntry>>, ApiError> {
     let limit = page::limit(q.limit)?;
+    let provider_id = provider_filter(q.provider_id)?;
+    let before = cursor_id(q.cursor.as_deref())?;
+    let caller_filter = page::filter("caller", q.caller)?;
+    let Listing::Matching(tenant) = caller.tenant_filter(page::filter("tenant", q.tenant)?) else {
+        return Ok(Json(Page::empty()));
+    };
     let query = DlqQuery {
-        provider_id: provider_filter(q.provider_id)?,
+        provider_id,
         status: q.status,
-        before: cursor_id(q.cursor.as_deref())?,
+        tenant,
+        caller: caller_filter,
+        before,
         limit: limit + 1,
     };
     let fetched = s.dlq.list(&query).await?;
@@ -96,12 +123,9 @@ pub async fn list(
 pub async fn get(
     State(s): State<AdminState>,
     IdPath(id): IdPath,
+    caller: Caller,
 ) -> Result<Json<DlqEntry>, ApiError> {
-    s.dlq
-        .get(id)
-        .await
-        .map(Json)
-        .map_err(|e| ApiError::dlq(id, e))
+    load(&s, &caller, id).await.map(Json)
 }
 
 /// `GET /dlq/{id}/body`: the sealed body, opened. Operators only, audited, never cached.
@@ -110,7 +134,7 @@ pub async fn body(
     IdPath(id): IdPath,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let entry = s.dlq.get(id).await.map_err(|e| ApiError::dlq(id, e))?;
+    let entry = load(&s, &caller, id).await?;
     let bytes = s.dlq.body(id).await.map_err(|e| ApiError::dlq(id, e))?;
     let detail = json!({"providerId": entry.provider_id.to_string(), "bytes": bytes.len()});
     audit::record(&s, &caller, "dlq.read_body", id, detail).await;
@@ -141,26 +165,42 @@ pub async fn retry(
     IdPath(id): IdPath,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    load(&s, &caller, id).await?;
     let entry = s.dlq.retry(id).await.map_err(|e| ApiError::dlq(id, e))?;
     let detail = json!({"providerId": entry.provider_id.to_string(), "replays": entry.replays});
     audit::record(&s, &caller, "dlq.retry", id, detail).await;
     Ok((StatusCode::ACCEPTED, Json(entry)).into_response())
 }
 
-/// `POST /dlq/retry-all[?providerId=]`: queues every pending replayable entry (of one
-/// provider) and answers at once with how many; the worker drains them at each provider's
-/// rate limit. Audited when it queued anything.
+/// `POST /dlq/retry-all[?providerId=&tenant=&caller=]`: queues every pending replayable entry
+/// (of one provider, tenant, caller; a scoped token's tenant only) and answers at once with how
+/// many; the worker drains them at each provider's rate limit. Audited when it queued anything.
 pub async fn retry_all(
     State(s): State<AdminState>,
     caller: Caller,
     ApiQuery(q): ApiQuery<RetryAllQuery>,
 ) -> Result<Response, ApiError> {
     let provider = provider_filter(q.provider_id)?;
-    let queued = s.dlq.retry_all(provider).await?;
+    let caller_filter = page::filter("caller", q.caller)?;
+    let Listing::Matching(tenant) = caller.tenant_filter(page::filter("tenant", q.tenant)?) else {
+        return Ok((StatusCode::ACCEPTED, Json(RetryAllView { queued: 0 })).into_response());
+    };
+    let filter = DlqFilter {
+        provider_id: provider,
+        tenant,
+        caller: caller_filter,
+    };
+    let queued = s.dlq.retry_all(&filter).await?;
     // The trail records changes: a retry-all that found nothing to queue changed nothing.
     if queued > 0 {
         let target = provider.map(|p| p.to_string());
-        let detail = json!({"queued": queued});
+        let mut detail = json!({"queued": queued});
+        if let Some(t) = &filter.tenant {
+            detail["tenant"] = t.as_str().into();
+        }
+        if let Some(c) = &filter.caller {
+            detail["caller"] = c.as_str().into();
+        }
         audit::record_about(&s, &caller, "dlq.retry_all", target, detail).await;
     }
     Ok((StatusCode::ACCEPTED, Json(RetryAllView { queued })).into_response())
@@ -173,7 +213,7 @@ pub async fn delete(
     IdPath(id): IdPath,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    let entry = s.dlq.get(id).await.map_err(|e| ApiError::dlq(id, e))?;
+    let entry = load(&s, &caller, id).await?;
     s.dlq.delete(id).await.map_err(|e| ApiError::dlq(id, e))?;
     let detail = json!({
         "providerId": entry.provider_id.to_string(),

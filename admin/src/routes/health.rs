@@ -15,6 +15,7 @@ use hub_core::state::{BreakerSnapshot, Policy};
 use serde::Serialize;
 
 use crate::AdminState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::IdPath;
 
@@ -84,12 +85,9 @@ pub struct RateLimitView {
 pub async fn get(
     State(s): State<AdminState>,
     IdPath(id): IdPath,
+    caller: Caller,
 ) -> Result<Json<HealthView>, ApiError> {
-    let record = s
-        .store
-        .get_provider(id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no provider with id {id}")))?;
+    let record = super::providers::load(&s, &caller, id).await?;
     let policy = Policy::from_config(&record.config, s.default_rate_limit);
     let dlq_depth = s.dlq.depth(id).await?;
     let snapshot = match &s.shared_state {

@@ -21,6 +21,16 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
+impl<T> Page<T> {
+    /// No items, no next page.
+    pub fn empty() -> Self {
+        Self {
+            items: Vec::new(),
+            next_cursor: None,
+        }
+    }
+}
+
 /// Checks `limit` (default [`DEFAULT_LIMIT`], 1..=[`MAX_LIMIT`]).
 pub fn limit(raw: Option<u32>) -> Result<u32, ApiError> {
     match raw {

@@ -30,8 +30,10 @@ const PATCH_ATTEMPTS: u32 = 3;
 pub async fn create(
     State(s): State<AdminState>,
     caller: Caller,
-    ApiJson(new): ApiJson<NewProvider>,
+    ApiJson(mut new): ApiJson<NewProvider>,
 ) -> Result<Response, ApiError> {
+    caller.check_creates_global(new.global)?;
+    new.tenant = caller.tenant_for_new(new.tenant)?;
     let record = write::create(&s, &caller, new).await?;
     Ok(respond(StatusCode::CREATED, &record))
 }
@@ -59,15 +61,17 @@ pub fn cursor_id(cursor: Option<&str>) -> Result<Option<ulid::Ulid>, ApiError> {
 }
 
 /// `GET /providers`: live providers ordered by id (creation order), `status` exact, `name` a
-/// literal substring.
+/// literal substring; a scoped token sees its tenant's and the global ones.
 pub async fn list(
     State(s): State<AdminState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<ProviderView>>, ApiError> {
     let limit = page::limit(q.limit)?;
     let query = ProviderQuery {
         status: q.status,
         name_contains: page::filter("name", q.name)?,
+        visible_to: caller.scope().map(str::to_owned),
         after: cursor_id(q.cursor.as_deref())?,
         limit: limit + 1,
     };
@@ -80,16 +84,37 @@ pub async fn list(
     )))
 }
 
-async fn load(s: &AdminState, id: ProviderId) -> Result<ProviderRecord, ApiError> {
+/// The provider `id`, when `caller` sees it (404 otherwise, as for no provider at all).
+pub async fn load(
+    s: &AdminState,
+    caller: &Caller,
+    id: ProviderId,
+) -> Result<ProviderRecord, ApiError> {
     s.store
         .get_provider(id)
         .await?
+        .filter(|p| caller.sees_provider(p.tenant.as_deref()))
         .ok_or_else(|| ApiError::NotFound(format!("no provider with id {id}")))
 }
 
+/// [`load`], for a change: 403 for a global provider and a scoped token.
+async fn load_to_change(
+    s: &AdminState,
+    caller: &Caller,
+    id: ProviderId,
+) -> Result<ProviderRecord, ApiError> {
+    let record = load(s, caller, id).await?;
+    caller.check_changes_provider(record.tenant.as_deref())?;
+    Ok(record)
+}
+
 /// `GET /providers/{id}`.
-pub async fn get(State(s): State<AdminState>, IdPath(id): IdPath) -> Result<Response, ApiError> {
-    Ok(respond(StatusCode::OK, &load(&s, id).await?))
+pub async fn get(
+    State(s): State<AdminState>,
+    IdPath(id): IdPath,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    Ok(respond(StatusCode::OK, &load(&s, &caller, id).await?))
 }
 
 /// `PATCH /providers/{id}`: see [`patch`] for the rules. With `If-Match` the change applies only
@@ -105,7 +130,7 @@ pub async fn update(
     let mut attempt = 0;
     let updated = loop {
         attempt += 1;
-        let current = load(&s, id).await?;
+        let current = load_to_change(&s, &caller, id).await?;
         // Validate first: a bad body is a 422 whatever the version.
         let change = patch.to_change(&current, &s.vault)?;
         if if_match.0.is_some_and(|v| v != current.version) {
@@ -133,6 +158,7 @@ pub async fn delete(
     IdPath(id): IdPath,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    load_to_change(&s, &caller, id).await?;
     match write::delete(&s, &caller, id).await {
         Ok(()) => {}
         Err(StoreError::NotFound) => {

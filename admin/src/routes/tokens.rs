@@ -1,6 +1,7 @@
 //! API tokens (admin only): create (the token is shown once, in the 201 answer, and stored only
 //! as its SHA-256), list (never the token or its hash), revoke. Revoked tokens stay listed with
-//! `revokedAt` and authenticate nothing.
+//! `revokedAt` and authenticate nothing. A token may be scoped to one tenant (`tenant`): see
+//! [`crate::scope`]. Managing tokens spans tenants, so scoped tokens may not.
 
 use axum::Json;
 use axum::extract::State;
@@ -31,6 +32,9 @@ pub struct NewToken {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// The one tenant it may act on (must exist); absent or `null`: every tenant.
+    #[serde(default)]
+    pub tenant: Option<String>,
 }
 
 /// A token in responses (never the token itself).
@@ -43,6 +47,8 @@ pub struct TokenView {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// The one tenant it acts on; `null`: every tenant.
+    pub tenant: Option<String>,
     /// `bootstrap` or the creating token's id.
     pub created_by: String,
     /// Creation time.
@@ -57,6 +63,7 @@ impl From<ApiToken> for TokenView {
             id: t.id.to_string(),
             name: t.name,
             role: t.role,
+            tenant: t.tenant,
             created_by: t.created_by,
             created_at: t.created_at,
             revoked_at: t.revoked_at,
@@ -80,6 +87,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(new): ApiJson<NewToken>,
 ) -> Result<Response, ApiError> {
+    caller.check_unscoped("managing API tokens")?;
     let name = new.name.trim();
     if name.is_empty()
         || name.chars().count() > MAX_TOKEN_NAME_LEN
@@ -90,16 +98,28 @@ pub async fn create(
             format!("must be 1-{MAX_TOKEN_NAME_LEN} printable characters"),
         ));
     }
+    if let Some(t) = &new.tenant
+        && !s.store.list_tenants().await?.iter().any(|x| &x.name == t)
+    {
+        return Err(ApiError::validation(
+            "tenant",
+            format!("no tenant named {t}"),
+        ));
+    }
     let token = generate_token();
     let insert = ApiTokenInsert {
         id: TokenId::new(),
         name: name.to_owned(),
         role: new.role,
+        tenant: new.tenant,
         hash: token_hash(token.expose()),
         created_by: caller.id.clone(),
     };
     let stored = s.store.create_api_token(insert).await?;
-    let detail = json!({"name": stored.name, "role": stored.role.as_str()});
+    let mut detail = json!({"name": stored.name, "role": stored.role.as_str()});
+    if let Some(t) = &stored.tenant {
+        detail["tenant"] = t.as_str().into();
+    }
     audit::record(&s, &caller, "token.create", stored.id, detail).await;
     let location = format!("{}/tokens/{}", super::PREFIX, stored.id);
     let body = CreatedToken {
@@ -127,8 +147,10 @@ pub struct TokenListQuery {
 /// `GET /tokens`: oldest first, revoked ones included.
 pub async fn list(
     State(s): State<AdminState>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<TokenListQuery>,
 ) -> Result<Json<Page<TokenView>>, ApiError> {
+    caller.check_unscoped("managing API tokens")?;
     let limit = page::limit(q.limit)?;
     let query = TokenQuery {
         after: cursor_id(q.cursor.as_deref())?,
@@ -149,6 +171,7 @@ pub async fn revoke(
     IdPath(id): IdPath,
     caller: Caller,
 ) -> Result<Response, ApiError> {
+    caller.check_unscoped("managing API tokens")?;
     match s.store.revoke_api_token(id).await {
         Ok(()) => {}
         Err(StoreError::NotFound) => {

@@ -201,6 +201,7 @@ mod tests {
             id: ulid::Ulid::new(),
             provider_id: ulid::Ulid::new(),
             provider: "p",
+            tenant: None,
             method: "POST",
             path: "/v1/x",
             headers: &[],

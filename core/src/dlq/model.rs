@@ -70,6 +70,9 @@ pub struct DlqEntry {
     pub provider_id: ProviderId,
     /// Provider name when the call failed.
     pub provider: String,
+    /// The tenant of the call: the provider's; `null` for a call to a global provider (and for
+    /// entries from before tenants).
+    pub tenant: Option<String>,
     /// Method.
     pub method: String,
     /// Path and query as the caller sent them (auth query values redacted).
@@ -121,10 +124,26 @@ pub struct DlqQuery {
     pub provider_id: Option<ProviderId>,
     /// Only this status.
     pub status: Option<EntryStatus>,
+    /// Only entries of this tenant.
+    pub tenant: Option<String>,
+    /// Only entries of this caller (as recorded: the authenticated caller's name, or what an
+    /// anonymous module named itself).
+    pub caller: Option<String>,
     /// Only entries older than this id (the previous page's `next_cursor`).
     pub before: Option<Ulid>,
     /// Page size, clamped to 1..=[`MAX_PAGE`] (0 = 50).
     pub limit: u32,
+}
+
+/// Which pending entries `retry-all` queues.
+#[derive(Debug, Clone, Default)]
+pub struct DlqFilter {
+    /// Only this provider.
+    pub provider_id: Option<ProviderId>,
+    /// Only this tenant.
+    pub tenant: Option<String>,
+    /// Only this caller.
+    pub caller: Option<String>,
 }
 
 impl DlqQuery {

@@ -63,6 +63,10 @@ pub struct SealedEntry {
     pub provider_id: ProviderId,
     /// Provider name.
     pub provider: String,
+    /// The tenant of the call (`None`: a global provider's, caller's tenant unknown). Spool
+    /// records written before tenants have none.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// Method.
     pub method: String,
     /// Path and query (auth query values redacted).
@@ -113,6 +117,8 @@ pub struct EntryDraft<'a> {
     pub provider_id: ProviderId,
     /// Provider name.
     pub provider: &'a str,
+    /// The tenant of the call.
+    pub tenant: Option<&'a str>,
     /// Method.
     pub method: &'a str,
     /// Path and query.
@@ -168,6 +174,7 @@ impl EntryDraft<'_> {
             id: self.id,
             provider_id: self.provider_id,
             provider: self.provider.to_owned(),
+            tenant: self.tenant.map(str::to_owned),
             method: self.method.to_owned(),
             path: self.path.to_owned(),
             headers: keepable_headers(self.headers),
@@ -208,6 +215,7 @@ pub fn seal_failed_call(
         id,
         provider_id: call.provider_id,
         provider: &call.provider,
+        tenant: call.tenant.as_deref(),
         method: &call.method,
         path: &call.path,
         headers: &call.headers,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ulid::Ulid;
 
-use super::model::{DlqEntry, DlqError, DlqPage, DlqQuery, EntryStatus, ProviderDepth};
+use super::model::{DlqEntry, DlqError, DlqFilter, DlqPage, DlqQuery, EntryStatus, ProviderDepth};
 use super::seal::open_body;
 use super::store::{EntryRow, EntryStore, lag};
 use crate::db::Db;
@@ -105,11 +105,11 @@ impl Dlq {
         self.get(id).await
     }
 
-    /// Queues a replay of every pending replayable entry (of one provider) and returns how
-    /// many at once; the worker drains them at each provider's rate limit.
-    pub async fn retry_all(&self, provider: Option<ProviderId>) -> Result<u64, DlqError> {
+    /// Queues a replay of every pending replayable entry (of one provider, tenant, caller) and
+    /// returns how many at once; the worker drains them at each provider's rate limit.
+    pub async fn retry_all(&self, filter: &DlqFilter) -> Result<u64, DlqError> {
         let now = self.clock.unix_ms();
-        let ids = self.store.queue_all(provider, now).await?;
+        let ids = self.store.queue_all(filter, now).await?;
         let tasks: Vec<Task> = ids
             .iter()
             .filter_map(|i| Ulid::from_string(i).ok())
@@ -187,6 +187,7 @@ impl Dlq {
                     status,
                     before,
                     limit: super::model::MAX_PAGE,
+                    ..DlqQuery::default()
                 })
                 .await?;
             n += page.entries.len();

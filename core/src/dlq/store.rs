@@ -4,14 +4,14 @@
 use chrono::{DateTime, Utc};
 use ulid::Ulid;
 
-use super::model::{DlqEntry, DlqQuery, EntryStatus, ReplayOutcome};
+use super::model::{DlqEntry, DlqFilter, DlqQuery, EntryStatus, ReplayOutcome};
 use super::seal::SealedEntry;
 use crate::db::{Db, exec, fetch, scalars};
 
 /// The columns of an [`EntryRow`].
 macro_rules! columns {
     () => {
-        "id, provider_id, provider, method, path, headers, body, body_key_id, body_size, \
+        "id, provider_id, provider, tenant, method, path, headers, body, body_key_id, body_size, \
          body_truncated, idempotency_key, request_id, caller, job_id, attempts, last_status, \
          last_error, stop_reason, excerpt, status, replays, replay_status, replay_error, \
          replay_excerpt, replayed_at, created_at, updated_at, expires_at"
@@ -24,6 +24,7 @@ pub(crate) struct EntryRow {
     pub id: String,
     pub provider_id: String,
     pub provider: String,
+    pub tenant: Option<String>,
     pub method: String,
     pub path: String,
     pub headers: String,
@@ -84,6 +85,7 @@ impl EntryRow {
             id: ulid(&self.id, "id")?,
             provider_id: ulid(&self.provider_id, "provider_id")?,
             provider: self.provider.clone(),
+            tenant: self.tenant.clone(),
             method: self.method.clone(),
             path: self.path.clone(),
             headers,
@@ -145,16 +147,17 @@ impl EntryStore {
             let headers = serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into());
             added += exec!(
                 &self.db,
-                "INSERT INTO dlq_entries (id, provider_id, provider, method, path, headers, body, \
-                 body_key_id, body_size, body_truncated, idempotency_key, request_id, caller, \
+                "INSERT INTO dlq_entries (id, provider_id, provider, tenant, method, path, headers, \
+                 body, body_key_id, body_size, body_truncated, idempotency_key, request_id, caller, \
                  job_id, attempts, last_status, last_error, stop_reason, excerpt, status, \
                  created_at, updated_at, expires_at) \
-                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ? \
+                 SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ? \
                  WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = ? AND provider_id = ?) \
                  ON CONFLICT (id) DO NOTHING",
                 e.id.to_string(),
                 e.provider_id.to_string(),
                 &e.provider,
+                e.tenant.as_deref(),
                 &e.method,
                 &e.path,
                 headers,
@@ -201,13 +204,18 @@ impl EntryStore {
                 "SELECT ",
                 columns!(),
                 " FROM dlq_entries WHERE (? IS NULL OR provider_id = ?) \
-                 AND (? IS NULL OR status = ?) AND (? IS NULL OR id < ?) \
+                 AND (? IS NULL OR status = ?) AND (? IS NULL OR tenant = ?) \
+                 AND (? IS NULL OR caller = ?) AND (? IS NULL OR id < ?) \
                  ORDER BY id DESC LIMIT ?"
             ),
             q.provider_id.map(|p| p.to_string()),
             q.provider_id.map(|p| p.to_string()),
             q.status.map(EntryStatus::as_str),
             q.status.map(EntryStatus::as_str),
+            q.tenant.as_deref(),
+            q.tenant.as_deref(),
+            q.caller.as_deref(),
+            q.caller.as_deref(),
             q.before.map(|b| b.to_string()),
             q.before.map(|b| b.to_string()),
             i64::from(q.page_size()),
@@ -236,22 +244,25 @@ impl EntryStore {
         Ok(n > 0)
     }
 
-    /// Queues every pending replayable entry (of one provider); returns their ids.
-    pub async fn queue_all(
-        &self,
-        provider: Option<Ulid>,
-        now_ms: i64,
-    ) -> Result<Vec<String>, sqlx::Error> {
+    /// Queues every pending replayable entry (of one provider, tenant, caller); returns their
+    /// ids.
+    pub async fn queue_all(&self, f: &DlqFilter, now_ms: i64) -> Result<Vec<String>, sqlx::Error> {
+        let provider = f.provider_id.map(|p| p.to_string());
         scalars!(
             String,
             &self.db,
             "UPDATE dlq_entries SET status = 'queued', due_at = ?, updated_at = ? \
              WHERE status = 'pending' AND NOT body_truncated AND (? IS NULL OR provider_id = ?) \
+             AND (? IS NULL OR tenant = ?) AND (? IS NULL OR caller = ?) \
              RETURNING id",
             now_ms,
             now_ms,
-            provider.map(|p| p.to_string()),
-            provider.map(|p| p.to_string()),
+            provider.as_deref(),
+            provider.as_deref(),
+            f.tenant.as_deref(),
+            f.tenant.as_deref(),
+            f.caller.as_deref(),
+            f.caller.as_deref(),
         )
     }
 

@@ -71,6 +71,8 @@ pub struct NewJob {
     pub provider_id: ProviderId,
     /// Its name.
     pub provider: String,
+    /// The tenant of the call: the provider's (`None` for a global provider).
+    pub tenant: Option<String>,
     /// Method.
     pub method: String,
     /// Path and query as the caller sent them (auth query values redacted).
@@ -151,6 +153,9 @@ pub struct JobView {
     pub provider_id: ProviderId,
     /// Provider name.
     pub provider: String,
+    /// The tenant of the call: the provider's; `null` for a global provider (and for jobs from
+    /// before tenants).
+    pub tenant: Option<String>,
     /// Method.
     pub method: String,
     /// Path and query.

@@ -10,8 +10,8 @@ use crate::db::{Db, exec, fetch, scalars};
 /// The columns of a [`JobRow`].
 macro_rules! columns {
     () => {
-        "id, provider_id, provider, method, path, headers, body, body_key_id, idempotency_key, \
-         request_id, callback_url, status, attempts, due_at, lease_until, last_error, \
+        "id, provider_id, provider, tenant, method, path, headers, body, body_key_id, \
+         idempotency_key, request_id, callback_url, status, attempts, due_at, lease_until, last_error, \
          result_status, result_headers, result_body, result_key_id, result_truncated, dlq_id, \
          callback_status, callback_attempts, callback_error, created_at, updated_at, finished_at"
     };
@@ -23,6 +23,7 @@ pub(crate) struct JobRow {
     pub id: String,
     pub provider_id: String,
     pub provider: String,
+    pub tenant: Option<String>,
     pub method: String,
     pub path: String,
     pub headers: String,
@@ -56,6 +57,7 @@ pub(crate) struct JobInsert<'a> {
     pub id: Ulid,
     pub provider_id: Ulid,
     pub provider: &'a str,
+    pub tenant: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,
     pub headers: String,
@@ -93,13 +95,15 @@ impl JobStore {
         };
         let n = exec!(
             &self.db,
-            "INSERT INTO jobs (id, provider_id, provider, method, path, headers, body, body_key_id, \
-             idempotency_key, request_id, callback_url, status, attempts, due_at, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) \
+            "INSERT INTO jobs (id, provider_id, provider, tenant, method, path, headers, body, \
+             body_key_id, idempotency_key, request_id, callback_url, status, attempts, due_at, \
+             created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?) \
              ON CONFLICT (provider_id, idempotency_key) DO NOTHING",
             j.id.to_string(),
             j.provider_id.to_string(),
             j.provider,
+            j.tenant,
             j.method,
             j.path,
             &j.headers,

@@ -9,7 +9,7 @@ use crate::access::{ApiToken, AuditEntry, AuditRecord, Role};
 /// The token columns, in a `concat!`-able form.
 macro_rules! token_columns {
     () => {
-        "id, name, role, created_by, created_at, revoked_at"
+        "id, name, role, tenant, created_by, created_at, revoked_at"
     };
 }
 pub(super) use token_columns;
@@ -20,6 +20,7 @@ pub(super) struct TokenRow {
     pub id: String,
     pub name: String,
     pub role: String,
+    pub tenant: Option<String>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -42,6 +43,7 @@ impl TokenRow {
             id,
             name: self.name,
             role,
+            tenant: self.tenant,
             created_by: self.created_by,
             created_at: self.created_at,
             revoked_at: self.revoked_at,

@@ -72,6 +72,7 @@ macro_rules! list_sql {
              AND (? IS NULL OR ",
             $position,
             "(name, ?) > 0) \
+             AND (? IS NULL OR tenant IS NULL OR tenant = ?) \
              AND (? IS NULL OR id > ?) \
              ORDER BY id LIMIT ?"
         )
@@ -337,6 +338,7 @@ impl Store for SqlStore {
         };
         let status = query.status.map(|s| s.as_str());
         let name = query.name_contains.as_deref();
+        let visible_to = query.visible_to.as_deref();
         let after = query.after.map(|id| id.to_string());
         let rows = fetch!(
             fetch_all,
@@ -347,6 +349,8 @@ impl Store for SqlStore {
             status,
             name,
             name,
+            visible_to,
+            visible_to,
             after.as_deref(),
             after.as_deref(),
             row::page_size(query.limit)

@@ -162,6 +162,7 @@ suite! {
         list_filters_by_status_and_literal_name_substring,
         migrate_is_idempotent,
         api_tokens_are_found_by_hash_listed_and_revoked,
+        scoped_tokens_keep_their_tenant_until_revoked,
         audit_is_newest_first_paged_and_filtered,
         provider_writes_commit_their_audit_entry_or_nothing,
     ],
@@ -739,6 +740,7 @@ async fn list_filters_by_status_and_literal_name_substring(store: Arc<dyn Store>
         let query = ProviderQuery {
             status,
             name_contains: name_contains.map(str::to_owned),
+            visible_to: None,
             after: None,
             limit,
         };
@@ -895,6 +897,7 @@ fn token_insert(name: &str, role: Role) -> ApiTokenInsert {
         id: TokenId::new(),
         name: name.into(),
         role,
+        tenant: None,
         hash: token_hash(&format!("secret-{name}")),
         created_by: "bootstrap".into(),
     }
@@ -980,6 +983,41 @@ async fn api_tokens_are_found_by_hash_listed_and_revoked(store: Arc<dyn Store>) 
         revision,
         "tokens are not registry state"
     );
+}
+
+async fn scoped_tokens_keep_their_tenant_until_revoked(store: Arc<dyn Store>) {
+    let audit = || AuditEntry {
+        actor: "bootstrap".into(),
+        action: "tenant".into(),
+        target_id: Some("acme".into()),
+        detail: serde_json::json!({}),
+    };
+    let acme = crate::caller::Tenant {
+        name: "acme".into(),
+        created_at: Utc::now(),
+    };
+    store.create_tenant(acme, audit()).await.unwrap();
+    let mut insert = token_insert("acme-ops", Role::Operator);
+    insert.tenant = Some("acme".into());
+    let t = store.create_api_token(insert).await.unwrap();
+    assert_eq!(t.tenant.as_deref(), Some("acme"));
+    let found = store
+        .api_token_by_hash(&token_hash("secret-acme-ops"))
+        .await
+        .unwrap();
+    assert_eq!(found.and_then(|t| t.tenant).as_deref(), Some("acme"));
+    let mut nowhere = token_insert("nowhere", Role::Viewer);
+    nowhere.tenant = Some("nope".into());
+    assert!(
+        store.create_api_token(nowhere).await.is_err(),
+        "the tenant must exist"
+    );
+    assert!(matches!(
+        store.delete_tenant("acme", audit()).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    store.revoke_api_token(t.id).await.unwrap();
+    store.delete_tenant("acme", audit()).await.unwrap();
 }
 
 async fn audit_is_newest_first_paged_and_filtered(store: Arc<dyn Store>) {

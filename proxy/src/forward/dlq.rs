@@ -56,6 +56,7 @@ pub(crate) async fn hand_off(
         },
         provider_id: provider.id,
         provider: provider.name.clone(),
+        tenant: provider.tenant.clone(),
         method: req.method.as_str().to_owned(),
         path: inject::loggable_path(provider.auth.as_ref(), path_and_query),
         headers: caller_headers(req, provider),

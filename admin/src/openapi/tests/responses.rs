@@ -440,6 +440,7 @@ async fn every_operation_answers_what_the_document_says() {
         )
         .await,
     );
+    scoped_token(&app, &mut c, gw["id"].as_str().unwrap(), &caller_id).await;
     c.check(
         "deleteGrant",
         &app.send("DELETE", &format!("{grants}/{grant_id}"), b, None)
@@ -498,6 +499,12 @@ async fn every_operation_answers_what_the_document_says() {
         ("revokeToken", 404),
         ("listProviders", 401),
         ("listAudit", 400),
+        ("listAudit", 403),
+        ("createProvider", 403),
+        ("updateProvider", 403),
+        ("createTenant", 403),
+        ("getCaller", 404),
+        ("getGrant", 404),
     ];
     for (op, status) in expected_errors {
         assert!(
@@ -505,4 +512,135 @@ async fn every_operation_answers_what_the_document_says() {
             "{op} never answered {status}"
         );
     }
+}
+
+/// A token scoped to tenant `acme` (which exists): what it sees, what it may not do. It is
+/// revoked at the end and what it created deleted, so the tenant can go.
+async fn scoped_token(
+    app: &TestApp,
+    c: &mut Checker,
+    default_provider: &str,
+    default_caller: &str,
+) {
+    let b = Some(BOOTSTRAP);
+    let api = "/api/v1/integrations";
+    let tokens = format!("{api}/tokens");
+    let created = app
+        .send(
+            "POST",
+            &tokens,
+            b,
+            Some(json!({"name": "acme-admin", "role": "admin", "tenant": "acme"})),
+        )
+        .await;
+    c.check("createToken", &created);
+    assert_eq!(created.json()["tenant"], "acme");
+    let token_id = created.json()["id"].as_str().unwrap().to_owned();
+    let token = created.json()["token"].as_str().unwrap().to_owned();
+    let nowhere = json!({"name": "x", "role": "viewer", "tenant": "nope"});
+    let r = app.send("POST", &tokens, b, Some(nowhere)).await;
+    c.check("createToken", &r);
+    assert_eq!(
+        (r.status, r.json()["field"].as_str()),
+        (422, Some("tenant"))
+    );
+    c.check("listTokens", &app.send("GET", &tokens, b, None).await);
+
+    let s = Some(token.as_str());
+    let shared = json!({"name": "shared", "global": true, "hosts": ["api.shared.test"],
+                        "baseUrl": "https://api.shared.test"});
+    let shared = app.send("POST", P, b, Some(shared)).await;
+    c.check("createProvider", &shared);
+    let shared = format!("{P}/{}", shared.json()["id"].as_str().unwrap());
+    c.check("getProvider", &app.send("GET", &shared, s, None).await);
+    let r = app
+        .send("PATCH", &shared, s, Some(json!({"status": "disabled"})))
+        .await;
+    c.check("updateProvider", &r);
+    assert_eq!(r.status, 403);
+    let r = app
+        .send("GET", &format!("{P}/{default_provider}"), s, None)
+        .await;
+    c.check("getProvider", &r);
+    assert_eq!(r.status, 404);
+    let global = json!({"name": "g2", "global": true, "hosts": ["api.g2.test"],
+                        "baseUrl": "https://api.g2.test"});
+    c.check(
+        "createProvider",
+        &app.send("POST", P, s, Some(global)).await,
+    );
+    let own =
+        json!({"name": "acme-api", "hosts": ["api.acme.test"], "baseUrl": "https://api.acme.test"});
+    let own = app.send("POST", P, s, Some(own)).await;
+    c.check("createProvider", &own);
+    assert_eq!(own.json()["tenant"], "acme");
+    let listed = app.send("GET", P, s, None).await;
+    c.check("listProviders", &listed);
+    let names: Vec<String> = listed.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["shared", "acme-api"]);
+
+    c.check(
+        "createTenant",
+        &app.send(
+            "POST",
+            &format!("{api}/tenants"),
+            s,
+            Some(json!({"name": "x"})),
+        )
+        .await,
+    );
+    c.check(
+        "listTenants",
+        &app.send("GET", &format!("{api}/tenants"), s, None).await,
+    );
+    c.check(
+        "listAudit",
+        &app.send("GET", &format!("{api}/audit"), s, None).await,
+    );
+    c.check(
+        "listCallers",
+        &app.send("GET", &format!("{api}/callers"), s, None).await,
+    );
+    c.check(
+        "getCaller",
+        &app.send("GET", &format!("{api}/callers/{default_caller}"), s, None)
+            .await,
+    );
+    let grants = app
+        .send("GET", &format!("{api}/grants?tenant=default"), s, None)
+        .await;
+    c.check("listGrants", &grants);
+    assert_eq!(grants.json()["items"], json!([]));
+    let any_grant = app
+        .send("GET", &format!("{api}/grants"), b, None)
+        .await
+        .json();
+    let other = any_grant["items"][0]["id"].as_str().unwrap();
+    c.check(
+        "getGrant",
+        &app.send("GET", &format!("{api}/grants/{other}"), s, None)
+            .await,
+    );
+    c.check(
+        "listDlq",
+        &app.send("GET", &format!("{api}/dlq?tenant=default"), s, None)
+            .await,
+    );
+
+    let own = format!("{P}/{}", own.json()["id"].as_str().unwrap());
+    c.check("deleteProvider", &app.send("DELETE", &own, s, None).await);
+    c.check(
+        "deleteProvider",
+        &app.send("DELETE", &shared, b, None).await,
+    );
+    c.check(
+        "revokeToken",
+        &app.send("DELETE", &format!("{tokens}/{token_id}"), b, None)
+            .await,
+    );
 }

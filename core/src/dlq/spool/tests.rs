@@ -16,6 +16,7 @@ fn entry(vault: &Vault, body: &[u8]) -> SealedEntry {
         id: Ulid::new(),
         provider_id: Ulid::new(),
         provider: "p",
+        tenant: Some("default"),
         method: "POST",
         path: "/v1/charges",
         headers: &headers,
@@ -157,4 +158,21 @@ fn the_spool_is_private() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&spool_dir), 0o700);
     assert_eq!(mode(&spool_dir.join(format!("{:020}.seg", 1))), 0o600);
+}
+
+#[test]
+fn records_from_before_tenants_still_read() {
+    let vault = Vault::from_spec(&SecretString::new(KEYS)).unwrap();
+    let e = entry(&vault, b"{}");
+    let mut old = serde_json::to_value(&e).unwrap();
+    old.as_object_mut().unwrap().remove("tenant");
+    let back: SealedEntry = serde_json::from_value(old).unwrap();
+    assert_eq!(back.tenant, None);
+    assert_eq!(
+        SealedEntry {
+            tenant: e.tenant.clone(),
+            ..back
+        },
+        e
+    );
 }

@@ -25,6 +25,7 @@ fn call() -> FailedCall {
         id: Ulid::new(),
         provider_id: Ulid::new(),
         provider: "p".into(),
+        tenant: Some("default".into()),
         method: "POST".into(),
         path: "/v1/x".into(),
         headers: vec![("authorization".into(), "Bearer nope".into())],

@@ -162,6 +162,7 @@ async fn fail(
         id: dlq_id,
         provider_id: Ulid::from_string(&row.provider_id)?,
         provider: &row.provider,
+        tenant: row.tenant.as_deref(),
         method: &row.method,
         path: &row.path,
         headers: &headers,

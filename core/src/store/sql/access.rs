@@ -24,13 +24,14 @@ pub(super) async fn create_token(db: &Db, new: ApiTokenInsert) -> Result<ApiToke
         TokenRow,
         db,
         concat!(
-            "INSERT INTO api_tokens (id, name, role, token_hash, created_by, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING ",
+            "INSERT INTO api_tokens (id, name, role, tenant, token_hash, created_by, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING ",
             token_columns!()
         ),
         new.id.to_string(),
         &new.name,
         new.role.as_str(),
+        new.tenant.as_deref(),
         &new.hash,
         &new.created_by,
         row::now()

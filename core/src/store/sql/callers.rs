@@ -194,7 +194,9 @@ impl SqlStore {
             &mut tx,
             "SELECT (SELECT COUNT(*) FROM providers WHERE tenant = ? AND deleted_at IS NULL) \
              + (SELECT COUNT(*) FROM callers WHERE tenant = ?) \
-             + (SELECT COUNT(*) FROM grants WHERE tenant = ?)",
+             + (SELECT COUNT(*) FROM grants WHERE tenant = ?) \
+             + (SELECT COUNT(*) FROM api_tokens WHERE tenant = ? AND revoked_at IS NULL)",
+            name,
             name,
             name,
             name
@@ -203,14 +205,21 @@ impl SqlStore {
             return Err(StoreError::Conflict {
                 field: "name".into(),
                 message: format!(
-                    "tenant {name} still has providers, callers or grants; remove them first"
+                    "tenant {name} still has providers, callers, grants or API tokens; remove \
+                     (revoke) them first"
                 ),
             });
         }
-        // Soft-deleted providers keep their tenant for the audit trail; they must not block.
+        // Soft-deleted providers and revoked tokens must not block: they let go of the tenant
+        // (the audit trail still names it).
         tx_exec!(
             &mut tx,
             "UPDATE providers SET tenant = NULL WHERE tenant = ? AND deleted_at IS NOT NULL",
+            name
+        )?;
+        tx_exec!(
+            &mut tx,
+            "UPDATE api_tokens SET tenant = NULL WHERE tenant = ? AND revoked_at IS NOT NULL",
             name
         )?;
         let n = tx_exec!(&mut tx, "DELETE FROM tenants WHERE name = ?", name)?;

@@ -33,6 +33,16 @@ pub(super) async fn exercise(app: &TestApp, c: &mut Checker) {
     c.check("listDlq", &app.send("GET", DLQ, b, None).await);
     let filtered = format!("{DLQ}?limit=1&providerId={pid}&status=pending");
     c.check("listDlq", &app.send("GET", &filtered, b, None).await);
+    let mine = format!("{DLQ}?tenant=default&caller=nobody");
+    let r = app.send("GET", &mine, b, None).await;
+    c.check("listDlq", &r);
+    assert_eq!(r.json()["items"], json!([]));
+    let r = app
+        .send("GET", &format!("{DLQ}?tenant=default"), b, None)
+        .await;
+    c.check("listDlq", &r);
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 3);
+    assert_eq!(r.json()["items"][0]["tenant"], "default");
     c.check(
         "listDlq",
         &app.send("GET", &format!("{DLQ}?status=lost"), b, None)
