@@ -18,6 +18,10 @@ pub const CALLER: &str = "x-hub-caller";
 /// The hub's own calls (internal caller) name the provider they mean: two tenants may claim
 /// the same host. Honoured only from the internal caller; never forwarded.
 pub const PROVIDER_ID: &str = "x-hub-provider-id";
+/// The tenant of the authenticated caller, set by the hub on the request it handles (whatever
+/// a module sent is removed): DLQ entries and jobs of calls to global providers record it.
+/// Never forwarded.
+pub const TENANT: &str = "x-hub-tenant";
 /// A caller may lower the call's total budget, in milliseconds.
 pub const TIMEOUT_MS: &str = "x-hub-timeout-ms";
 /// The seed's marker on a breaker rejection.
@@ -48,6 +52,7 @@ pub const HUB_CONTROL: &[&str] = &[
     TIMEOUT_MS,
     CALLBACK_URL,
     PROVIDER_ID,
+    TENANT,
 ];
 
 /// Headers that carry credentials under their usual names: never stored (DLQ entries, jobs, call

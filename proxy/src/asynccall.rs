@@ -56,7 +56,10 @@ pub async fn accept(
     let job = NewJob {
         provider_id: provider.id,
         provider: provider.name.clone(),
-        tenant: provider.tenant.clone(),
+        tenant: provider
+            .tenant
+            .clone()
+            .or_else(|| header_value(hub_core::wire::TENANT)),
         method: req.method.as_str().to_owned(),
         path: inject::loggable_path(provider.auth.as_ref(), path_and_query),
         headers: caller_headers(req, provider)

@@ -351,3 +351,60 @@ fn check_live(caller: &CallerRecord, until: Option<DateTime<Utc>>) -> Result<(),
     }
     Ok(())
 }
+
+/// Ends a long-lived connection (a WebSocket, a passthrough tunnel) whose caller stops being
+/// valid: revoked, expired, deleted or re-keyed. It re-checks the identity whenever the registry
+/// installs a revision (so within the propagation bound of the change), and once a second for
+/// expiry.
+#[derive(Clone)]
+pub struct Revoker {
+    registry: Arc<crate::registry::Registry>,
+    gate: Gate,
+    identity: Identity,
+}
+
+impl std::fmt::Debug for Revoker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revoker")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Revoker {
+    /// Watches `identity` under `gate`; `None` when there is nothing to watch (anonymous or the
+    /// hub itself).
+    pub fn new(
+        registry: Arc<crate::registry::Registry>,
+        gate: Gate,
+        identity: Identity,
+    ) -> Option<Self> {
+        matches!(identity, Identity::Caller { .. }).then_some(Self {
+            registry,
+            gate,
+            identity,
+        })
+    }
+
+    /// Resolves once the identity is no longer valid; never, while it is.
+    pub async fn revoked(&self) {
+        let mut installed = self.registry.installed();
+        loop {
+            if self
+                .gate
+                .current(&self.registry.snapshot(), &self.identity)
+                .is_err()
+            {
+                return;
+            }
+            tokio::select! {
+                changed = installed.changed() => {
+                    if changed.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}

@@ -93,6 +93,8 @@ pub struct Call<'a> {
     pub path_and_query: &'a str,
     /// The request id.
     pub request_id: &'a str,
+    /// Watches the caller, for a connection that outlives the request (a WebSocket).
+    pub revoker: Option<crate::callers::Revoker>,
 }
 
 /// What a call did, for the access line and the span.

@@ -67,6 +67,8 @@ pub struct RequestCtx {
     trace: Option<TraceContext>,
     /// Who the call is made as, once authenticated.
     who: Option<Who>,
+    /// The identity it was authenticated as (kept for a WebSocket's revocation watch).
+    identity: Option<Identity>,
 }
 
 /// The hub's proxy logic.
@@ -249,7 +251,13 @@ impl HubProxy {
         // Who: the tunnel's caller, or (absolute-form) this request's own credential; checked
         // against the snapshot in force, so revocation reaches open tunnels.
         let who = match ctx.conn.as_ref().filter(|c| c.tunnel.is_some()) {
-            Some(conn) => self.gate.current(&snap, &conn.identity)?,
+            Some(conn) => {
+                let who = self.gate.current(&snap, &conn.identity)?;
+                if who.caller.is_some() {
+                    ctx.identity = Some(conn.identity.clone());
+                }
+                who
+            }
             None => {
                 let credential = session
                     .req_header()
@@ -257,7 +265,11 @@ impl HubProxy {
                     .get(hub_core::wire::PROXY_AUTHORIZATION)
                     .map(http::HeaderValue::as_bytes);
                 let identity = self.gate.authenticate(&snap, credential)?;
-                self.gate.current(&snap, &identity)?
+                let who = self.gate.current(&snap, &identity)?;
+                if who.caller.is_some() {
+                    ctx.identity = Some(identity);
+                }
+                who
             }
         };
         let in_tunnel = ctx.tunnel().is_some();
@@ -298,11 +310,20 @@ impl HubProxy {
             ));
         }
         if let Some(caller) = &who.caller {
-            // The DLQ entry and the job name the authenticated caller, never a claimed one.
+            // The DLQ entry and the job name the authenticated caller (and its tenant, for a
+            // global provider's), never a claimed one.
+            let req = session.req_header_mut();
+            req.insert_header(hub_core::wire::CALLER, caller.name.as_str())
+                .and_then(|()| req.insert_header(hub_core::wire::TENANT, caller.tenant.as_str()))
+                .map_err(|_| Problem::bad_request("caller name is not a header value"))?;
+        } else if session
+            .req_header()
+            .headers
+            .contains_key(hub_core::wire::TENANT)
+        {
             session
                 .req_header_mut()
-                .insert_header(hub_core::wire::CALLER, caller.name.as_str())
-                .map_err(|_| Problem::bad_request("caller name is not a header value"))?;
+                .remove_header(hub_core::wire::TENANT);
         }
         if let Some(grant) = grant {
             self.forwarder
@@ -357,6 +378,7 @@ impl ProxyHttp for HubProxy {
             problem_code: None,
             trace: None,
             who: None,
+            identity: None,
         }
     }
 
@@ -433,11 +455,24 @@ impl ProxyHttp for HubProxy {
                 ctx.upstream_started = Some(Instant::now());
                 // Boxed: the call's future is large, and moving it into this one (and into an
                 // `Instrumented`) was a measurable share of memcpy per request.
+                // A WebSocket outlives its request: it ends when its caller is revoked.
+                let revoker = if crate::forward::is_websocket(session.req_header()) {
+                    ctx.identity.clone().and_then(|identity| {
+                        crate::callers::Revoker::new(
+                            self.registry.clone(),
+                            self.gate.clone(),
+                            identity,
+                        )
+                    })
+                } else {
+                    None
+                };
                 let call = Call {
                     provider: &provider,
                     addr,
                     path_and_query: &ctx.path_and_query,
                     request_id: &rid,
+                    revoker,
                 };
                 let call = Box::pin(self.forwarder.call(session, &call, &mut ctx.call));
                 let r = if span.is_disabled() {

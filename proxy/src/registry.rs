@@ -316,6 +316,9 @@ pub struct Registry {
     store_state: AtomicU8,
     /// Unix ms when the store last confirmed the revision in force.
     confirmed_at_ms: AtomicI64,
+    /// The revision in force, announced on every install (long-lived connections re-check
+    /// their caller when it moves: see `callers::Revoker`).
+    installed: tokio::sync::watch::Sender<i64>,
 }
 
 fn unix_ms() -> i64 {
@@ -338,6 +341,7 @@ impl Registry {
             source: AtomicU8::new(RegistrySource::None as u8),
             store_state: AtomicU8::new(StoreState::Unknown as u8),
             confirmed_at_ms: AtomicI64::new(0),
+            installed: tokio::sync::watch::channel(-1).0,
         }
     }
 
@@ -382,12 +386,12 @@ impl Registry {
             .into_iter()
             .filter_map(|r| self.build_provider(&old, r))
             .collect();
-        self.current.store(Arc::new(Snapshot::with_callers(
+        self.install(Snapshot::with_callers(
             snap.revision,
             built,
             snap.callers,
             snap.grants,
-        )));
+        ));
         self.confirmed_at_ms
             .store(snap.confirmed_at_ms, Ordering::Relaxed);
         self.source
@@ -434,6 +438,17 @@ impl Registry {
             StoreState::Unavailable
         };
         self.store_state.store(state as u8, Ordering::Relaxed);
+    }
+
+    /// Announces each installed revision.
+    pub fn installed(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.installed.subscribe()
+    }
+
+    fn install(&self, snap: Snapshot) {
+        let revision = snap.revision;
+        self.current.store(Arc::new(snap));
+        self.installed.send_replace(revision);
     }
 
     /// The current snapshot (cheap: an atomic load).
@@ -494,9 +509,7 @@ impl Registry {
             .into_iter()
             .filter_map(|r| self.build_provider(&old, r))
             .collect();
-        self.current.store(Arc::new(Snapshot::with_callers(
-            revision, built, callers, grants,
-        )));
+        self.install(Snapshot::with_callers(revision, built, callers, grants));
         self.confirmed_at_ms.store(asked_at, Ordering::Relaxed);
         self.source
             .store(RegistrySource::Store as u8, Ordering::Relaxed);

@@ -668,7 +668,10 @@ impl ProxyServer {
             }
         };
         if provider.config.tls == TlsMode::Passthrough {
-            self.passthrough(stream, peer, &target, &provider).await;
+            let revoker =
+                crate::callers::Revoker::new(self.registry.clone(), self.gate.clone(), identity);
+            self.passthrough(stream, peer, &target, &provider, revoker)
+                .await;
             return;
         }
         let Some(tls) = establish(stream, &self.acceptor, peer, &target).await else {

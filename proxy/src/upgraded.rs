@@ -42,6 +42,8 @@ pub enum End {
     Shutdown,
     /// A read or write failed.
     Error,
+    /// Its caller was revoked, expired or re-keyed (see `callers::Revoker`).
+    Revoked,
 }
 
 impl End {
@@ -52,6 +54,7 @@ impl End {
             Self::IdleTimeout => "idle_timeout",
             Self::Shutdown => "shutdown",
             Self::Error => "error",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -82,6 +85,21 @@ impl Drain {
         let mut rx = self.0.subscribe();
         let _ = rx.wait_for(|draining| *draining).await;
         tokio::time::sleep(DRAIN_GRACE).await;
+    }
+}
+
+/// What ends a long-lived connection from outside: the proxy's drain ([`End::Shutdown`]) or its
+/// caller's revocation ([`End::Revoked`]); never resolves while neither happens.
+pub async fn stopped(drain: &Drain, revoker: Option<&crate::callers::Revoker>) -> End {
+    let revoked = async {
+        match revoker {
+            Some(r) => r.revoked().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = drain.ended() => End::Shutdown,
+        () = revoked => End::Revoked,
     }
 }
 
@@ -193,6 +211,7 @@ pub async fn relay_streams<M, P>(
     provider: P,
     idle: std::time::Duration,
     drain: Drain,
+    revoker: Option<crate::callers::Revoker>,
 ) -> Relayed
 where
     M: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send,
@@ -247,7 +266,7 @@ where
     let end = tokio::select! {
         r = both => if r.is_ok() { End::Closed } else { End::Error },
         () = watchdog => End::IdleTimeout,
-        () = drain.ended() => End::Shutdown,
+        end = stopped(&drain, revoker.as_ref()) => end,
     };
     Relayed {
         end,
@@ -312,7 +331,7 @@ mod relay_tests {
         let (module, mut module_end) = duplex(64);
         let (provider, mut provider_end) = duplex(64);
         let drain = Drain::default();
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE, drain.clone()));
+        let relay = tokio::spawn(relay_streams(module, provider, IDLE, drain.clone(), None));
         tokio::time::sleep(Duration::from_secs(3)).await;
         let started = Instant::now();
         drain.start();
@@ -334,7 +353,13 @@ mod relay_tests {
     async fn bytes_go_both_ways_and_a_half_close_reaches_the_other_side() {
         let (module, mut module_end) = duplex(64);
         let (provider, mut provider_end) = duplex(64);
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
+        let relay = tokio::spawn(relay_streams(
+            module,
+            provider,
+            IDLE,
+            Drain::default(),
+            None,
+        ));
         // More than the duplex buffer: the relay has to keep pumping.
         let request = vec![7u8; 1000];
         let mut got = Vec::new();
@@ -376,7 +401,7 @@ mod relay_tests {
         let (module, _module_end) = duplex(64);
         let (provider, _provider_end) = duplex(64);
         let start = Instant::now();
-        let r = relay_streams(module, provider, IDLE, Drain::default()).await;
+        let r = relay_streams(module, provider, IDLE, Drain::default(), None).await;
         assert_eq!(r.end, End::IdleTimeout);
         assert_eq!(start.elapsed(), IDLE);
         assert_eq!((r.to_provider, r.to_module), (0, 0));
@@ -387,7 +412,13 @@ mod relay_tests {
         let (module, mut module_end) = duplex(64);
         let (provider, mut provider_end) = duplex(64);
         let start = Instant::now();
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
+        let relay = tokio::spawn(relay_streams(
+            module,
+            provider,
+            IDLE,
+            Drain::default(),
+            None,
+        ));
         let mut byte = [0u8; 1];
         // A byte every 0.6 × idle, alternating directions, for 3 × idle in all.
         for i in 0..5 {
@@ -421,7 +452,13 @@ mod relay_tests {
         // The provider never reads: its 16-byte buffer fills and the relay's write blocks.
         let (provider, _provider_end) = duplex(16);
         let start = Instant::now();
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
+        let relay = tokio::spawn(relay_streams(
+            module,
+            provider,
+            IDLE,
+            Drain::default(),
+            None,
+        ));
         module_end.write_all(&[1u8; 48]).await.unwrap();
         let r = relay.await.unwrap();
         assert_eq!(r.end, End::IdleTimeout);
@@ -433,7 +470,13 @@ mod relay_tests {
         let (module, mut module_end) = duplex(64);
         let (provider, provider_end) = duplex(64);
         let start = Instant::now();
-        let relay = tokio::spawn(relay_streams(module, provider, IDLE, Drain::default()));
+        let relay = tokio::spawn(relay_streams(
+            module,
+            provider,
+            IDLE,
+            Drain::default(),
+            None,
+        ));
         drop(provider_end);
         // The provider is gone: the relay's next write to it fails.
         let _ = module_end.write_all(b"into the void").await;

@@ -629,3 +629,115 @@ setTimeout(() => { console.error('timeout'); process.exit(2); }, 10000);
     assert_eq!(lines[0]["status"], 101, "{:?}", lines[0]);
     assert_eq!(lines[0]["cut"], "", "{:?}", lines[0]);
 }
+
+/// A WebSocket outlives the request that opened it: revoking its caller ends it (and a
+/// passthrough tunnel likewise) within the registry propagation bound, with `revoked` in the
+/// access line.
+#[tokio::test]
+async fn revoking_the_caller_ends_its_open_websocket() {
+    let pki = TestPki::new();
+    let Some(hub) = hub_tests::harness::HubBuilder::new(Backend::Sqlite, &pki)
+        .configure(|c| c.proxy.callers = hub_core::config::CallersMode::Required)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let p = WsProvider::start(Some(pki.server_config.clone())).await;
+    let rec = hub
+        .add_provider(provider("ws-revoke", "ws.revoke.test", &p, json!({})))
+        .await;
+    let token = hub_core::caller::new_caller_token();
+    let now = chrono::Utc::now();
+    let mut caller = hub_core::caller::CallerRecord {
+        id: ulid::Ulid::new(),
+        name: "streamer".into(),
+        tenant: hub_core::caller::DEFAULT_TENANT.into(),
+        groups: Vec::new(),
+        token_hash: Some(hub_core::access::token_hash(&token)),
+        service_account: None,
+        expires_at: None,
+        revoked_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let audit = |action: &str| hub_core::access::AuditEntry {
+        actor: "test".into(),
+        action: action.into(),
+        target_id: None,
+        detail: json!({}),
+    };
+    hub.store
+        .put_caller(caller.clone(), true, audit("caller.create"))
+        .await
+        .unwrap();
+    let grant = hub_core::caller::GrantRecord {
+        id: ulid::Ulid::new(),
+        tenant: caller.tenant.clone(),
+        subject: hub_core::caller::Subject::Caller(caller.id),
+        provider_id: rec.id,
+        methods: hub_core::caller::Methods::Any,
+        paths: vec![hub_core::caller::PathPattern::parse("/**").unwrap()],
+        limits: hub_core::caller::GrantLimits::default(),
+        created_at: now,
+        updated_at: now,
+    };
+    hub.store
+        .put_grant(grant, true, audit("grant.create"))
+        .await
+        .unwrap();
+    hub.sync().await;
+    // CONNECT with the caller's credential, then the WebSocket handshake inside.
+    let mut tcp = TcpStream::connect(hub.proxy_addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "CONNECT ws.revoke.test:443 HTTP/1.1\r\nHost: ws.revoke.test:443\r\n\
+             Proxy-Authorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tcp.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let tls = tokio_rustls::TlsConnector::from(hub_tests::client::hub_tls_config(&hub))
+        .connect(
+            rustls::pki_types::ServerName::try_from("ws.revoke.test").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut ws, resp) = client_async("wss://ws.revoke.test/echo", tls)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("before")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
+
+    caller.revoked_at = Some(chrono::Utc::now());
+    hub.store
+        .put_caller(caller, false, audit("caller.revoke"))
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    // No sync: the proxy's poller installs the revision (100 ms on SQLite here).
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the WebSocket of a revoked caller is ended");
+    assert!(
+        revoked.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        revoked.elapsed()
+    );
+    let lines = access_lines("ws-revoke", 1).await;
+    assert_eq!(lines[0]["cut"], "revoked", "{}", lines[0]);
+    assert_eq!(lines[0]["caller"], "streamer");
+}

@@ -56,7 +56,13 @@ pub(crate) async fn hand_off(
         },
         provider_id: provider.id,
         provider: provider.name.clone(),
-        tenant: provider.tenant.clone(),
+        // A global provider's entry belongs to the calling caller's tenant (set by the hub).
+        tenant: provider.tenant.clone().or_else(|| {
+            req.headers
+                .get(hub_core::wire::TENANT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        }),
         method: req.method.as_str().to_owned(),
         path: inject::loggable_path(provider.auth.as_ref(), path_and_query),
         headers: caller_headers(req, provider),

@@ -483,6 +483,10 @@ impl Forwarder {
                         grpc_status::UNAVAILABLE,
                         "upstream_failed: the hub is stopping",
                     ),
+                    Cut::Revoked => (
+                        grpc_status::UNAUTHENTICATED,
+                        "caller_unauthenticated: the caller credential is no longer valid",
+                    ),
                 };
                 if cut != Cut::CallerGone {
                     let _ = session

@@ -137,6 +137,7 @@ async fn run(
     let mut session = Session::new_h1(Box::new(hub_end));
     assert!(session.read_request().await.unwrap());
     let call = Call {
+        revoker: None,
         provider: p,
         addr: "127.0.0.1:80".parse().unwrap(),
         path_and_query: "/v1/x",

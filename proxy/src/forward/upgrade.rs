@@ -136,7 +136,15 @@ impl Forwarder {
         let (end, cut) = {
             let mut module = Module(session);
             let mut provider_side = Provider(&mut up);
-            pump(&mut module, &mut provider_side, idle, &slot, &self.drain).await
+            pump(
+                &mut module,
+                &mut provider_side,
+                idle,
+                &slot,
+                &self.drain,
+                call.revoker.as_ref(),
+            )
+            .await
         };
         slot.ended(end);
         report.cut = cut;
@@ -286,14 +294,15 @@ pub(crate) async fn pump(
     idle: Duration,
     slot: &Slot,
     drain: &crate::upgraded::Drain,
+    revoker: Option<&crate::callers::Revoker>,
 ) -> (End, Option<Cut>) {
     enum Got {
         FromModule(pingora::Result<Option<Bytes>>),
         FromProvider(pingora::Result<Option<Bytes>>),
         Idle,
-        Shutdown,
+        Stopped(End),
     }
-    let shutdown = drain.ended();
+    let shutdown = crate::upgraded::stopped(drain, revoker);
     tokio::pin!(shutdown);
     let silence = tokio::time::sleep(idle);
     tokio::pin!(silence);
@@ -302,13 +311,18 @@ pub(crate) async fn pump(
             r = module.read() => Got::FromModule(unclean_eof_is_end(r)),
             r = provider.read() => Got::FromProvider(unclean_eof_is_end(r)),
             () = &mut silence => Got::Idle,
-            () = &mut shutdown => Got::Shutdown,
+            end = &mut shutdown => Got::Stopped(end),
         };
         match got {
-            Got::Shutdown => {
+            Got::Stopped(end) => {
                 module.close().await;
                 provider.close().await;
-                return (End::Shutdown, Some(Cut::Shutdown));
+                let cut = if end == End::Revoked {
+                    Cut::Revoked
+                } else {
+                    Cut::Shutdown
+                };
+                return (end, Some(cut));
             }
             Got::Idle => {
                 module.close().await;
@@ -439,7 +453,7 @@ mod tests {
         };
         let drain = crate::upgraded::Drain::default();
         let (end, cut) = tokio::select! {
-            r = pump(&mut module, &mut provider, idle, &slot, &drain) => r,
+            r = pump(&mut module, &mut provider, idle, &slot, &drain, None) => r,
             () = driver => unreachable!("the relay ends first"),
         };
         assert_eq!((end, cut), (End::IdleTimeout, Some(Cut::IdleTimeout)));
@@ -470,6 +484,7 @@ mod tests {
             Duration::from_secs(10),
             &slot,
             &drain,
+            None,
         )
         .await;
         assert_eq!((end, cut), (End::Closed, None));

@@ -336,6 +336,8 @@ pub enum Cut {
     CallerGone,
     /// The proxy stopped (an upgraded connection, closed after the drain's grace).
     Shutdown,
+    /// The caller's credential stopped being valid (an upgraded connection).
+    Revoked,
 }
 
 impl Cut {
@@ -347,6 +349,7 @@ impl Cut {
             Self::UpstreamError => "upstream_error",
             Self::CallerGone => "caller_gone",
             Self::Shutdown => "shutdown",
+            Self::Revoked => "revoked",
         }
     }
 }

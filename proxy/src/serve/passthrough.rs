@@ -41,6 +41,7 @@ impl ProxyServer {
         peer: SocketAddr,
         target: &TunnelTarget,
         provider: &Provider,
+        revoker: Option<crate::callers::Revoker>,
     ) {
         let started = Instant::now();
         let request_id = crate::hygiene::new_uuid();
@@ -75,6 +76,7 @@ impl ProxyServer {
             upstream,
             provider.config.upgraded_idle_timeout(),
             self.drain.clone(),
+            revoker,
         )
         .await;
         slot.count_bytes("to_provider", relayed.to_provider);
@@ -162,6 +164,7 @@ impl Line<'_> {
             Some(End::IdleTimeout) => "idle_timeout",
             Some(End::Error) => "error",
             Some(End::Shutdown) => "shutdown",
+            Some(End::Revoked) => "revoked",
             Some(End::Closed) | None => "",
         };
         tracing::info!(
