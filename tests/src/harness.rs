@@ -391,6 +391,54 @@ impl TestHub {
         rec
     }
 
+    /// A caller named `name` in the default tenant with a grant of every method and path on
+    /// `provider`, written to the store as the admin API would (and applied now); returns the
+    /// caller and its token.
+    pub async fn caller_granted_everything(
+        &self,
+        name: &str,
+        provider: hub_core::provider::ProviderId,
+    ) -> (hub_core::caller::CallerRecord, String) {
+        use hub_core::caller::{
+            CallerRecord, DEFAULT_TENANT, GrantLimits, GrantRecord, Methods, PathPattern, Subject,
+        };
+        let token = hub_core::caller::new_caller_token();
+        let now = chrono::Utc::now();
+        let caller = CallerRecord {
+            id: ulid::Ulid::new(),
+            name: name.to_owned(),
+            tenant: DEFAULT_TENANT.into(),
+            groups: Vec::new(),
+            token_hash: Some(hub_core::access::token_hash(&token)),
+            service_account: None,
+            expires_at: None,
+            revoked_at: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .put_caller(caller.clone(), true, test_audit("caller.create"))
+            .await
+            .unwrap();
+        let grant = GrantRecord {
+            id: ulid::Ulid::new(),
+            tenant: caller.tenant.clone(),
+            subject: Subject::Caller(caller.id),
+            provider_id: provider,
+            methods: Methods::Any,
+            paths: vec![PathPattern::parse("/**").unwrap()],
+            limits: GrantLimits::default(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .put_grant(grant, true, test_audit("grant.create"))
+            .await
+            .unwrap();
+        self.sync().await;
+        (caller, token)
+    }
+
     /// Applies store changes to the proxy now (instead of waiting for the poller).
     pub async fn sync(&self) {
         self.registry.refresh().await.unwrap();
@@ -415,5 +463,15 @@ impl TestHub {
 impl Drop for TestHub {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+    }
+}
+
+/// An audit entry for a change a test writes straight into the store.
+pub fn test_audit(action: &str) -> hub_core::access::AuditEntry {
+    hub_core::access::AuditEntry {
+        actor: "test".into(),
+        action: action.into(),
+        target_id: None,
+        detail: serde_json::json!({}),
     }
 }

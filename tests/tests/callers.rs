@@ -64,6 +64,25 @@ impl Admin {
         v
     }
 
+    /// A caller in the default tenant with one grant on `provider`, applied to the proxy now.
+    async fn granted(
+        &self,
+        hub: &TestHub,
+        name: &str,
+        provider: &str,
+        methods: Value,
+        paths: Value,
+    ) -> (String, String) {
+        let (id, token) = self.caller(name, "default", &[]).await;
+        self.post(
+            "/grants",
+            json!({"caller": id, "provider": provider, "methods": methods, "paths": paths}),
+        )
+        .await;
+        hub.sync().await;
+        (id, token)
+    }
+
     /// A caller in `tenant` with its token.
     async fn caller(&self, name: &str, tenant: &str, groups: &[&str]) -> (String, String) {
         let v = self
@@ -185,14 +204,9 @@ async fn basic_and_bearer_caller_credentials_and_407_for_the_rest() {
                 provider_json("pay", "pay.fake.test", &f, "sk_PROVIDER_SECRET", "default"),
             )
             .await;
-        let (id, token) = admin.caller("billing", "default", &[]).await;
-        admin
-            .post(
-                "/grants",
-                json!({"caller": id, "provider": "pay", "methods": ["GET"], "paths": ["/v1/**"]}),
-            )
+        let (_, token) = admin
+            .granted(&hub, "billing", "pay", json!(["GET"]), json!(["/v1/**"]))
             .await;
-        hub.sync().await;
         let url = format!("https://pay.fake.test:{}/v1/charges", f.port);
 
         // Basic, from the proxy URL (what HTTPS_PROXY=http://billing:<token>@hub gives).
@@ -311,14 +325,15 @@ async fn the_same_forbidden_request_is_refused_the_same_on_every_way_in() {
                 provider_json("pay", "pay.fake.test", &f, "sk_PAY", "default"),
             )
             .await;
-        let (id, token) = admin.caller("billing", "default", &[]).await;
-        admin
-            .post(
-                "/grants",
-                json!({"caller": id, "provider": "pay", "methods": ["GET"], "paths": ["/v1/charges"]}),
+        let (_, token) = admin
+            .granted(
+                &hub,
+                "billing",
+                "pay",
+                json!(["GET"]),
+                json!(["/v1/charges"]),
             )
             .await;
-        hub.sync().await;
         let bearer = format!("Bearer {token}");
         let forbidden = "GET /v1/refunds HTTP/1.1\r\nHost: pay.fake.test\r\n\r\n";
         let mut answers: Vec<(&str, u16, Value)> = Vec::new();
@@ -564,14 +579,9 @@ async fn revoking_a_caller_cuts_its_open_tunnel_within_two_seconds() {
                 provider_json("pay", "pay.fake.test", &f, "sk_PAY", "default"),
             )
             .await;
-        let (id, token) = admin.caller("billing", "default", &[]).await;
-        admin
-            .post(
-                "/grants",
-                json!({"caller": id, "provider": "pay", "methods": ["GET"], "paths": ["/**"]}),
-            )
+        let (id, token) = admin
+            .granted(&hub, "billing", "pay", json!(["GET"]), json!(["/**"]))
             .await;
-        hub.sync().await;
         let mut tls = tunnel(
             &hub,
             "pay.fake.test",

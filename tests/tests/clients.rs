@@ -446,46 +446,7 @@ async fn real_clients_send_the_caller_credential_from_their_proxy_settings() {
             json!({"type": "bearer", "token": "clients_secret_token"}),
         ))
         .await;
-    let token = hub_core::caller::new_caller_token();
-    let now = chrono::Utc::now();
-    let caller = hub_core::caller::CallerRecord {
-        id: ulid::Ulid::new(),
-        name: "billing".into(),
-        tenant: hub_core::caller::DEFAULT_TENANT.into(),
-        groups: Vec::new(),
-        token_hash: Some(hub_core::access::token_hash(&token)),
-        service_account: None,
-        expires_at: None,
-        revoked_at: None,
-        created_at: now,
-        updated_at: now,
-    };
-    let audit = |action: &str| hub_core::access::AuditEntry {
-        actor: "test".into(),
-        action: action.into(),
-        target_id: None,
-        detail: json!({}),
-    };
-    hub.store
-        .put_caller(caller.clone(), true, audit("caller.create"))
-        .await
-        .unwrap();
-    let grant = hub_core::caller::GrantRecord {
-        id: ulid::Ulid::new(),
-        tenant: caller.tenant.clone(),
-        subject: hub_core::caller::Subject::Caller(caller.id),
-        provider_id: provider.id,
-        methods: hub_core::caller::Methods::Any,
-        paths: vec![hub_core::caller::PathPattern::parse("/**").unwrap()],
-        limits: hub_core::caller::GrantLimits::default(),
-        created_at: now,
-        updated_at: now,
-    };
-    hub.store
-        .put_grant(grant, true, audit("grant.create"))
-        .await
-        .unwrap();
-    hub.sync().await;
+    let (_, token) = hub.caller_granted_everything("billing", provider.id).await;
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &hub.ca_pem).unwrap();

@@ -647,46 +647,7 @@ async fn revoking_the_caller_ends_its_open_websocket() {
     let rec = hub
         .add_provider(provider("ws-revoke", "ws.revoke.test", &p, json!({})))
         .await;
-    let token = hub_core::caller::new_caller_token();
-    let now = chrono::Utc::now();
-    let mut caller = hub_core::caller::CallerRecord {
-        id: ulid::Ulid::new(),
-        name: "streamer".into(),
-        tenant: hub_core::caller::DEFAULT_TENANT.into(),
-        groups: Vec::new(),
-        token_hash: Some(hub_core::access::token_hash(&token)),
-        service_account: None,
-        expires_at: None,
-        revoked_at: None,
-        created_at: now,
-        updated_at: now,
-    };
-    let audit = |action: &str| hub_core::access::AuditEntry {
-        actor: "test".into(),
-        action: action.into(),
-        target_id: None,
-        detail: json!({}),
-    };
-    hub.store
-        .put_caller(caller.clone(), true, audit("caller.create"))
-        .await
-        .unwrap();
-    let grant = hub_core::caller::GrantRecord {
-        id: ulid::Ulid::new(),
-        tenant: caller.tenant.clone(),
-        subject: hub_core::caller::Subject::Caller(caller.id),
-        provider_id: rec.id,
-        methods: hub_core::caller::Methods::Any,
-        paths: vec![hub_core::caller::PathPattern::parse("/**").unwrap()],
-        limits: hub_core::caller::GrantLimits::default(),
-        created_at: now,
-        updated_at: now,
-    };
-    hub.store
-        .put_grant(grant, true, audit("grant.create"))
-        .await
-        .unwrap();
-    hub.sync().await;
+    let (mut caller, token) = hub.caller_granted_everything("streamer", rec.id).await;
     // CONNECT with the caller's credential, then the WebSocket handshake inside.
     let mut tcp = TcpStream::connect(hub.proxy_addr).await.unwrap();
     tcp.write_all(
@@ -717,7 +678,11 @@ async fn revoking_the_caller_ends_its_open_websocket() {
 
     caller.revoked_at = Some(chrono::Utc::now());
     hub.store
-        .put_caller(caller, false, audit("caller.revoke"))
+        .put_caller(
+            caller,
+            false,
+            hub_tests::harness::test_audit("caller.revoke"),
+        )
         .await
         .unwrap();
     let revoked = Instant::now();
