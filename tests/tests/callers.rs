@@ -191,11 +191,13 @@ fn access_lines(code: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn basic_and_bearer_caller_credentials_and_407_for_the_rest() {
+    let mut calls_per_backend_so_far = 0;
     for backend in BACKENDS {
         let pki = TestPki::new();
         let Some(hub) = hub(backend, &pki).await else {
             continue;
         };
+        calls_per_backend_so_far += 1;
         let admin = Admin::new(&hub);
         let f = FakeProvider::start(Some(pki.server_config.clone())).await;
         admin
@@ -205,12 +207,18 @@ async fn basic_and_bearer_caller_credentials_and_407_for_the_rest() {
             )
             .await;
         let (_, token) = admin
-            .granted(&hub, "billing", "pay", json!(["GET"]), json!(["/v1/**"]))
+            .granted(
+                &hub,
+                "bearer-billing",
+                "pay",
+                json!(["GET"]),
+                json!(["/v1/**"]),
+            )
             .await;
         let url = format!("https://pay.fake.test:{}/v1/charges", f.port);
 
         // Basic, from the proxy URL (what HTTPS_PROXY=http://billing:<token>@hub gives).
-        let resp = module(&hub, "billing", &token)
+        let resp = module(&hub, "bearer-billing", &token)
             .get(&url)
             .send()
             .await
@@ -243,7 +251,7 @@ async fn basic_and_bearer_caller_credentials_and_407_for_the_rest() {
         // No credential, a wrong token, a right token under another caller's name: 407.
         for credential in [
             None,
-            Some(basic("billing", "hubc_wrong")),
+            Some(basic("bearer-billing", "hubc_wrong")),
             Some(basic("someone-else", &token)),
             Some("Bearer hubc_wrong".to_owned()),
             Some("Digest abc".to_owned()),
@@ -281,6 +289,7 @@ async fn basic_and_bearer_caller_credentials_and_407_for_the_rest() {
             )
             .await;
         hub.sync().await;
+        let anonymous_before = caller_count(&hub, "anonymous", "unrouted", "407").await;
         let anon = hub_tests::client::client(&hub);
         let (status, body) = problem(
             anon.get(format!("http://plain.fake.test:{}/x", plain.port))
@@ -295,6 +304,25 @@ async fn basic_and_bearer_caller_credentials_and_407_for_the_rest() {
         );
         assert_eq!(plain.requests().len(), 0);
 
+        // The caller-labelled counter (process-wide: both backends' hubs add to it).
+        assert_eq!(
+            caller_count(&hub, "bearer-billing", "pay", "200").await,
+            2 * calls_per_backend_so_far,
+            "{backend:?}"
+        );
+        assert_eq!(
+            caller_count(&hub, "anonymous", "unrouted", "407").await - anonymous_before,
+            1,
+            "{backend:?}"
+        );
+
+        let metrics = reqwest::get(format!("http://{}/metrics", hub.metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(!metrics.contains(&token), "nor in metrics");
         let logs = hub_tests::logs::contents();
         assert!(!logs.contains(&token), "the caller token is never logged");
         assert!(!logs.contains("sk_PROVIDER_SECRET"));
@@ -1214,4 +1242,24 @@ async fn a_provider_may_refuse_a_callers_own_credential_instead_of_replacing_it(
             Some("Bearer sk_STRICT")
         );
     }
+}
+
+/// `integration_caller_requests_total` for a caller, provider and code (summed over tenants).
+async fn caller_count(hub: &TestHub, caller: &str, provider: &str, code: &str) -> u64 {
+    let metrics = reqwest::get(format!("http://{}/metrics", hub.metrics_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("integration_caller_requests_total{"))
+        .filter(|l| {
+            l.contains(&format!("caller=\"{caller}\""))
+                && l.contains(&format!("provider=\"{provider}\""))
+                && l.contains(&format!("code=\"{code}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
