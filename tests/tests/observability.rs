@@ -233,13 +233,14 @@ async fn call_spans_are_exported_over_otlp_in_the_callers_trace() {
         return;
     };
     let f = FakeProvider::start(Some(pki.server_config.clone())).await;
-    hub.add_provider(provider_json(
-        "otel",
-        "api.otel.test",
-        &f,
-        json!({"type": "query", "name": "key", "value": "otel_SECRET"}),
-    ))
-    .await;
+    let otel = hub
+        .add_provider(provider_json(
+            "otel",
+            "api.otel.test",
+            &f,
+            json!({"type": "query", "name": "key", "value": "otel_SECRET"}),
+        ))
+        .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let resp = client(&hub)
         .get(format!("https://api.otel.test:{}/v1/x?key=dummy", f.port))
@@ -283,4 +284,38 @@ async fn call_spans_are_exported_over_otlp_in_the_callers_trace() {
         !text.contains("otel_SECRET"),
         "a credential in an exported span"
     );
+
+    // A caller's call: the span names the caller and its tenant (never its token).
+    let (_, token) = hub.caller_granted_everything("otel-caller", otel.id).await;
+    let module = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(hub.ca_pem.as_bytes()).unwrap())
+        .proxy(
+            reqwest::Proxy::all(format!("http://otel-caller:{token}@{}", hub.proxy_addr)).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let resp = module
+        .get(format!("https://api.otel.test:{}/v1/y", f.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let exported = loop {
+        let text: String = collector
+            .requests()
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+            .collect();
+        if text.contains("otel-caller") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exported.contains("\"hub.caller\""), "{exported}");
+    assert!(exported.contains("otel-caller"), "{exported}");
+    assert!(exported.contains("\"hub.tenant\""), "{exported}");
+    assert!(!exported.contains(&token));
 }
