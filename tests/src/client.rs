@@ -197,3 +197,33 @@ pub async fn h2_module(
     });
     send
 }
+
+/// `NODE_PATH` holding the global Node modules when node can `require` every one of `modules`
+/// there (`.ci/run` installs `ws` and `https-proxy-agent` globally), or `None`: a skip here, a
+/// failure under `CI=true`.
+pub fn node_path_with(modules: &[&str]) -> Option<String> {
+    use std::process::Command;
+    let root = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let script: String = modules.iter().map(|m| format!("require('{m}');")).collect();
+    let ok = root.as_ref().is_some_and(|root| {
+        Command::new("node")
+            .args(["-e", &script])
+            .env("NODE_PATH", root)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if !ok {
+        assert!(
+            std::env::var("CI").is_err(),
+            "node with {modules:?} is missing: .ci/run installs them"
+        );
+        println!("SKIPPED: node or one of {modules:?} is not installed");
+        return None;
+    }
+    root
+}

@@ -522,7 +522,7 @@ async fn real_clients_send_the_caller_credential_from_their_proxy_settings() {
         );
         expected += 1;
     }
-    if let Some(node_path) = node_modules() {
+    if let Some(node_path) = hub_tests::client::node_path_with(&["https-proxy-agent"]) {
         // https-proxy-agent sends the URL's user:token as Basic on the CONNECT.
         let script = r#"
 const fs = require('fs'), https = require('https');
@@ -558,31 +558,4 @@ https.get(url, { agent, ca: fs.readFileSync(ca) }, (res) => {
         );
     }
     assert!(!hub_tests::logs::contents().contains(&token));
-}
-
-/// `NODE_PATH` holding `https-proxy-agent` (`.ci/run` installs it globally), or `None` (a skip;
-/// a failure under CI).
-fn node_modules() -> Option<String> {
-    let root = Command::new("npm")
-        .args(["root", "-g"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let ok = root.as_ref().is_some_and(|root| {
-        Command::new("node")
-            .args(["-e", "require('https-proxy-agent')"])
-            .env("NODE_PATH", root)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "node with https-proxy-agent is missing: .ci/run installs it"
-        );
-        println!("SKIPPED: node or https-proxy-agent is not installed");
-        return None;
-    }
-    root
 }

@@ -543,36 +543,9 @@ async fn a_module_that_vanishes_frees_its_slot_and_the_providers_connection() {
     }
 }
 
-/// `NODE_PATH` with the global modules (`.ci/run` installs `ws` and `https-proxy-agent` there),
-/// or `None` (a skip; a failure under CI) when node or the modules are missing.
-fn node_with_ws() -> Option<String> {
-    let root = Command::new("npm")
-        .args(["root", "-g"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
-    let ok = root.as_ref().is_some_and(|root| {
-        Command::new("node")
-            .args(["-e", "require('ws'); require('https-proxy-agent')"])
-            .env("NODE_PATH", root)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "node with ws and https-proxy-agent is missing: .ci/run installs them"
-        );
-        println!("SKIPPED: node, ws or https-proxy-agent is not installed");
-        return None;
-    }
-    root
-}
-
 #[tokio::test]
 async fn node_ws_with_https_proxy_agent_through_the_hub() {
-    let Some(node_path) = node_with_ws() else {
+    let Some(node_path) = hub_tests::client::node_path_with(&["ws", "https-proxy-agent"]) else {
         return;
     };
     let pki = TestPki::new();
