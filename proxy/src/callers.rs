@@ -408,3 +408,134 @@ impl Revoker {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Duration;
+
+    fn caller(name: &str, token: &str) -> CallerRecord {
+        let now = Utc::now();
+        CallerRecord {
+            id: CallerId::new(),
+            name: name.into(),
+            tenant: DEFAULT_TENANT.into(),
+            groups: Vec::new(),
+            token_hash: Some(token_hash(token)),
+            service_account: None,
+            expires_at: None,
+            revoked_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn basic(user: &str, token: &str) -> Vec<u8> {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{token}"))
+        )
+        .into_bytes()
+    }
+
+    fn snapshot(callers: Vec<CallerRecord>) -> Snapshot {
+        Snapshot::with_callers(1, Vec::new(), callers, Vec::new())
+    }
+
+    #[test]
+    fn live_revoked_and_expired_callers() {
+        let live = caller("live", "hubc_live");
+        let mut expired = caller("expired", "hubc_expired");
+        expired.expires_at = Some(Utc::now() - Duration::seconds(1));
+        let mut revoked = caller("revoked", "hubc_revoked");
+        revoked.revoked_at = Some(Utc::now());
+        let snap = snapshot(vec![live.clone(), expired, revoked]);
+        let gate = Gate::new(CallersMode::Required, None);
+        let id = gate
+            .authenticate(&snap, Some(&basic("live", "hubc_live")))
+            .unwrap();
+        assert_eq!(gate.current(&snap, &id).unwrap().name(), "live");
+        let by_id = gate
+            .authenticate(&snap, Some(&basic(&live.id.to_string(), "hubc_live")))
+            .unwrap();
+        assert_eq!(by_id, id, "the user part may be the caller's id");
+        assert!(gate.authenticate(&snap, Some(b"Bearer hubc_live")).is_ok());
+        for (header, says) in [
+            (basic("expired", "hubc_expired"), "expired"),
+            (basic("revoked", "hubc_revoked"), "revoked"),
+            (basic("someone", "hubc_live"), "not valid"),
+            (b"Bearer hubc_nope".to_vec(), "not valid"),
+            (b"Negotiate abc".to_vec(), "Basic or Bearer"),
+            (b"Basic !!!".to_vec(), "base64"),
+        ] {
+            let p = gate.authenticate(&snap, Some(&header)).unwrap_err();
+            assert_eq!(p.status, 407);
+            assert!(
+                p.detail.contains(says),
+                "{}: {}",
+                String::from_utf8_lossy(&header),
+                p.detail
+            );
+        }
+        let none = gate.authenticate(&snap, None).unwrap_err();
+        assert_eq!(none.status, 407);
+        // Optional lets anonymous calls through, but not bad credentials; off ignores both.
+        let optional = Gate::new(CallersMode::Optional, None);
+        assert_eq!(
+            optional.authenticate(&snap, None).unwrap(),
+            Identity::Anonymous
+        );
+        assert!(
+            optional
+                .authenticate(&snap, Some(b"Bearer hubc_nope"))
+                .is_err()
+        );
+        let off = Gate::new(CallersMode::Off, None);
+        assert_eq!(
+            off.authenticate(&snap, Some(b"Bearer hubc_nope")).unwrap(),
+            Identity::Anonymous
+        );
+    }
+
+    #[test]
+    fn an_identity_stops_when_its_caller_is_revoked_expires_or_is_rekeyed() {
+        let c = caller("billing", "hubc_old");
+        let gate = Gate::new(CallersMode::Required, None);
+        let id = gate
+            .authenticate(&snapshot(vec![c.clone()]), Some(b"Bearer hubc_old"))
+            .unwrap();
+        let mut rotated = c.clone();
+        rotated.token_hash = Some(token_hash("hubc_new"));
+        assert!(
+            gate.current(&snapshot(vec![rotated]), &id).is_err(),
+            "re-keyed"
+        );
+        let mut expired = c.clone();
+        expired.expires_at = Some(Utc::now() - Duration::seconds(1));
+        assert!(
+            gate.current(&snapshot(vec![expired]), &id).is_err(),
+            "expired"
+        );
+        assert!(gate.current(&snapshot(Vec::new()), &id).is_err(), "deleted");
+        assert!(gate.current(&snapshot(vec![c]), &id).is_ok());
+    }
+
+    #[test]
+    fn only_the_hubs_own_credential_is_internal() {
+        let gate = Gate::with_internal(CallersMode::Required, None, vec![token_hash("hubi_abc")]);
+        let snap = snapshot(Vec::new());
+        assert_eq!(
+            gate.authenticate(&snap, Some(b"Bearer hubi_abc")).unwrap(),
+            Identity::Internal
+        );
+        assert!(gate.authenticate(&snap, Some(b"Bearer hubi_abd")).is_err());
+        assert!(
+            gate.authenticate(&snap, Some(&basic("hub", "hubi_abc")))
+                .is_err(),
+            "not with a user name"
+        );
+        let who = gate.current(&snap, &Identity::Internal).unwrap();
+        assert!(who.internal && who.caller.is_none());
+        assert_eq!(who.name(), INTERNAL_NAME);
+    }
+}
