@@ -650,13 +650,7 @@ impl ProxyServer {
                 return;
             }
         };
-        let routed = route(&snap, who.tenant(), &target.host, target.port, true).and_then(|p| {
-            if p.config.tls == TlsMode::Passthrough {
-                self.gate.authorize_tunnel(&snap, &who, &p)?;
-            }
-            Ok(p)
-        });
-        drop(snap);
+        let routed = route(&snap, who.tenant(), &target.host, target.port, true);
         let provider = match routed {
             Ok(p) => p,
             Err(problem) => {
@@ -668,12 +662,23 @@ impl ProxyServer {
             }
         };
         if provider.config.tls == TlsMode::Passthrough {
+            // The module trusts only the provider's CA here: a refusal is the CONNECT's answer.
+            if let Err(problem) = self.gate.authorize_tunnel(&snap, &who, &provider) {
+                tracing::info!(target: "hub::access", %peer, host = %target.host, port = target.port,
+                    provider = provider.name.as_str(), caller = who.name(), tenant = who.tenant(),
+                    code = problem.code, status = problem.status, "connect refused");
+                let _ = stream.write_all(&problem.to_http1(None)).await;
+                let _ = stream.shutdown().await;
+                return;
+            }
+            drop(snap);
             let revoker =
                 crate::callers::Revoker::new(self.registry.clone(), self.gate.clone(), identity);
             self.passthrough(stream, peer, &target, &provider, revoker)
                 .await;
             return;
         }
+        drop(snap);
         let Some(tls) = establish(stream, &self.acceptor, peer, &target).await else {
             return;
         };

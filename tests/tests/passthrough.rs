@@ -417,3 +417,125 @@ async fn bytes_sent_right_behind_the_connect_head_are_relayed_first() {
     assert_eq!(reqs[0].header("x-module"), Some("early"));
     assert_eq!(reqs[0].header("x-request-id"), None, "nothing added");
 }
+
+/// Under `callers: required` a passthrough tunnel needs an unrestricted grant (the hub cannot
+/// see its requests), and revoking its caller ends the open tunnel (cut `revoked`).
+#[tokio::test]
+async fn a_passthrough_tunnel_needs_an_unrestricted_grant_and_ends_on_revocation() {
+    logs::init();
+    let pki = TestPki::new();
+    let Some(hub) = hub_tests::harness::HubBuilder::new(Backend::Sqlite, &pki)
+        .configure(|c| c.proxy.callers = hub_core::config::CallersMode::Required)
+        .start()
+        .await
+    else {
+        return;
+    };
+    let fake = FakeProvider::start(Some(pki.server_config.clone())).await;
+    let rec = hub
+        .add_provider(passthrough_json("pt-revoke", &fake, json!({})))
+        .await;
+    let (mut caller, token) = hub.caller_granted_everything("tunneler", rec.id).await;
+    let open = |credential: Option<String>| {
+        let hub = &hub;
+        async move {
+            let mut tcp = TcpStream::connect(hub.proxy_addr).await.unwrap();
+            let auth =
+                credential.map_or(String::new(), |c| format!("Proxy-Authorization: {c}\r\n"));
+            tcp.write_all(
+                format!(
+                    "CONNECT {HOST}:{p} HTTP/1.1\r\nHost: {HOST}:{p}\r\n{auth}\r\n",
+                    p = fake.port
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut buf = vec![0u8; 2048];
+            let n = tcp.read(&mut buf).await.unwrap();
+            (tcp, String::from_utf8_lossy(&buf[..n]).into_owned())
+        }
+    };
+    let (_, answer) = open(None).await;
+    assert!(answer.starts_with("HTTP/1.1 407"), "{answer}");
+    // A grant that names methods or paths is not enough for a tunnel the hub cannot see into.
+    let narrow = hub
+        .store
+        .all_grants()
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let (other, other_token) = hub.caller_granted_everything("peeker", rec.id).await;
+    let mut restricted = hub
+        .store
+        .all_grants()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|g| g.subject == hub_core::caller::Subject::Caller(other.id))
+        .unwrap();
+    assert_ne!(restricted.id, narrow.id);
+    restricted.methods = hub_core::caller::Methods::Only(vec!["GET".into()]);
+    hub.store
+        .put_grant(
+            restricted,
+            false,
+            hub_tests::harness::test_audit("grant.update"),
+        )
+        .await
+        .unwrap();
+    hub.sync().await;
+    let (_, answer) = open(Some(format!("Bearer {other_token}"))).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("not_granted"), "{answer}");
+    assert_eq!(fake.connections(), 0, "nothing dialled");
+    let (tcp, answer) = open(Some(format!("Bearer {token}"))).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            hub_tests::client::pem_der(&pki.ca_pem),
+        ))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(rustls::pki_types::ServerName::try_from(HOST).unwrap(), tcp)
+        .await
+        .expect("the provider's own certificate");
+    tls.write_all(format!("GET /v1/pt HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    assert!(read_response(&mut tls).await.starts_with("HTTP/1.1 200"));
+
+    caller.revoked_at = Some(chrono::Utc::now());
+    hub.store
+        .put_caller(
+            caller,
+            false,
+            hub_tests::harness::test_audit("caller.revoke"),
+        )
+        .await
+        .unwrap();
+    let revoked = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+        .await
+        .expect("the hub ends the revoked caller's tunnel")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        revoked.elapsed() <= Duration::from_secs(2),
+        "{:?}",
+        revoked.elapsed()
+    );
+    let lines = wait_lines("pt-revoke", 1).await;
+    assert_eq!(lines.last().unwrap()["cut"], "revoked", "{lines:?}");
+}
