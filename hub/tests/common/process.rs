@@ -68,11 +68,26 @@ impl HubProcess {
         self
     }
 
-    /// Starts it and waits (at most `within`) until `/readyz` answers 200.
+    /// Starts it and waits (at most `within`) until `/readyz` answers 200 and, for a command
+    /// that serves the admin API (`up`, `admin`), until the admin listens too: the proxy's
+    /// readiness says nothing of the admin, which `up` binds after it.
     pub fn start(&self, within: Duration) -> Running {
         let [proxy, metrics] = free_ports::<2>();
         let mut running = self.spawn(proxy, metrics);
-        running.wait_ready(within);
+        let waited = running.wait_ready(within);
+        if self.command != "proxy" {
+            let start = Instant::now();
+            while TcpStream::connect(("127.0.0.1", running.admin)).is_err() {
+                let exited = running.try_wait();
+                assert!(
+                    exited.is_none() && waited + start.elapsed() < within,
+                    "the admin is not listening on {} within {within:?}; exited: {exited:?}; log:\n{}",
+                    running.admin,
+                    running.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         running
     }
 
