@@ -31,13 +31,16 @@ impl Setup {
         let pki = TestPki::new();
         let hub = TestHub::start(Backend::Sqlite, &pki).await?;
         let fake = FakeProvider::start(Some(pki.server_config.clone())).await;
-        hub.add_provider(provider_json(
+        let mut provider = provider_json(
             "clients",
             HOST,
             &fake,
             json!({"type": "bearer", "token": "clients_secret_token"}),
-        ))
-        .await;
+        );
+        // These tests are about bytes, not speed: JVMs and interpreters starting beside them on
+        // two cores must not turn a 5 MiB upload into a 504.
+        provider["config"]["timeoutMs"] = json!(30_000);
+        hub.add_provider(provider).await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), &hub.ca_pem).unwrap();
         let bytes = data(42, SIZE);
