@@ -27,8 +27,8 @@ use hub_core::vault::INTERNAL_CALLER_PREFIX;
 use crate::problem::Problem;
 use crate::registry::{Grant, Provider, Snapshot};
 
-/// Who a connection or request authenticated as.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Who a connection or request authenticated as. `Debug` never shows the token's hash.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Identity {
     /// No caller (`proxy.callers: off`, or `optional` without a credential).
     Anonymous,
@@ -47,6 +47,20 @@ pub enum Identity {
         /// When the credential itself expires (a JWT's `exp`).
         until: Option<DateTime<Utc>>,
     },
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Anonymous => f.write_str("Anonymous"),
+            Self::Internal => f.write_str("Internal"),
+            Self::Caller { id, until, .. } => f
+                .debug_struct("Caller")
+                .field("id", id)
+                .field("until", until)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 /// The caller (if any) a call is made as, and its tenant.
@@ -518,6 +532,18 @@ mod tests {
         );
         assert!(gate.current(&snapshot(Vec::new()), &id).is_err(), "deleted");
         assert!(gate.current(&snapshot(vec![c]), &id).is_ok());
+    }
+
+    #[test]
+    fn an_identity_does_not_print_its_token_hash() {
+        let c = caller("billing", "hubc_secret");
+        let gate = Gate::new(CallersMode::Required, None);
+        let id = gate
+            .authenticate(&snapshot(vec![c]), Some(b"Bearer hubc_secret"))
+            .unwrap();
+        let shown = format!("{id:?}");
+        assert!(!shown.contains(&token_hash("hubc_secret")), "{shown}");
+        assert!(shown.contains("Caller"));
     }
 
     #[test]

@@ -46,6 +46,7 @@ use crate::scope::Listing;
 // What the registry holds, read whole: callers and grants are small tables (one row per module
 // and per permission), and the allowance diff needs all of them anyway.
 
+#[derive(Clone)]
 struct World {
     callers: Vec<CallerRecord>,
     grants: Vec<GrantRecord>,
@@ -359,7 +360,7 @@ pub async fn create_caller(
         updated_at: now,
     };
     let before = World::load(&s).await?;
-    let mut after = World::load(&s).await?;
+    let mut after = before.clone();
     after.callers.push(caller.clone());
     let detail = diff_detail(
         &before,
@@ -461,7 +462,7 @@ async fn change_caller(
     change: impl FnOnce(&mut CallerRecord) -> Result<(), ApiError>,
 ) -> Result<CallerRecord, ApiError> {
     let before = World::load(s).await?;
-    let mut after = World::load(s).await?;
+    let mut after = before.clone();
     let caller = after
         .callers
         .iter_mut()
@@ -761,7 +762,7 @@ pub async fn create_grant(
         created_at: now,
         updated_at: now,
     };
-    let mut after = World::load(&s).await?;
+    let mut after = before.clone();
     after.grants.push(grant.clone());
     let detail = diff_detail(&before, &after, json!({"provider": provider.name}));
     s.store
@@ -854,7 +855,7 @@ pub async fn delete_grant(
     actor: Actor,
 ) -> Result<Response, ApiError> {
     let before = World::load(&s).await?;
-    let mut after = World::load(&s).await?;
+    let mut after = before.clone();
     if !after
         .grants
         .iter()
