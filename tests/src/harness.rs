@@ -439,6 +439,16 @@ impl TestHub {
         (caller, token)
     }
 
+    /// Revokes `caller` in the store as `DELETE /callers/{id}` would, without applying it to the
+    /// proxy (tests of revocation wait for the proxy's own poll or notification).
+    pub async fn revoke_caller(&self, mut caller: hub_core::caller::CallerRecord) {
+        caller.revoked_at = Some(chrono::Utc::now());
+        self.store
+            .put_caller(caller, false, test_audit("caller.revoke"))
+            .await
+            .unwrap();
+    }
+
     /// Applies store changes to the proxy now (instead of waiting for the poller).
     pub async fn sync(&self) {
         self.registry.refresh().await.unwrap();

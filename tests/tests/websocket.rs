@@ -620,7 +620,7 @@ async fn revoking_the_caller_ends_its_open_websocket() {
     let rec = hub
         .add_provider(provider("ws-revoke", "ws.revoke.test", &p, json!({})))
         .await;
-    let (mut caller, token) = hub.caller_granted_everything("streamer", rec.id).await;
+    let (caller, token) = hub.caller_granted_everything("streamer", rec.id).await;
     // CONNECT with the caller's credential, then the WebSocket handshake inside.
     let mut tcp = TcpStream::connect(hub.proxy_addr).await.unwrap();
     tcp.write_all(
@@ -649,15 +649,7 @@ async fn revoking_the_caller_ends_its_open_websocket() {
     ws.send(Message::text("before")).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("before"));
 
-    caller.revoked_at = Some(chrono::Utc::now());
-    hub.store
-        .put_caller(
-            caller,
-            false,
-            hub_tests::harness::test_audit("caller.revoke"),
-        )
-        .await
-        .unwrap();
+    hub.revoke_caller(caller).await;
     let revoked = Instant::now();
     // No sync: the proxy's poller installs the revision (100 ms on SQLite here).
     let ended = tokio::time::timeout(Duration::from_secs(5), async {
