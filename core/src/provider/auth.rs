@@ -105,6 +105,17 @@ impl Auth {
         }
     }
 
+    /// Every secret value this credential holds: what the hub masks wherever it could show up
+    /// on the way back (responses to modules, DLQ excerpts).
+    pub fn secrets(&self) -> Vec<&SecretString> {
+        match self {
+            Self::None => Vec::new(),
+            Self::Bearer { token } => vec![token],
+            Self::Basic { username, password } => vec![username, password],
+            Self::Header { value, .. } | Self::Query { value, .. } => vec![value],
+        }
+    }
+
     /// Checks the fields: secrets non-empty and free of control characters (they end up in
     /// headers), names valid header tokens / query names.
     pub fn validate(&self) -> Result<(), ValidationError> {
