@@ -67,6 +67,8 @@ pub struct AdminState {
     /// SHA-256 of the bootstrap token (the token itself is not kept).
     pub(crate) bootstrap_hash: Option<[u8; 32]>,
     pub(crate) shared_state: Option<Arc<dyn SharedState>>,
+    /// Where the proxy records OAuth2 token statuses (Redis, or the proxy in this process).
+    pub(crate) token_share: Option<Arc<dyn hub_core::oauth::share::TokenShare>>,
     pub(crate) default_rate_limit: u32,
     pub(crate) redis: Option<redis::Client>,
     pub(crate) proxy: Option<routes::call::ProxyClient>,
@@ -95,6 +97,7 @@ impl AdminState {
             ca_pem: ca_pem.into(),
             bootstrap_hash: auth::bootstrap_hash(admin_token),
             shared_state: None,
+            token_share: None,
             default_rate_limit: hub_core::provider::DEFAULT_RATE_LIMIT_PER_SEC,
             redis: None,
             proxy: None,
@@ -110,6 +113,12 @@ impl AdminState {
     /// apart from an in-process proxy cannot see its breakers and should report none.
     pub fn with_shared_state(mut self, state: Arc<dyn SharedState>) -> Self {
         self.shared_state = Some(state);
+        self
+    }
+
+    /// Where OAuth2 token statuses are read from (`GET /providers/{id}`: `auth.token`).
+    pub fn with_token_share(mut self, share: Arc<dyn hub_core::oauth::share::TokenShare>) -> Self {
+        self.token_share = Some(share);
         self
     }
 

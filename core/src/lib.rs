@@ -23,6 +23,7 @@ pub mod config;
 pub mod db;
 pub mod dlq;
 pub mod jobs;
+pub mod oauth;
 pub mod otlp;
 pub mod provider;
 pub mod satoken;

@@ -512,7 +512,7 @@ fn url_for_log(url: &reqwest::Url) -> String {
 
 /// The system's trusted roots, for a `jwks_url` without `jwks_ca_file` (as the proxy trusts
 /// for upstream TLS).
-fn system_roots() -> Vec<reqwest::Certificate> {
+pub fn system_roots() -> Vec<reqwest::Certificate> {
     let certs = match rustls_native_certs::load_native_certs() {
         Ok(certs) => certs,
         Err(e) => {

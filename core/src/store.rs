@@ -194,6 +194,30 @@ pub trait Store: Send + Sync + 'static {
         audit: Option<AuditEntry>,
     ) -> Result<(), StoreError>;
 
+    /// The newest refresh token `provider` rotated to while at `version` (sealed); `None` when
+    /// none was stored, or it was stored under another version (credentials changed since).
+    async fn oauth_refresh_token(
+        &self,
+        provider: ProviderId,
+        version: i64,
+    ) -> Result<Option<SealedCredentials>, StoreError>;
+
+    /// Stores the newest refresh token of `provider` at `version`, replacing the previous one;
+    /// with `replacing`, only if the stored ciphertext is still that (key rotation: a token
+    /// rotated meanwhile is never overwritten). `false` when nothing was written.
+    async fn put_oauth_refresh_token(
+        &self,
+        provider: ProviderId,
+        version: i64,
+        sealed: SealedCredentials,
+        replacing: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
+
+    /// Every stored refresh token as `(provider, version, sealed)` (key rotation).
+    async fn all_oauth_refresh_tokens(
+        &self,
+    ) -> Result<Vec<(ProviderId, i64, SealedCredentials)>, StoreError>;
+
     /// Every live provider (active and disabled): the proxy's registry snapshot.
     async fn live_providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
 

@@ -116,6 +116,12 @@ impl VaultError {
     }
 }
 
+/// The associated data binding an OAuth2 value the hub sealed (`what`: `token`, `refresh`) to
+/// its provider and provider version.
+pub fn oauth_aad(what: &str, provider_id: ProviderId, version: i64) -> Vec<u8> {
+    format!("hub-oauth:{what}:{provider_id}:{version}").into_bytes()
+}
+
 /// The associated data binding sealed credentials to their provider: `hub/credentials/v1/<ulid>`.
 pub fn credentials_aad(provider_id: ProviderId) -> Vec<u8> {
     let mut aad = CREDENTIALS_AAD_PREFIX.to_vec();

@@ -32,6 +32,7 @@ pub struct Hub {
     /// Breaker and rate-limit state, opened once on first use ([`Hub::shared_state`]), so the
     /// proxy and the admin of one process see the same object.
     shared_state: tokio::sync::OnceCell<Arc<dyn SharedState>>,
+    token_share: std::sync::OnceLock<Arc<dyn hub_core::oauth::share::TokenShare>>,
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
@@ -161,6 +162,7 @@ impl Hub {
             ca: Arc::new(ca),
             background,
             shared_state: tokio::sync::OnceCell::new(),
+            token_share: std::sync::OnceLock::new(),
         })
     }
 
@@ -236,6 +238,23 @@ impl Hub {
         Ok(state.clone())
     }
 
+    /// Where OAuth2 access tokens and their statuses are shared: Redis when `redis.url` is set
+    /// (every instance, and the admin service, see the same), else this process only.
+    pub fn token_share(&self) -> anyhow::Result<Arc<dyn hub_core::oauth::share::TokenShare>> {
+        use hub_core::oauth::share::{LocalShare, RedisShare, TokenShare};
+        if let Some(s) = self.token_share.get() {
+            return Ok(s.clone());
+        }
+        let share: Arc<dyn TokenShare> = match &self.config.redis.url {
+            Some(url) => Arc::new(
+                RedisShare::new(url.as_str(), &self.config.redis.key_prefix)
+                    .with_context(|| format!("cannot use Redis at {}", redact_url(url)))?,
+            ),
+            None => Arc::new(LocalShare::default()),
+        };
+        Ok(self.token_share.get_or_init(|| share).clone())
+    }
+
     /// The admin service's state. `proxy_in_process`: the proxy runs in this process (`hub up`),
     /// so its in-process breaker state is visible; an admin running alone sees breakers only
     /// through Redis, and otherwise reports none rather than an empty state of its own.
@@ -256,7 +275,9 @@ impl Hub {
             state = state.with_redis(url).context("redis.url")?;
         }
         if proxy_in_process || self.config.redis.url.is_some() {
-            state = state.with_shared_state(self.shared_state().await?);
+            state = state
+                .with_shared_state(self.shared_state().await?)
+                .with_token_share(self.token_share()?);
         }
         tracing::info!(proxy = %proxy_url, "POST /call goes through this proxy");
         Ok(state)

@@ -367,7 +367,15 @@ pub async fn proxy_options(
     exhausted: Arc<dyn hub_core::dlq::DeadLetterSink>,
 ) -> anyhow::Result<ProxyOptions> {
     let state = hub.shared_state().await?;
+    let tokens = hub_proxy::oauth::Tokens::new(hub_proxy::oauth::TokensOptions {
+        share: hub.token_share()?,
+        vault: hub.vault.clone(),
+        store: Some(hub.store.clone()),
+        state: state.clone(),
+        extra_roots: hub.config.proxy.upstream_ca_file.clone(),
+    })?;
     Ok(ProxyOptions {
+        tokens: Some(Arc::new(tokens)),
         state,
         jitter: Arc::new(hub_core::state::RandomJitter),
         hub_default_rate: hub.config.defaults.rate_limit_per_sec,

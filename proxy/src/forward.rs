@@ -64,6 +64,8 @@ pub struct Forwarder {
     exhausted: Option<Arc<dyn DeadLetterSink>>,
     /// The proxy's drain signal: upgraded connections end after its grace.
     drain: crate::upgraded::Drain,
+    /// OAuth2 access tokens (`None`: OAuth2 providers' calls get 503).
+    tokens: Option<Arc<crate::oauth::Tokens>>,
 }
 
 /// Settings for a [`Forwarder`].
@@ -80,6 +82,8 @@ pub struct ForwarderOptions {
     pub exhausted: Option<Arc<dyn DeadLetterSink>>,
     /// The proxy's drain signal (see [`crate::upgraded::Drain`]).
     pub drain: crate::upgraded::Drain,
+    /// OAuth2 access tokens.
+    pub tokens: Option<Arc<crate::oauth::Tokens>>,
 }
 
 /// One call as routed: the provider, the address the destination check pinned, the path and
@@ -131,6 +135,7 @@ impl Forwarder {
             replay_limit: opts.replay_limit,
             exhausted: opts.exhausted,
             drain: opts.drain,
+            tokens: opts.tokens,
         }
     }
 
@@ -176,6 +181,9 @@ impl Forwarder {
             &mut report.idempotency_key,
         )
         .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
+        let mut token = self
+            .authorize(provider, plan.deadline(), &mut header)
+            .await?;
         session.set_read_timeout(Some(provider.config.idle_timeout()));
         if expectation == Expectation::Continue && !session.is_body_empty() {
             body::write_continue(session).await?;
@@ -186,6 +194,8 @@ impl Forwarder {
         let method = header.method.as_str().to_owned();
         let peer = Upstream::new(provider, call.addr);
         let mut last: Option<(AttemptEnd, String)> = None;
+        // An OAuth2 provider's 401 gets one new token and one more attempt.
+        let mut reauthorized = false;
         // Why the attempts ended, and the circuit's Retry-After when it closed the door mid-call.
         let (stop, circuit): (&'static str, Option<Duration>) = loop {
             let permit_now = match self
@@ -215,6 +225,27 @@ impl Forwarder {
             let outcome = attempt.end.outcome();
             self.state.record(permit_now, outcome).await;
             count_attempt(provider, attempt_started, attempt.end);
+            if attempt.end == AttemptEnd::Status(401)
+                && !reauthorized
+                && body.replayable()
+                && let Some(used) = token.take()
+            {
+                // The token was refused (revoked, or expired early): a new one, sent once more.
+                // The 401's connection is dropped with its unread body.
+                reauthorized = true;
+                drop(attempt.upstream);
+                METRICS
+                    .token_rejections
+                    .with_label_values(&[&provider.name])
+                    .inc();
+                if let Some(tokens) = &self.tokens {
+                    tokens.invalidate(provider, &used).await;
+                }
+                token = self
+                    .authorize(provider, plan.deadline(), &mut header)
+                    .await?;
+                continue;
+            }
             let allowed = may_retry(
                 attempt.end,
                 &method,
@@ -319,6 +350,38 @@ impl Forwarder {
             dlq::Recorded::Nowhere => {}
         }
         problem
+    }
+
+    /// Injects the OAuth2 access token of `provider` into `header` (a no-op for other schemes),
+    /// waiting for a refresh at most until `deadline`.
+    pub(crate) async fn authorize(
+        &self,
+        provider: &Provider,
+        deadline: Instant,
+        header: &mut pingora::http::RequestHeader,
+    ) -> Result<Option<Arc<crate::oauth::Token>>, Problem> {
+        if !provider
+            .auth
+            .as_ref()
+            .is_some_and(|a| a.auth_type().is_oauth())
+        {
+            return Ok(None);
+        }
+        let Some(tokens) = &self.tokens else {
+            return Err(Problem::new(
+                problem::CREDENTIALS_UNAVAILABLE,
+                format!(
+                    "provider {} uses OAuth2, which this proxy was started without",
+                    provider.name
+                ),
+            ));
+        };
+        let token = tokens.token(provider, deadline).await?;
+        if let Some(t) = &token {
+            crate::inject::inject_bearer(header, &t.value)
+                .map_err(|_| Problem::bad_request("the access token is not a header value"))?;
+        }
+        Ok(token)
     }
 
     /// The permit for the next attempt (the first admission's, else a new one), counted.

@@ -4,6 +4,7 @@
 use base64::Engine;
 use http::HeaderValue;
 use hub_core::provider::Auth;
+use hub_core::secret::SecretString;
 use pingora::http::RequestHeader;
 
 /// What a header-borne credential becomes; values are marked sensitive (never HPACK-indexed).
@@ -21,7 +22,12 @@ fn sensitive(v: &str) -> pingora::Result<HeaderValue> {
 /// Sets the credential headers for `auth` (query credentials are handled by [`rewrite_query`]).
 pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<()> {
     match auth {
-        Auth::None | Auth::Query { .. } => Ok(()),
+        // OAuth2: the access token is the forwarder's to inject (`inject_bearer`).
+        Auth::None
+        | Auth::Query { .. }
+        | Auth::OAuth2ClientCredentials(_)
+        | Auth::OAuth2RefreshToken(_)
+        | Auth::OAuth2JwtBearer(_) => Ok(()),
         Auth::Bearer { token } => {
             let v = sensitive(&format!("Bearer {}", token.expose()))?;
             req.insert_header("authorization", v)
@@ -41,12 +47,24 @@ pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<(
     }
 }
 
+/// Sets `Authorization: Bearer <token>` (an OAuth2 access token the hub obtained).
+pub fn inject_bearer(req: &mut RequestHeader, token: &SecretString) -> pingora::Result<()> {
+    req.insert_header(
+        "authorization",
+        sensitive(&format!("Bearer {}", token.expose()))?,
+    )
+}
+
 /// Whether the caller's request carries a credential where `auth` would put the provider's:
 /// its auth header, or its query parameter.
 pub fn carries_credential(req: &RequestHeader, path_and_query: &str, auth: &Auth) -> bool {
     match auth {
         Auth::None => false,
-        Auth::Bearer { .. } | Auth::Basic { .. } => req.headers.contains_key("authorization"),
+        Auth::Bearer { .. }
+        | Auth::Basic { .. }
+        | Auth::OAuth2ClientCredentials(_)
+        | Auth::OAuth2RefreshToken(_)
+        | Auth::OAuth2JwtBearer(_) => req.headers.contains_key("authorization"),
         Auth::Header { name, .. } => req.headers.contains_key(name.to_ascii_lowercase().as_str()),
         Auth::Query { name, .. } => path_and_query
             .split_once('?')
@@ -120,7 +138,6 @@ pub fn redact_query(path_and_query: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hub_core::secret::SecretString;
 
     #[test]
     fn bearer_replaces_the_callers_dummy_key() {

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod hygiene;
 pub mod inject;
 pub mod metrics;
+pub mod oauth;
 pub mod pipeline;
 pub mod problem;
 pub mod registry;

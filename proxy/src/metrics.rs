@@ -38,6 +38,9 @@ pub struct Metrics {
     pub attempts: IntCounterVec,
     /// `integration_retries_total{provider}`.
     pub retries: IntCounterVec,
+    /// `integration_token_rejections_total{provider}`: an OAuth2 provider answered 401 to an
+    /// access token the hub injected (the call got a new token and one more attempt).
+    pub token_rejections: IntCounterVec,
     /// `integration_rate_limited_total{provider}` (the hub's own limiter or quota said no).
     pub rate_limited: IntCounterVec,
     /// `integration_circuit_rejected_total{provider}`.
@@ -205,6 +208,12 @@ impl Metrics {
                 &r,
                 "integration_retries_total",
                 "Attempts beyond the first",
+                &["provider"],
+            ),
+            token_rejections: counter(
+                &r,
+                "integration_token_rejections_total",
+                "OAuth2 access tokens a provider answered 401 to",
                 &["provider"],
             ),
             rate_limited: counter(

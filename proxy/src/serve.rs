@@ -292,6 +292,8 @@ pub struct ProxyOptions {
     pub prefer_h2: bool,
     /// Caller credentials and grants (`proxy.callers`).
     pub gate: crate::callers::Gate,
+    /// OAuth2 access tokens (`None`: calls to OAuth2 providers get 503).
+    pub tokens: Option<Arc<crate::oauth::Tokens>>,
 }
 
 /// The running proxy's shared parts.
@@ -374,6 +376,7 @@ impl ProxyServer {
                 replay_limit: opts.replay_limit,
                 exhausted: opts.exhausted.clone(),
                 drain: drain.clone(),
+                tokens: opts.tokens.clone(),
             },
         ));
         let app = Arc::new(http_proxy(

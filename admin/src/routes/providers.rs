@@ -114,7 +114,14 @@ pub async fn get(
     IdPath(id): IdPath,
     caller: Caller,
 ) -> Result<Response, ApiError> {
-    Ok(respond(StatusCode::OK, &load(&s, &caller, id).await?))
+    let record = load(&s, &caller, id).await?;
+    let mut view = ProviderView::from(&record);
+    if record.auth_type.is_oauth()
+        && let Some(share) = &s.token_share
+    {
+        view.auth.token = Some(share.status(record.id).await.unwrap_or_default());
+    }
+    Ok(view::respond_view(StatusCode::OK, &record, view))
 }
 
 /// `PATCH /providers/{id}`: see [`patch`] for the rules. With `If-Match` the change applies only

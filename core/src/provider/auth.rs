@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
+use crate::oauth;
 use crate::secret::SecretString;
 
 /// The auth scheme, stored in the clear.
@@ -21,6 +22,15 @@ pub enum AuthType {
     Header,
     /// `?<name>=<value>` on the query string.
     Query,
+    /// OAuth2 client credentials grant; the hub owns the access token.
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials,
+    /// OAuth2 refresh token grant (rotating refresh tokens kept).
+    #[serde(rename = "oauth2_refresh_token")]
+    OAuth2RefreshToken,
+    /// OAuth2 JWT bearer grant (RFC 7523), the assertion signed by the hub.
+    #[serde(rename = "oauth2_jwt_bearer")]
+    OAuth2JwtBearer,
 }
 
 impl AuthType {
@@ -32,6 +42,9 @@ impl AuthType {
             Self::Basic => "basic",
             Self::Header => "header",
             Self::Query => "query",
+            Self::OAuth2ClientCredentials => "oauth2_client_credentials",
+            Self::OAuth2RefreshToken => "oauth2_refresh_token",
+            Self::OAuth2JwtBearer => "oauth2_jwt_bearer",
         }
     }
 
@@ -43,6 +56,9 @@ impl AuthType {
             "basic" => Self::Basic,
             "header" => Self::Header,
             "query" => Self::Query,
+            "oauth2_client_credentials" => Self::OAuth2ClientCredentials,
+            "oauth2_refresh_token" => Self::OAuth2RefreshToken,
+            "oauth2_jwt_bearer" => Self::OAuth2JwtBearer,
             _ => return None,
         })
     }
@@ -54,7 +70,18 @@ impl AuthType {
             Self::Bearer => &["token"],
             Self::Basic => &["username", "password"],
             Self::Header | Self::Query => &["name", "value"],
+            Self::OAuth2ClientCredentials => &["tokenUrl", "clientId", "clientSecret"],
+            Self::OAuth2RefreshToken => &["tokenUrl", "clientId", "refreshToken"],
+            Self::OAuth2JwtBearer => &["privateKey"],
         }
+    }
+
+    /// Whether the hub obtains access tokens for this scheme (OAuth2).
+    pub fn is_oauth(self) -> bool {
+        matches!(
+            self,
+            Self::OAuth2ClientCredentials | Self::OAuth2RefreshToken | Self::OAuth2JwtBearer
+        )
     }
 }
 
@@ -91,6 +118,15 @@ pub enum Auth {
         /// Parameter value.
         value: SecretString,
     },
+    /// OAuth2 client credentials (`Authorization: Bearer <access token>`).
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials(oauth::ClientCredentials),
+    /// OAuth2 refresh token.
+    #[serde(rename = "oauth2_refresh_token")]
+    OAuth2RefreshToken(oauth::RefreshToken),
+    /// OAuth2 JWT bearer.
+    #[serde(rename = "oauth2_jwt_bearer")]
+    OAuth2JwtBearer(oauth::JwtBearer),
 }
 
 impl Auth {
@@ -102,6 +138,19 @@ impl Auth {
             Self::Basic { .. } => AuthType::Basic,
             Self::Header { .. } => AuthType::Header,
             Self::Query { .. } => AuthType::Query,
+            Self::OAuth2ClientCredentials(_) => AuthType::OAuth2ClientCredentials,
+            Self::OAuth2RefreshToken(_) => AuthType::OAuth2RefreshToken,
+            Self::OAuth2JwtBearer(_) => AuthType::OAuth2JwtBearer,
+        }
+    }
+
+    /// The OAuth2 grant, for the schemes whose access token the hub obtains.
+    pub fn oauth(&self) -> Option<oauth::Grant<'_>> {
+        match self {
+            Self::OAuth2ClientCredentials(c) => Some(oauth::Grant::ClientCredentials(c)),
+            Self::OAuth2RefreshToken(r) => Some(oauth::Grant::RefreshToken(r)),
+            Self::OAuth2JwtBearer(j) => Some(oauth::Grant::JwtBearer(j)),
+            _ => None,
         }
     }
 
@@ -113,6 +162,17 @@ impl Auth {
             Self::Bearer { token } => vec![token],
             Self::Basic { username, password } => vec![username, password],
             Self::Header { value, .. } | Self::Query { value, .. } => vec![value],
+            Self::OAuth2ClientCredentials(c) => vec![&c.client_secret],
+            Self::OAuth2RefreshToken(r) => {
+                let mut v = vec![&r.refresh_token];
+                v.extend(r.client_secret.as_ref());
+                v
+            }
+            Self::OAuth2JwtBearer(j) => j
+                .private_key
+                .iter()
+                .chain(j.service_account_json.iter())
+                .collect(),
         }
     }
 
@@ -175,6 +235,11 @@ impl Auth {
                 token_name("auth.name", name)?;
                 secret("auth.value", value)
             }
+            Self::OAuth2ClientCredentials(_)
+            | Self::OAuth2RefreshToken(_)
+            | Self::OAuth2JwtBearer(_) => {
+                oauth::validate(self.oauth().expect("an oauth scheme has a grant"))
+            }
         }
     }
 
@@ -194,6 +259,9 @@ impl Auth {
             Self::Query { name, value } => {
                 serde_json::json!({"type": "query", "name": name, "value": value.expose()})
             }
+            Self::OAuth2ClientCredentials(c) => tagged(self, c.sealable_json()),
+            Self::OAuth2RefreshToken(r) => tagged(self, r.sealable_json()),
+            Self::OAuth2JwtBearer(j) => tagged(self, j.sealable_json()),
         };
         serde_json::to_vec(&v).expect("json of strings always serializes")
     }
@@ -202,4 +270,14 @@ impl Auth {
     pub fn from_sealed_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+}
+
+/// `fields` with the scheme's `type` added (nulls dropped: absent optional fields).
+fn tagged(auth: &Auth, fields: serde_json::Value) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    map.insert("type".into(), auth.auth_type().as_str().into());
+    if let serde_json::Value::Object(f) = fields {
+        map.extend(f.into_iter().filter(|(_, v)| !v.is_null()));
+    }
+    serde_json::Value::Object(map)
 }

@@ -35,7 +35,8 @@ use crate::access::{
 };
 use crate::caller::{CallerRecord, GrantId, GrantRecord, Tenant};
 use crate::db::{Db, Pool, Tx, exec, fetch, scalars, tx_exec, tx_fetch, tx_scalar};
-use crate::provider::{HostPattern, ProviderId, ProviderRecord};
+use crate::provider::{HostPattern, ProviderId, ProviderRecord, SealedCredentials};
+use chrono::Utc;
 
 static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
@@ -498,6 +499,84 @@ impl Store for SqlStore {
         .into_iter()
         .next()
         .ok_or_else(row::missing_meta_row)
+    }
+
+    async fn oauth_refresh_token(
+        &self,
+        provider: ProviderId,
+        version: i64,
+    ) -> Result<Option<SealedCredentials>, StoreError> {
+        let rows = fetch!(
+            fetch_all,
+            (String, Vec<u8>),
+            &self.db,
+            "SELECT key_id, ciphertext FROM oauth_refresh_tokens \
+             WHERE provider_id = ? AND provider_version = ?",
+            provider.to_string(),
+            version
+        )?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .map(|(key_id, ciphertext)| SealedCredentials { key_id, ciphertext }))
+    }
+
+    async fn put_oauth_refresh_token(
+        &self,
+        provider: ProviderId,
+        version: i64,
+        sealed: SealedCredentials,
+        replacing: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        let n = match replacing {
+            Some(old) => exec!(
+                &self.db,
+                "UPDATE oauth_refresh_tokens SET key_id = ?, ciphertext = ?, updated_at = ? \
+                 WHERE provider_id = ? AND provider_version = ? AND ciphertext = ?",
+                sealed.key_id,
+                sealed.ciphertext,
+                Utc::now(),
+                provider.to_string(),
+                version,
+                old.to_vec()
+            )?,
+            None => exec!(
+                &self.db,
+                "INSERT INTO oauth_refresh_tokens \
+                 (provider_id, provider_version, key_id, ciphertext, updated_at) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (provider_id) DO UPDATE SET \
+                 provider_version = excluded.provider_version, key_id = excluded.key_id, \
+                 ciphertext = excluded.ciphertext, updated_at = excluded.updated_at",
+                provider.to_string(),
+                version,
+                sealed.key_id,
+                sealed.ciphertext,
+                Utc::now()
+            )?,
+        };
+        Ok(n > 0)
+    }
+
+    async fn all_oauth_refresh_tokens(
+        &self,
+    ) -> Result<Vec<(ProviderId, i64, SealedCredentials)>, StoreError> {
+        let rows = fetch!(
+            fetch_all,
+            (String, i64, String, Vec<u8>),
+            &self.db,
+            "SELECT provider_id, provider_version, key_id, ciphertext \
+             FROM oauth_refresh_tokens ORDER BY provider_id"
+        )?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, version, key_id, ciphertext)| {
+                Some((
+                    id.parse().ok()?,
+                    version,
+                    SealedCredentials { key_id, ciphertext },
+                ))
+            })
+            .collect())
     }
 
     async fn create_api_token(&self, new: ApiTokenInsert) -> Result<ApiToken, StoreError> {

@@ -22,6 +22,8 @@ pub struct RotationReport {
     pub already_current: usize,
     /// Providers with no sealed credentials (auth type `none`), or deleted during the run.
     pub without_credentials: usize,
+    /// Stored (rotated) OAuth2 refresh tokens re-sealed under the active key.
+    pub refresh_tokens_rotated: usize,
     /// Providers that could not be rotated, with why; they keep their old ciphertext.
     pub failed: Vec<RotationFailure>,
 }
@@ -47,6 +49,7 @@ enum Outcome {
 /// providers can fail the whole run; a provider that fails is reported and the run goes on.
 pub async fn rotate_keys(store: &dyn Store, vault: &Vault) -> Result<RotationReport, StoreError> {
     let mut report = RotationReport::default();
+    rotate_refresh_tokens(store, vault, &mut report).await?;
     for record in store.live_providers().await? {
         let id = record.id;
         match rotate_one(store, vault, record).await {
@@ -124,4 +127,36 @@ async fn rotate_one(
             Err(e) => return Err(fail(e.kind(), e.to_string())),
         }
     }
+}
+
+/// Re-seals the refresh tokens providers rotated (kept beside their credentials) under the
+/// active key; a token the proxy replaced meanwhile is left as the proxy wrote it.
+async fn rotate_refresh_tokens(
+    store: &dyn Store,
+    vault: &Vault,
+    report: &mut RotationReport,
+) -> Result<(), StoreError> {
+    for (id, version, sealed) in store.all_oauth_refresh_tokens().await? {
+        if sealed.key_id == vault.active_key_id() {
+            continue;
+        }
+        let aad = super::oauth_aad("refresh", id, version);
+        let resealed = vault
+            .open(&aad, &sealed)
+            .and_then(|plain| vault.seal(&aad, &plain));
+        match resealed {
+            Ok(new) => {
+                store
+                    .put_oauth_refresh_token(id, version, new, Some(&sealed.ciphertext))
+                    .await?;
+                report.refresh_tokens_rotated += 1;
+            }
+            Err(e) => report.failed.push(RotationFailure {
+                provider_id: id,
+                kind: e.kind(),
+                message: format!("stored refresh token: {e}"),
+            }),
+        }
+    }
+    Ok(())
 }

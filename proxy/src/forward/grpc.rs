@@ -185,6 +185,8 @@ impl Forwarder {
             &mut report.idempotency_key,
         )
         .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
+        self.authorize(provider, plan.deadline(), &mut header)
+            .await?;
         let _ = header.insert_header("te", "trailers");
         header.remove_header("content-length");
         let peer = Upstream::with_version(provider, call.addr, HttpVersion::H2);

@@ -121,6 +121,7 @@ fn forwarder(dial: Arc<ScriptedDial>) -> Forwarder {
             replay_limit: DEFAULT_REPLAY_LIMIT,
             exhausted: None,
             drain: crate::upgraded::Drain::default(),
+            tokens: None,
         },
     )
 }
@@ -268,6 +269,7 @@ async fn a_streamed_body_is_sent_once_and_its_dlq_entry_says_why() {
             replay_limit: 1024,
             exhausted: Some(Arc::new(tx)),
             drain: crate::upgraded::Drain::default(),
+            tokens: None,
         },
     );
     let p = provider(serde_json::json!({"maxAttempts": 3, "jitterMs": 0}));
@@ -301,6 +303,7 @@ async fn a_caller_whose_streamed_body_stalls_gets_408_and_the_provider_is_not_bl
             replay_limit: 1024,
             exhausted: Some(Arc::new(tx)),
             drain: crate::upgraded::Drain::default(),
+            tokens: None,
         },
     );
     let p = provider(serde_json::json!({"idleTimeoutMs": 5000, "maxAttempts": 3}));

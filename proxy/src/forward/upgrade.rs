@@ -75,13 +75,17 @@ impl Forwarder {
             self.state.record(permit, Outcome::Neutral).await;
             return Err(Problem::too_many_upgraded(provider));
         };
-        let header = match upgrade_header(session.req_header(), call, report) {
+        let mut header = match upgrade_header(session.req_header(), call, report) {
             Ok(h) => h,
             Err(_) => {
                 self.state.record(permit, Outcome::Neutral).await;
                 return Err(Problem::bad_request("the request cannot be forwarded"));
             }
         };
+        if let Err(p) = self.authorize(provider, plan.deadline(), &mut header).await {
+            self.state.record(permit, Outcome::Neutral).await;
+            return Err(p);
+        }
         report.attempts = 1;
         let started = Instant::now();
         let sent = self

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use hub_core::oauth::share::TokenStatus;
 use hub_core::provider::{AuthType, ProviderConfig, ProviderRecord, ProviderStatus};
 use serde::Serialize;
 
@@ -56,6 +57,10 @@ pub struct AuthView {
     pub key_id: Option<String>,
     /// When they last changed.
     pub updated_at: Option<DateTime<Utc>>,
+    /// OAuth2 schemes, on `GET /providers/{id}`: the access token's expiry and the last token
+    /// request's time and outcome (never the token). `null` when no proxy has reported one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenStatus>,
 }
 
 impl From<&ProviderRecord> for ProviderView {
@@ -77,6 +82,7 @@ impl From<&ProviderRecord> for ProviderView {
                 },
                 key_id: sealed.map(|c| c.key_id.clone()),
                 updated_at: r.credentials_updated_at,
+                token: None,
             },
             config: r.config.clone(),
             status: r.status,
@@ -89,7 +95,12 @@ impl From<&ProviderRecord> for ProviderView {
 
 /// A provider response with its `ETag` (and `Location` for a creation).
 pub fn respond(status: StatusCode, record: &ProviderRecord) -> Response {
-    let mut resp = (status, Json(ProviderView::from(record))).into_response();
+    respond_view(status, record, ProviderView::from(record))
+}
+
+/// [`respond`] with a view built by the caller (one with the token status).
+pub fn respond_view(status: StatusCode, record: &ProviderRecord, view: ProviderView) -> Response {
+    let mut resp = (status, Json(view)).into_response();
     let headers = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&etag(record.version)) {
         headers.insert(header::ETAG, v);

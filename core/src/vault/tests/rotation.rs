@@ -67,6 +67,27 @@ impl Store for InterferingStore {
     ) -> Result<(), StoreError> {
         self.inner.delete_grant(id, a).await
     }
+    async fn oauth_refresh_token(
+        &self,
+        p: ProviderId,
+        v: i64,
+    ) -> Result<Option<SealedCredentials>, StoreError> {
+        self.inner.oauth_refresh_token(p, v).await
+    }
+    async fn put_oauth_refresh_token(
+        &self,
+        p: ProviderId,
+        v: i64,
+        s: SealedCredentials,
+        r: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        self.inner.put_oauth_refresh_token(p, v, s, r).await
+    }
+    async fn all_oauth_refresh_tokens(
+        &self,
+    ) -> Result<Vec<(ProviderId, i64, SealedCredentials)>, StoreError> {
+        self.inner.all_oauth_refresh_tokens().await
+    }
     async fn migrate(&self) -> Result<(), StoreError> {
         self.inner.migrate().await
     }
