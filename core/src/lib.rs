@@ -3,6 +3,7 @@
 //!
 //! - [`provider`]: the provider model, its per-provider policy and auth scheme, validation.
 //! - [`secret`]: a string type that never prints.
+//! - [`signing`]: request signatures for providers (AWS SigV4, HMAC partner schemes).
 //! - [`config`]: the typed `hub.yaml` tree with `HUB_*` overrides.
 //! - [`db`]: one database handle over SQLite or PostgreSQL (SQL written once), transactions.
 //! - [`store`]: the registry's persistence interface and its one SQL implementation.
@@ -28,6 +29,7 @@ pub mod otlp;
 pub mod provider;
 pub mod satoken;
 pub mod secret;
+pub mod signing;
 pub mod state;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]
