@@ -19,6 +19,7 @@ mod dlq;
 mod grpc;
 mod pool;
 mod rewrite;
+mod sign;
 #[cfg(test)]
 mod tests;
 mod upgrade;
@@ -193,6 +194,7 @@ impl Forwarder {
             .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
         let method = header.method.as_str().to_owned();
         let peer = Upstream::new(provider, call.addr);
+        let signing = sign::signs(provider);
         let mut last: Option<(AttemptEnd, String)> = None;
         // An OAuth2 provider's 401 gets one new token and one more attempt.
         let mut reauthorized = false;
@@ -205,13 +207,26 @@ impl Forwarder {
                 Ok(p) => p,
                 Err(stopped) => break stopped,
             };
+            // A signed request is signed again for every attempt (a fresh timestamp).
+            let signed;
+            let sent_header = if signing {
+                let mut h = header.clone();
+                if let Err(p) = sign::sign(provider, &mut h, body.whole()) {
+                    self.state.record(permit_now, Outcome::Neutral).await;
+                    return Err(p);
+                }
+                signed = h;
+                &signed
+            } else {
+                &header
+            };
             let attempt_started = Instant::now();
             let first_byte = plan.attempt_timeout(attempt_started);
             let attempt = attempt(
                 self.dial.as_ref(),
                 session,
                 &peer,
-                &header,
+                sent_header,
                 &body,
                 first_byte,
             )

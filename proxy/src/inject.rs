@@ -27,7 +27,10 @@ pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<(
         | Auth::Query { .. }
         | Auth::OAuth2ClientCredentials(_)
         | Auth::OAuth2RefreshToken(_)
-        | Auth::OAuth2JwtBearer(_) => Ok(()),
+        | Auth::OAuth2JwtBearer(_)
+        // Signatures are made per attempt, over the final request (`forward::sign`).
+        | Auth::AwsSigV4(_)
+        | Auth::Hmac(_) => Ok(()),
         Auth::Bearer { token } => {
             let v = sensitive(&format!("Bearer {}", token.expose()))?;
             req.insert_header("authorization", v)
@@ -64,7 +67,15 @@ pub fn carries_credential(req: &RequestHeader, path_and_query: &str, auth: &Auth
         | Auth::Basic { .. }
         | Auth::OAuth2ClientCredentials(_)
         | Auth::OAuth2RefreshToken(_)
-        | Auth::OAuth2JwtBearer(_) => req.headers.contains_key("authorization"),
+        | Auth::OAuth2JwtBearer(_)
+        | Auth::AwsSigV4(_) => req.headers.contains_key("authorization"),
+        Auth::Hmac(h) => {
+            req.headers
+                .contains_key(h.signature_header.to_ascii_lowercase().as_str())
+                || h.api_key_header
+                    .as_deref()
+                    .is_some_and(|k| req.headers.contains_key(k.to_ascii_lowercase().as_str()))
+        }
         Auth::Header { name, .. } => req.headers.contains_key(name.to_ascii_lowercase().as_str()),
         Auth::Query { name, .. } => path_and_query
             .split_once('?')

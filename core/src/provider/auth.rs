@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::ValidationError;
-use crate::oauth;
 use crate::secret::SecretString;
+use crate::{oauth, signing};
 
 /// The auth scheme, stored in the clear.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -31,6 +31,11 @@ pub enum AuthType {
     /// OAuth2 JWT bearer grant (RFC 7523), the assertion signed by the hub.
     #[serde(rename = "oauth2_jwt_bearer")]
     OAuth2JwtBearer,
+    /// AWS Signature Version 4 on every request the provider receives.
+    #[serde(rename = "aws_sigv4")]
+    AwsSigV4,
+    /// An HMAC signature header over chosen parts of the request (partner APIs).
+    Hmac,
 }
 
 impl AuthType {
@@ -45,6 +50,8 @@ impl AuthType {
             Self::OAuth2ClientCredentials => "oauth2_client_credentials",
             Self::OAuth2RefreshToken => "oauth2_refresh_token",
             Self::OAuth2JwtBearer => "oauth2_jwt_bearer",
+            Self::AwsSigV4 => "aws_sigv4",
+            Self::Hmac => "hmac",
         }
     }
 
@@ -59,6 +66,8 @@ impl AuthType {
             "oauth2_client_credentials" => Self::OAuth2ClientCredentials,
             "oauth2_refresh_token" => Self::OAuth2RefreshToken,
             "oauth2_jwt_bearer" => Self::OAuth2JwtBearer,
+            "aws_sigv4" => Self::AwsSigV4,
+            "hmac" => Self::Hmac,
             _ => return None,
         })
     }
@@ -73,6 +82,8 @@ impl AuthType {
             Self::OAuth2ClientCredentials => &["tokenUrl", "clientId", "clientSecret"],
             Self::OAuth2RefreshToken => &["tokenUrl", "clientId", "refreshToken"],
             Self::OAuth2JwtBearer => &["privateKey"],
+            Self::AwsSigV4 => &["accessKeyId", "secretAccessKey"],
+            Self::Hmac => &["secret"],
         }
     }
 
@@ -127,6 +138,12 @@ pub enum Auth {
     /// OAuth2 JWT bearer.
     #[serde(rename = "oauth2_jwt_bearer")]
     OAuth2JwtBearer(oauth::JwtBearer),
+    /// AWS SigV4: the hub signs the request as the provider receives it.
+    #[serde(rename = "aws_sigv4")]
+    AwsSigV4(signing::AwsSigV4),
+    /// An HMAC signature (and timestamp, API key) header.
+    #[serde(rename = "hmac")]
+    Hmac(signing::HmacScheme),
 }
 
 impl Auth {
@@ -141,6 +158,8 @@ impl Auth {
             Self::OAuth2ClientCredentials(_) => AuthType::OAuth2ClientCredentials,
             Self::OAuth2RefreshToken(_) => AuthType::OAuth2RefreshToken,
             Self::OAuth2JwtBearer(_) => AuthType::OAuth2JwtBearer,
+            Self::AwsSigV4(_) => AuthType::AwsSigV4,
+            Self::Hmac(_) => AuthType::Hmac,
         }
     }
 
@@ -173,6 +192,8 @@ impl Auth {
                 .iter()
                 .chain(j.service_account_json.iter())
                 .collect(),
+            Self::AwsSigV4(a) => a.secrets(),
+            Self::Hmac(h) => h.secrets(),
         }
     }
 
@@ -240,6 +261,8 @@ impl Auth {
             | Self::OAuth2JwtBearer(_) => {
                 oauth::validate(self.oauth().expect("an oauth scheme has a grant"))
             }
+            Self::AwsSigV4(a) => a.validate(),
+            Self::Hmac(h) => h.validate(),
         }
     }
 
@@ -262,6 +285,8 @@ impl Auth {
             Self::OAuth2ClientCredentials(c) => tagged(self, c.sealable_json()),
             Self::OAuth2RefreshToken(r) => tagged(self, r.sealable_json()),
             Self::OAuth2JwtBearer(j) => tagged(self, j.sealable_json()),
+            Self::AwsSigV4(a) => tagged(self, a.sealable_json()),
+            Self::Hmac(h) => tagged(self, h.sealable_json()),
         };
         serde_json::to_vec(&v).expect("json of strings always serializes")
     }

@@ -23,6 +23,14 @@ pub(crate) enum Body {
 }
 
 impl Body {
+    /// The whole body, when it was read whole (what a signature over the body needs).
+    pub(crate) fn whole(&self) -> Option<&[u8]> {
+        match self {
+            Self::Full(b) => Some(b),
+            Self::Streaming(_) => None,
+        }
+    }
+
     /// Whether every attempt can send the same bytes.
     pub(crate) fn replayable(&self) -> bool {
         matches!(self, Self::Full(_))

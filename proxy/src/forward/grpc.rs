@@ -187,6 +187,8 @@ impl Forwarder {
         .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
         self.authorize(provider, plan.deadline(), &mut header)
             .await?;
+        // A streamed call: SigV4 signs UNSIGNED-PAYLOAD; a scheme signing the body refuses.
+        super::sign::sign(provider, &mut header, None)?;
         let _ = header.insert_header("te", "trailers");
         header.remove_header("content-length");
         let peer = Upstream::with_version(provider, call.addr, HttpVersion::H2);

@@ -82,7 +82,11 @@ impl Forwarder {
                 return Err(Problem::bad_request("the request cannot be forwarded"));
             }
         };
-        if let Err(p) = self.authorize(provider, plan.deadline(), &mut header).await {
+        let authorized = match self.authorize(provider, plan.deadline(), &mut header).await {
+            Ok(_) => super::sign::sign(provider, &mut header, Some(b"")),
+            Err(p) => Err(p),
+        };
+        if let Err(p) = authorized {
             self.state.record(permit, Outcome::Neutral).await;
             return Err(p);
         }
