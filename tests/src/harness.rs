@@ -164,6 +164,7 @@ pub struct HubBuilder<'a> {
     limits: Option<ConnLimits>,
     dlq: DlqWiring,
     queue: Option<QueueChoice>,
+    database: Option<String>,
 }
 
 impl<'a> HubBuilder<'a> {
@@ -185,7 +186,16 @@ impl<'a> HubBuilder<'a> {
             limits: None,
             dlq: DlqWiring::Channel,
             queue: None,
+            database: None,
         }
+    }
+
+    /// Runs on `other`'s database (a second instance of the same deployment) instead of a
+    /// fresh one; `other` keeps owning it.
+    #[must_use]
+    pub fn same_database_as(mut self, other: &TestHub) -> Self {
+        self.database = other.config.database.url.clone();
+        self
     }
 
     /// Replaces the configuration (the builder still sets data dir, database, listeners, keys).
@@ -234,9 +244,10 @@ impl<'a> HubBuilder<'a> {
     pub async fn start(self) -> Option<TestHub> {
         crate::logs::init();
         let dir = tempfile::tempdir().unwrap();
-        let (url, pg) = match self.backend {
-            Backend::Sqlite => (testing::fresh_sqlite_url(dir.path()), None),
-            Backend::Postgres => {
+        let (url, pg) = match (self.database, self.backend) {
+            (Some(url), _) => (url, None),
+            (None, Backend::Sqlite) => (testing::fresh_sqlite_url(dir.path()), None),
+            (None, Backend::Postgres) => {
                 let db = testing::fresh_postgres().await?;
                 (db.url().to_owned(), Some(db))
             }

@@ -6,9 +6,11 @@ pub mod client;
 pub mod fake;
 pub mod h2fake;
 pub mod harness;
+pub mod idp;
 pub mod logs;
 pub mod raw;
 
 pub use fake::{FakeProvider, Mode, Recorded};
 pub use h2fake::{H2Mode, H2Provider, H2Recorded};
-pub use harness::{Backend, TestHub, TestPki};
+pub use harness::{Backend, HubBuilder, TestHub, TestPki};
+pub use idp::FakeIdp;
