@@ -3,6 +3,7 @@
 //!
 //! - [`provider`]: the provider model, its per-provider policy and auth scheme, validation.
 //! - [`secret`]: a string type that never prints.
+//! - [`scrub`]: masking provider credentials in what providers send back.
 //! - [`config`]: the typed `hub.yaml` tree with `HUB_*` overrides.
 //! - [`db`]: one database handle over SQLite or PostgreSQL (SQL written once), transactions.
 //! - [`store`]: the registry's persistence interface and its one SQL implementation.
@@ -26,6 +27,7 @@ pub mod jobs;
 pub mod otlp;
 pub mod provider;
 pub mod satoken;
+pub mod scrub;
 pub mod secret;
 pub mod state;
 pub mod store;
