@@ -108,14 +108,22 @@ impl Scrubber {
         found.len()
     }
 
+    /// A copy of `bytes` with every secret masked; `None` when there is none (nothing copied).
+    pub fn masked(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let found = self.occurrences(bytes);
+        if found.is_empty() {
+            return None;
+        }
+        let mut out = bytes.to_vec();
+        Self::mask_ranges(&mut out, &found);
+        Some(out)
+    }
+
     /// `s` with every secret masked (header values, excerpts).
     pub fn mask_str(&self, s: &str) -> String {
-        let found = self.occurrences(s.as_bytes());
-        if found.is_empty() {
+        let Some(bytes) = self.masked(s.as_bytes()) else {
             return s.to_owned();
-        }
-        let mut bytes = s.as_bytes().to_vec();
-        Self::mask_ranges(&mut bytes, &found);
+        };
         // Whole secrets (whole UTF-8 characters) became ASCII: still UTF-8.
         String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into())
     }
@@ -282,6 +290,8 @@ mod tests {
         assert_eq!(String::from_utf8(buf).unwrap(), want);
         assert_eq!(s.mask_str(&text), want);
         assert_eq!(s.mask_str("clean"), "clean");
+        assert_eq!(s.masked(b"clean"), None);
+        assert_eq!(s.masked(KEY.as_bytes()), Some(stars(KEY.len()).into_bytes()));
     }
 
     #[test]

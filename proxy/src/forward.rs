@@ -19,6 +19,7 @@ mod dlq;
 mod grpc;
 mod pool;
 mod rewrite;
+mod scrub;
 #[cfg(test)]
 mod tests;
 mod upgrade;
@@ -234,6 +235,7 @@ impl Forwarder {
                     &peer,
                     call.request_id,
                     plan.deadline(),
+                    provider.scrubber.as_deref(),
                 )
                 .await;
                 report.cut = cut;
@@ -241,7 +243,7 @@ impl Forwarder {
             }
             let retry_after = attempt.upstream.as_ref().and_then(retry_after_of);
             let excerpt = match attempt.upstream {
-                Some(mut up) => excerpt_of(&mut up).await,
+                Some(mut up) => excerpt_of(&mut up, provider.scrubber.as_deref()).await,
                 None => String::new(),
             };
             last = Some((attempt.end, excerpt));
