@@ -291,7 +291,10 @@ mod tests {
         assert_eq!(s.mask_str(&text), want);
         assert_eq!(s.mask_str("clean"), "clean");
         assert_eq!(s.masked(b"clean"), None);
-        assert_eq!(s.masked(KEY.as_bytes()), Some(stars(KEY.len()).into_bytes()));
+        assert_eq!(
+            s.masked(KEY.as_bytes()),
+            Some(stars(KEY.len()).into_bytes())
+        );
     }
 
     #[test]
@@ -356,7 +359,10 @@ mod tests {
     fn chunks_not_ending_like_a_secret_are_not_delayed_or_copied() {
         let s = scrub(&[KEY, "other-secret-value"]);
         let mut st = s.stream();
-        for event in ["data: {\"delta\":\"Hel\"}\n\n", "data: {\"delta\":\"lo\"}\n\n"] {
+        for event in [
+            "data: {\"delta\":\"Hel\"}\n\n",
+            "data: {\"delta\":\"lo\"}\n\n",
+        ] {
             let chunk = Bytes::from(event);
             let out = st.push(chunk.clone());
             assert_eq!(out, chunk);
@@ -382,7 +388,10 @@ mod tests {
         let s = scrub(&[KEY]);
         let mut buf = b"error: key sk_live_0123".to_vec();
         s.mask_truncated(&mut buf);
-        assert_eq!(String::from_utf8(buf).unwrap(), format!("error: key {}", stars(12)));
+        assert_eq!(
+            String::from_utf8(buf).unwrap(),
+            format!("error: key {}", stars(12))
+        );
     }
 
     #[test]

@@ -23,7 +23,9 @@ fn sensitive(v: &str) -> pingora::Result<HeaderValue> {
 fn header_credential(auth: &Auth) -> Option<(String, String)> {
     match auth {
         Auth::None | Auth::Query { .. } => None,
-        Auth::Bearer { token } => Some(("authorization".into(), format!("Bearer {}", token.expose()))),
+        Auth::Bearer { token } => {
+            Some(("authorization".into(), format!("Bearer {}", token.expose())))
+        }
         Auth::Basic { username, password } => {
             let raw = format!("{}:{}", username.expose(), password.expose());
             Some((
@@ -52,7 +54,11 @@ pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<(
 /// header value the hub sends (`Bearer …`, `Basic …`) and a `Basic` header's base64 alone, and
 /// a query credential as it goes on the query string (percent-encoded).
 pub fn sent_forms(auth: &Auth) -> Vec<String> {
-    let mut forms: Vec<String> = auth.secrets().iter().map(|s| s.expose().to_owned()).collect();
+    let mut forms: Vec<String> = auth
+        .secrets()
+        .iter()
+        .map(|s| s.expose().to_owned())
+        .collect();
     if let Some((_, value)) = header_credential(auth) {
         if let Some(b64) = value.strip_prefix("Basic ") {
             forms.push(b64.to_owned());
@@ -200,14 +206,13 @@ mod tests {
         let sent = req.headers["authorization"].to_str().unwrap().to_owned();
         let s = scrubber_for(Some(&basic), &ProviderConfig::default()).unwrap();
         let b64 = sent.strip_prefix("Basic ").unwrap();
-        for echoed in [
-            sent.as_str(),
-            b64,
-            "user_abcdefgh",
-            "pw_12345678",
-        ] {
+        for echoed in [sent.as_str(), b64, "user_abcdefgh", "pw_12345678"] {
             let masked = s.mask_str(&format!("<{echoed}>"));
-            assert_eq!(masked, format!("<{}>", "*".repeat(echoed.len())), "{echoed}");
+            assert_eq!(
+                masked,
+                format!("<{}>", "*".repeat(echoed.len())),
+                "{echoed}"
+            );
         }
         let query = Auth::Query {
             name: "api_key".into(),
@@ -215,7 +220,10 @@ mod tests {
         };
         let target = rewrite_query(Some("a=1"), "api_key", "q s3cr/t+val");
         let s = scrubber_for(Some(&query), &ProviderConfig::default()).unwrap();
-        assert_eq!(s.mask_str(&target), format!("a=1&api_key={}", "*".repeat(18)));
+        assert_eq!(
+            s.mask_str(&target),
+            format!("a=1&api_key={}", "*".repeat(18))
+        );
         // Off by config, or nothing to mask.
         let off = ProviderConfig {
             scrub_responses: false,

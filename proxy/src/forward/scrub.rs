@@ -77,7 +77,10 @@ pub(crate) fn body_stream<'a>(
             .responses_unscrubbed
             .with_label_values(&[provider])
             .inc();
-        tracing::debug!(provider, "provider answered with a Content-Encoding: body relayed unscrubbed");
+        tracing::debug!(
+            provider,
+            "provider answered with a Content-Encoding: body relayed unscrubbed"
+        );
         return None;
     }
     Some(s.stream())
