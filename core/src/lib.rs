@@ -3,7 +3,9 @@
 //!
 //! - [`provider`]: the provider model, its per-provider policy and auth scheme, validation.
 //! - [`secret`]: a string type that never prints.
+//! - [`oauth`]: OAuth2 grants the hub runs (client credentials, refresh token, JWT bearer).
 //! - [`signing`]: request signatures for providers (AWS SigV4, HMAC partner schemes).
+//! - [`scrub`]: masking provider credentials in what providers send back.
 //! - [`config`]: the typed `hub.yaml` tree with `HUB_*` overrides.
 //! - [`db`]: one database handle over SQLite or PostgreSQL (SQL written once), transactions.
 //! - [`store`]: the registry's persistence interface and its one SQL implementation.
@@ -28,6 +30,7 @@ pub mod oauth;
 pub mod otlp;
 pub mod provider;
 pub mod satoken;
+pub mod scrub;
 pub mod secret;
 pub mod signing;
 pub mod state;

@@ -19,6 +19,7 @@ mod dlq;
 mod grpc;
 mod pool;
 mod rewrite;
+mod scrub;
 mod sign;
 #[cfg(test)]
 mod tests;
@@ -280,6 +281,7 @@ impl Forwarder {
                     &peer,
                     call.request_id,
                     plan.deadline(),
+                    scrubber_of(provider, token.as_deref()),
                 )
                 .await;
                 report.cut = cut;
@@ -287,7 +289,7 @@ impl Forwarder {
             }
             let retry_after = attempt.upstream.as_ref().and_then(retry_after_of);
             let excerpt = match attempt.upstream {
-                Some(mut up) => excerpt_of(&mut up).await,
+                Some(mut up) => excerpt_of(&mut up, scrubber_of(provider, token.as_deref())).await,
                 None => String::new(),
             };
             last = Some((attempt.end, excerpt));
@@ -492,6 +494,18 @@ impl Forwarder {
 
     async fn admit(&self, provider: &Provider, policy: &Policy) -> Result<Permit, Problem> {
         verdict::permit_or_problem(&provider.name, self.admission(provider, policy).await)
+    }
+}
+
+/// What masks an answer to a call that carried `token`: the provider's scrubber, with the
+/// access token added for OAuth2 providers.
+fn scrubber_of<'a>(
+    provider: &'a Provider,
+    token: Option<&'a crate::oauth::Token>,
+) -> Option<&'a hub_core::scrub::Scrubber> {
+    match token {
+        Some(t) => t.scrubber.as_deref(),
+        None => provider.scrubber.as_deref(),
     }
 }
 

@@ -19,33 +19,34 @@ fn sensitive(v: &str) -> pingora::Result<HeaderValue> {
     Ok(hv)
 }
 
-/// Sets the credential headers for `auth` (query credentials are handled by [`rewrite_query`]).
-pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<()> {
+/// The header a header-borne credential goes in and its value as sent (`None` for `none` and
+/// `query`): the one place these forms are made, for the request and for the scrubber.
+fn header_credential(auth: &Auth) -> Option<(String, String)> {
     match auth {
-        // OAuth2: the access token is the forwarder's to inject (`inject_bearer`).
+        // OAuth2: the access token is the forwarder's to inject (`inject_bearer`); signatures
+        // are made per attempt, over the final request (`forward::sign`).
         Auth::None
         | Auth::Query { .. }
         | Auth::OAuth2ClientCredentials(_)
         | Auth::OAuth2RefreshToken(_)
         | Auth::OAuth2JwtBearer(_)
-        // Signatures are made per attempt, over the final request (`forward::sign`).
         | Auth::AwsSigV4(_)
-        | Auth::Hmac(_) => Ok(()),
+        | Auth::Hmac(_) => None,
         Auth::Bearer { token } => {
-            let v = sensitive(&format!("Bearer {}", token.expose()))?;
-            req.insert_header("authorization", v)
+            Some(("authorization".into(), format!("Bearer {}", token.expose())))
         }
         Auth::Basic { username, password } => {
             let raw = format!("{}:{}", username.expose(), password.expose());
-            let v = sensitive(&format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(raw)
-            ))?;
-            req.insert_header("authorization", v)
+            Some((
+                "authorization".into(),
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                ),
+            ))
         }
         Auth::Header { name, value } => {
-            let v = sensitive(value.expose())?;
-            req.insert_header(name.to_ascii_lowercase(), v)
+            Some((name.to_ascii_lowercase(), value.expose().to_owned()))
         }
     }
 }
@@ -56,6 +57,46 @@ pub fn inject_bearer(req: &mut RequestHeader, token: &SecretString) -> pingora::
         "authorization",
         sensitive(&format!("Bearer {}", token.expose()))?,
     )
+}
+
+/// Sets the credential headers for `auth` (query credentials are handled by [`rewrite_query`]).
+pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<()> {
+    match header_credential(auth) {
+        None => Ok(()),
+        Some((name, value)) => req.insert_header(name, sensitive(&value)?),
+    }
+}
+
+/// Every form of `auth`'s secrets a provider could hand back: the secrets themselves, the whole
+/// header value the hub sends (`Bearer …`, `Basic …`) and a `Basic` header's base64 alone, and
+/// a query credential as it goes on the query string (percent-encoded).
+pub fn sent_forms(auth: &Auth) -> Vec<String> {
+    let mut forms: Vec<String> = auth
+        .secrets()
+        .iter()
+        .map(|s| s.expose().to_owned())
+        .collect();
+    if let Some((_, value)) = header_credential(auth) {
+        if let Some(b64) = value.strip_prefix("Basic ") {
+            forms.push(b64.to_owned());
+        }
+        forms.push(value);
+    }
+    if let Auth::Query { value, .. } = auth {
+        forms.push(encode_component(value.expose()));
+    }
+    forms
+}
+
+/// The scrubber of a provider's answers (`None`: nothing to mask, or `scrubResponses` off).
+pub fn scrubber_for(
+    auth: Option<&Auth>,
+    config: &hub_core::provider::ProviderConfig,
+) -> Option<std::sync::Arc<hub_core::scrub::Scrubber>> {
+    if !config.scrub_responses {
+        return None;
+    }
+    hub_core::scrub::Scrubber::new(sent_forms(auth?)).map(std::sync::Arc::new)
 }
 
 /// Whether the caller's request carries a credential where `auth` would put the provider's:
@@ -179,6 +220,46 @@ mod tests {
         inject_headers(&mut req, &auth).unwrap();
         let all: Vec<_> = req.headers.get_all("x-api-key").iter().collect();
         assert_eq!(all, vec!["real"]);
+    }
+
+    #[test]
+    fn the_scrubber_masks_every_form_the_hub_sends() {
+        use hub_core::provider::ProviderConfig;
+        let basic = Auth::Basic {
+            username: SecretString::new("user_abcdefgh"),
+            password: SecretString::new("pw_12345678"),
+        };
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        inject_headers(&mut req, &basic).unwrap();
+        let sent = req.headers["authorization"].to_str().unwrap().to_owned();
+        let s = scrubber_for(Some(&basic), &ProviderConfig::default()).unwrap();
+        let b64 = sent.strip_prefix("Basic ").unwrap();
+        for echoed in [sent.as_str(), b64, "user_abcdefgh", "pw_12345678"] {
+            let masked = s.mask_str(&format!("<{echoed}>"));
+            assert_eq!(
+                masked,
+                format!("<{}>", "*".repeat(echoed.len())),
+                "{echoed}"
+            );
+        }
+        let query = Auth::Query {
+            name: "api_key".into(),
+            value: SecretString::new("q s3cr/t+val"),
+        };
+        let target = rewrite_query(Some("a=1"), "api_key", "q s3cr/t+val");
+        let s = scrubber_for(Some(&query), &ProviderConfig::default()).unwrap();
+        assert_eq!(
+            s.mask_str(&target),
+            format!("a=1&api_key={}", "*".repeat(18))
+        );
+        // Off by config, or nothing to mask.
+        let off = ProviderConfig {
+            scrub_responses: false,
+            ..ProviderConfig::default()
+        };
+        assert!(scrubber_for(Some(&basic), &off).is_none());
+        assert!(scrubber_for(Some(&Auth::None), &ProviderConfig::default()).is_none());
+        assert!(scrubber_for(None, &ProviderConfig::default()).is_none());
     }
 
     #[test]

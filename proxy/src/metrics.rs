@@ -51,6 +51,10 @@ pub struct Metrics {
     pub circuit_open: IntGaugeVec,
     /// `integration_dlq_handoffs_total{provider}`: failed calls handed to the DLQ writer.
     pub dlq_handoffs: IntCounterVec,
+    /// `integration_responses_unscrubbed_total{provider}`: answers of a provider whose
+    /// credentials are masked that came compressed anyway (`Content-Encoding`, despite the
+    /// hub's `Accept-Encoding: identity`), so their body was relayed unscrubbed.
+    pub responses_unscrubbed: IntCounterVec,
     /// `integration_dlq_unrecorded_total{reason}`: failed calls answered without a DLQ id
     /// because the spool refused them (`spool_full`, `spool_unwritable`, …).
     pub dlq_unrecorded: IntCounterVec,
@@ -238,6 +242,12 @@ impl Metrics {
                 &r,
                 "integration_circuit_open",
                 "1 while the provider's circuit is not closed",
+                &["provider"],
+            ),
+            responses_unscrubbed: counter(
+                &r,
+                "integration_responses_unscrubbed_total",
+                "Compressed answers of scrubbed providers, relayed without scrubbing their body",
                 &["provider"],
             ),
             dlq_handoffs: counter(

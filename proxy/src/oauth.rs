@@ -62,6 +62,29 @@ pub struct Token {
     pub refresh: Instant,
     /// Identifies this token in the share (compare-and-delete on a 401).
     generation: String,
+    /// The provider's scrubber with this token (and its `Bearer` form) added: what masks the
+    /// answers of calls that carry it.
+    pub scrubber: Option<Arc<hub_core::scrub::Scrubber>>,
+}
+
+/// The provider's scrubber plus `token` (unless `scrubResponses` is off).
+fn scrubber_with(
+    provider: &Provider,
+    token: &SecretString,
+) -> Option<Arc<hub_core::scrub::Scrubber>> {
+    if !provider.config.scrub_responses {
+        return None;
+    }
+    let bearer = format!("Bearer {}", token.expose());
+    let forms = [token.expose(), bearer.as_str()];
+    match &provider.scrubber {
+        Some(s) => {
+            let mut s = s.with_extra(forms[0]);
+            s = s.with_extra(forms[1]);
+            Some(Arc::new(s))
+        }
+        None => hub_core::scrub::Scrubber::new(forms).map(Arc::new),
+    }
 }
 
 impl Token {
@@ -385,8 +408,10 @@ impl Tokens {
         let now_ms = unix_ms();
         let now = Instant::now();
         let at = |ms: i64| now + Duration::from_millis(u64::try_from(ms - now_ms).unwrap_or(0));
+        let value = SecretString::from(p.t);
         Some(Token {
-            value: p.t.into(),
+            scrubber: scrubber_with(provider, &value),
+            value,
             expires: at(p.e),
             refresh: at(p.r),
             generation,
@@ -474,7 +499,7 @@ impl Tokens {
             self.status(provider, slot, None, "store_unavailable").await;
             return Err(unavailable(&provider.name, why));
         }
-        let token = Arc::new(self.token_of(&issued));
+        let token = Arc::new(token_of(provider, &issued));
         slot.set(Some(token.clone()));
         if let Some(blob) = self.seal_token(provider, &token) {
             self.share
@@ -489,20 +514,24 @@ impl Tokens {
             .await;
         Ok(token)
     }
+}
 
-    fn token_of(&self, issued: &Issued) -> Token {
-        use rand::Rng;
-        let now = Instant::now();
-        let life = issued.lifetime.as_secs_f64();
-        let jitter = rand::rng().random_range(0.0..=REFRESH_JITTER);
-        Token {
-            value: issued.access_token.clone(),
-            expires: now + issued.lifetime,
-            refresh: now + Duration::from_secs_f64(life * (REFRESH_AT - jitter)),
-            generation: ulid::Ulid::new().to_string(),
-        }
+/// A token as issued now, due for refresh at [`REFRESH_AT`] of its lifetime less jitter.
+fn token_of(provider: &Provider, issued: &Issued) -> Token {
+    use rand::Rng;
+    let now = Instant::now();
+    let life = issued.lifetime.as_secs_f64();
+    let jitter = rand::rng().random_range(0.0..=REFRESH_JITTER);
+    Token {
+        scrubber: scrubber_with(provider, &issued.access_token),
+        value: issued.access_token.clone(),
+        expires: now + issued.lifetime,
+        refresh: now + Duration::from_secs_f64(life * (REFRESH_AT - jitter)),
+        generation: ulid::Ulid::new().to_string(),
     }
+}
 
+impl Tokens {
     async fn status(&self, provider: &Provider, slot: &Slot, life: Option<Duration>, why: &str) {
         let mut status = self.share.status(provider.id).await.unwrap_or_default();
         if let Some(life) = life {

@@ -45,6 +45,9 @@ pub struct Provider {
     pub config: ProviderConfig,
     /// Decrypted credentials; `None` when they could not be decrypted (calls get 503).
     pub auth: Option<Auth>,
+    /// Masks the credentials in the provider's answers (`hub_core::scrub`), built with `auth`
+    /// ([`crate::inject::scrubber_for`]); `None`: nothing to mask or `scrubResponses` off.
+    pub scrubber: Option<Arc<hub_core::scrub::Scrubber>>,
     /// Store version this was built from.
     pub version: i64,
 }
@@ -62,6 +65,7 @@ impl Provider {
             base: parse_base_url(&format!("http://{name}.test"), true).expect("test base URL"),
             config: ProviderConfig::default(),
             auth: Some(Auth::None),
+            scrubber: None,
             version: 1,
         }
     }
@@ -549,6 +553,7 @@ impl Registry {
                 }
             },
         };
+        let scrubber = crate::inject::scrubber_for(auth.as_ref(), &r.config);
         let p = Provider {
             id: r.id,
             name: r.name,
@@ -557,6 +562,7 @@ impl Registry {
             base,
             config: r.config,
             auth,
+            scrubber,
             version: r.version,
         };
         Some((Arc::new(p), r.hosts))

@@ -36,6 +36,19 @@ pub enum Mode {
         /// Silence between two events.
         gap_ms: u64,
     },
+    /// This status, echoing the request as httpbin does: every request header back as an
+    /// `x-echo-<name>` response header, and the target and headers in a JSON body.
+    Echo(u16),
+    /// This status with a chunked body of exactly these chunks, each written and flushed on its
+    /// own, `gap_ms` apart (so the hub reads them one by one).
+    Chunks {
+        /// Status code.
+        status: u16,
+        /// The chunks, in order.
+        parts: Vec<Vec<u8>>,
+        /// Silence between two chunks.
+        gap_ms: u64,
+    },
 }
 
 /// One request as the provider received it.
@@ -422,6 +435,7 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
             "\"len\":{},\"sha256\":\"{}\"",
             rec.body_len, rec.body_sha256
         );
+        let echo = echo_of(&rec);
         let mode = {
             let mut sh = shared.lock().unwrap();
             sh.requests.push(rec);
@@ -485,6 +499,46 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
                 }
                 continue;
             }
+            Mode::Echo(status) => {
+                let (headers, body) = echo;
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{headers}\r\n{body}",
+                    body.len()
+                );
+                if s.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Mode::Chunks {
+                status,
+                parts,
+                gap_ms,
+            } => {
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = s.flush().await;
+                for (i, part) in parts.iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+                    }
+                    let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+                    chunk.extend_from_slice(part);
+                    chunk.extend_from_slice(b"\r\n");
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    let _ = s.flush().await;
+                }
+                if s.write_all(b"0\r\n\r\n").await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         let body = format!("{{\"ok\":{},\"status\":{status},{summary}}}", status < 400);
         let resp = format!(
@@ -495,6 +549,18 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, shared: Arc<Mut
             return;
         }
     }
+}
+
+/// The echo of a request (see [`Mode::Echo`]): response header lines and a JSON body.
+fn echo_of(rec: &Recorded) -> (String, String) {
+    let mut lines = String::new();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &rec.headers {
+        lines.push_str(&format!("x-echo-{k}: {v}\r\n"));
+        headers.insert(k.clone(), serde_json::Value::String(v.clone()));
+    }
+    let body = serde_json::json!({"target": rec.target, "headers": headers});
+    (lines, body.to_string())
 }
 
 /// How a request's body is framed.

@@ -139,6 +139,13 @@ pub struct ProviderConfig {
     /// injects the provider's (its auth header or query parameter), instead of silently
     /// replacing it. Off by default: SDKs often insist on a dummy key.
     pub refuse_foreign_credential: bool,
+    /// Mask the provider's credential (and the forms the hub sends it in) in everything the
+    /// provider answers before a module or the DLQ sees it: header values, bodies, trailers,
+    /// excerpts (`hub_core::scrub`). The hub then asks for uncompressed answers
+    /// (`Accept-Encoding: identity`), since compressed bytes cannot be scrubbed. On by default;
+    /// turn it off only for a provider whose answers are huge, compressible and known never to
+    /// echo the credential.
+    pub scrub_responses: bool,
 }
 
 impl Default for ProviderConfig {
@@ -165,6 +172,7 @@ impl Default for ProviderConfig {
             upgraded_idle_timeout_ms: DEFAULT_UPGRADED_IDLE_TIMEOUT_MS,
             max_upgraded_connections: DEFAULT_MAX_UPGRADED_CONNECTIONS,
             refuse_foreign_credential: false,
+            scrub_responses: true,
         }
     }
 }

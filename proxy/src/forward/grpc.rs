@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hub_core::provider::HttpVersion;
+use hub_core::scrub::{ScrubStream, Scrubber};
 use hub_core::state::{AttemptEnd, Outcome, Policy, RetryPlan};
 use hub_core::wire::{self, grpc_status, problem};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -32,6 +33,7 @@ use pingora::proxy::Session;
 use tokio::time::Instant;
 
 use super::body::{Body, caller_body_problem};
+use super::scrub;
 use super::upstream::{Cut, Upstream};
 use super::verdict::classify;
 use super::{Call, CallReport, Forwarder, count_attempt, upstream_header};
@@ -185,12 +187,18 @@ impl Forwarder {
             &mut report.idempotency_key,
         )
         .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
-        self.authorize(provider, plan.deadline(), &mut header)
+        let token = self
+            .authorize(provider, plan.deadline(), &mut header)
             .await?;
         // A streamed call: SigV4 signs UNSIGNED-PAYLOAD; a scheme signing the body refuses.
         super::sign::sign(provider, &mut header, None)?;
         let _ = header.insert_header("te", "trailers");
         header.remove_header("content-length");
+        let scrubber = super::scrubber_of(provider, token.as_deref());
+        if scrubber.is_some() {
+            // Compressed messages cannot be scrubbed (as `Accept-Encoding` for HTTP).
+            let _ = header.insert_header("grpc-accept-encoding", "identity");
+        }
         let peer = Upstream::with_version(provider, call.addr, HttpVersion::H2);
         let mut body = Replay::new(self.replay_limit);
         let mut last = (AttemptEnd::Timeout, String::new());
@@ -222,7 +230,7 @@ impl Forwarder {
                         self.state.record(permit_now, Outcome::Success).await;
                         count_attempt(provider, started, AttemptEnd::Status(200));
                         let (status, cut) = self
-                            .relay_grpc(session, h2, &peer, &mut body, call, &plan)
+                            .relay_grpc(session, h2, &peer, &mut body, call, &plan, scrubber)
                             .await;
                         report.cut = cut;
                         return Ok(status);
@@ -233,13 +241,14 @@ impl Forwarder {
                             .and_then(|h| h.headers.get(wire::GRPC_MESSAGE))
                             .and_then(|v| v.to_str().ok())
                             .unwrap_or_default();
+                        let msg = scrubber.map_or_else(|| msg.to_owned(), |s| s.mask_str(msg));
                         last = (end, wire::excerpt(msg.as_bytes(), 512));
                         if !body.replayable() {
                             // Nothing to send again: the provider's own answer is the module's.
                             self.state.record(permit_now, Outcome::Failure).await;
                             count_attempt(provider, started, end);
                             let (status, cut) = self
-                                .relay_grpc(session, h2, &peer, &mut body, call, &plan)
+                                .relay_grpc(session, h2, &peer, &mut body, call, &plan, scrubber)
                                 .await;
                             report.cut = cut;
                             return Ok(status);
@@ -370,7 +379,9 @@ impl Forwarder {
 
     /// Relays the provider's answer to the module (head, messages both ways, trailers) until the
     /// provider ends it, within the idle timeout and the call's deadline. Returns the HTTP status
-    /// and why the relay was cut, if it was.
+    /// and why the relay was cut, if it was. With a `scrubber`, the provider's credentials are
+    /// masked in the head, the messages (same length: their length prefixes hold) and trailers.
+    #[allow(clippy::too_many_arguments)]
     async fn relay_grpc(
         &self,
         session: &mut Session,
@@ -379,6 +390,7 @@ impl Forwarder {
         body: &mut Replay,
         call: &Call<'_>,
         plan: &RetryPlan,
+        scrubber: Option<&Scrubber>,
     ) -> (u16, Option<Cut>) {
         let Some(head) = h2.response_header() else {
             return (502, Some(Cut::UpstreamError));
@@ -388,6 +400,10 @@ impl Forwarder {
         for h in hygiene::HOP_BY_HOP {
             resp.remove_header(*h);
         }
+        if let Some(s) = scrubber {
+            scrub::head(s, &mut resp);
+        }
+        let mut body_scrub = scrub::body_stream(scrubber, &resp, &peer.provider.name);
         let _ = resp.insert_header(REQUEST_ID, call.request_id);
         if h2.response_finished() {
             // Trailers-only: one HEADERS frame that ends the stream, as the provider sent it.
@@ -417,17 +433,31 @@ impl Forwarder {
                 tokio::select! {
                     data = poll_fn(|cx| h2.poll_read_response_body(cx)) => match data {
                         Some(Ok(b)) => {
-                            if session.write_response_body(Some(b), false).await.is_err() {
+                            let b = scrub::chunk(body_scrub.as_mut(), b);
+                            if !b.is_empty()
+                                && session.write_response_body(Some(b), false).await.is_err()
+                            {
                                 return Some(Cut::CallerGone);
                             }
                         }
                         None => {
+                            if let Some(rest) = body_scrub.take().map(ScrubStream::finish)
+                                && !rest.is_empty()
+                                && session.write_response_body(Some(rest), false).await.is_err()
+                            {
+                                return Some(Cut::CallerGone);
+                            }
                             return match h2.read_trailers().await {
-                                Ok(Some(t)) => session
+                                Ok(Some(mut t)) => {
+                                    if let Some(s) = scrubber {
+                                        scrub::map(s, &mut t);
+                                    }
+                                    session
                                     .write_response_trailers(t)
                                     .await
                                     .err()
-                                    .map(|_| Cut::CallerGone),
+                                    .map(|_| Cut::CallerGone)
+                                }
                                 Ok(None) => session
                                     .write_response_body(None, true)
                                     .await

@@ -10,7 +10,9 @@ use crate::registry::Provider;
 
 /// The request as the provider gets it: origin-form under the base path, Host of the base URL,
 /// hop-by-hop and `Expect` out, credentials in, request id and idempotency key set. Framing
-/// headers are the caller's; [`super::body`] re-frames a buffered body.
+/// headers are the caller's; [`super::body`] re-frames a buffered body. A provider whose answers
+/// are scrubbed (`scrubResponses`, credentials to mask) is asked for `Accept-Encoding: identity`:
+/// a compressed body cannot be scrubbed.
 pub fn upstream_header(
     caller: &RequestHeader,
     p: &Provider,
@@ -50,6 +52,9 @@ pub fn upstream_header(
     up.insert_header("host", host)?;
     if let Some(auth) = p.auth.as_ref() {
         inject::inject_headers(&mut up, auth)?;
+    }
+    if p.scrubber.is_some() {
+        up.insert_header("accept-encoding", "identity")?;
     }
     up.insert_header(REQUEST_ID, request_id)?;
     if let Some(h) = &p.config.idempotency_header {

@@ -105,6 +105,7 @@ fn provider(config: serde_json::Value) -> Arc<Provider> {
         base: parse_base_url("http://mem.test", true).unwrap(),
         config,
         auth: Some(hub_core::provider::Auth::None),
+        scrubber: None,
         version: 1,
     })
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use hub_core::scrub::Scrubber;
 use hub_core::state::{AttemptEnd, Outcome, Policy, RetryPlan};
 use hub_core::wire::{HOP_BY_HOP, listed};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -117,13 +118,17 @@ impl Forwarder {
                 &peer,
                 call.request_id,
                 plan.deadline(),
+                provider.scrubber.as_deref(),
             )
             .await;
             report.cut = cut;
             return Ok(status);
         }
         let idle = provider.config.upgraded_idle_timeout();
-        let resp = switching_protocols(up.resp_header(), call.request_id);
+        let mut resp = switching_protocols(up.resp_header(), call.request_id);
+        if let Some(s) = provider.scrubber.as_deref() {
+            super::scrub::head(s, &mut resp);
+        }
         // Frames may stall a write at most the idle timeout; reads are bounded by the relay.
         session.set_read_timeout(None);
         session.set_write_timeout(Some(idle));
@@ -143,7 +148,7 @@ impl Forwarder {
         up.maybe_upgrade_body_writer();
         let (end, cut) = {
             let mut module = Module(session);
-            let mut provider_side = Provider(&mut up);
+            let mut provider_side = Provider(&mut up, provider.scrubber.as_deref());
             pump(
                 &mut module,
                 &mut provider_side,
@@ -277,13 +282,20 @@ impl Side for Module<'_> {
     }
 }
 
-/// The provider's connection after its `101`.
-struct Provider<'a>(&'a mut Http1Session);
+/// The provider's connection after its `101`, and the scrubber of what it sends: each read is
+/// masked on its own (no bytes are held back: a frame must not wait for the next one, which may
+/// never come), so a secret inside one read is masked and one split across reads, or inside a
+/// compressed (`permessage-deflate`) message, is not.
+struct Provider<'a>(&'a mut Http1Session, Option<&'a Scrubber>);
 
 #[async_trait]
 impl Side for Provider<'_> {
     async fn read(&mut self) -> pingora::Result<Option<Bytes>> {
-        self.0.read_body_bytes().await
+        let read = self.0.read_body_bytes().await?;
+        Ok(match (read, self.1) {
+            (Some(b), Some(s)) => Some(s.masked(&b).map_or(b, Bytes::from)),
+            (read, _) => read,
+        })
     }
     async fn write(&mut self, bytes: Bytes) -> pingora::Result<()> {
         self.0.write_body(&bytes).await.map(|_| ())

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use hub_core::provider::HttpVersion;
+use hub_core::scrub::{ScrubStream, Scrubber};
 use hub_core::state::AttemptEnd;
 use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 use super::body::Body;
 use super::pool;
+use super::scrub;
 use super::verdict::classify;
 use crate::hygiene::{self, REQUEST_ID};
 use crate::problem::Problem;
@@ -358,6 +360,11 @@ impl Cut {
 /// was. A cut response ends the caller's connection without a closing chunk, so the module sees
 /// a truncated answer, never a complete-looking one. The total budget is checked between chunks:
 /// a live stream is cut at most one idle period past it.
+///
+/// With a `scrubber`, the provider's credentials are masked in the head's values, the body (as
+/// it streams: what could be the start of a secret waits for the next chunk, and goes with the
+/// end of the body; a cut relay never sends it) and h2 trailers.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay(
     dial: &dyn Dial,
     session: &mut Session,
@@ -365,6 +372,7 @@ pub(crate) async fn relay(
     peer: &Upstream<'_>,
     request_id: &str,
     deadline: Instant,
+    scrubber: Option<&Scrubber>,
 ) -> (u16, Option<Cut>) {
     let Some(head) = up.response_header() else {
         return (502, Some(Cut::UpstreamError));
@@ -374,6 +382,10 @@ pub(crate) async fn relay(
     for h in hygiene::HOP_BY_HOP {
         resp.remove_header(*h);
     }
+    if let Some(s) = scrubber {
+        scrub::head(s, &mut resp);
+    }
+    let mut body_scrub = scrub::body_stream(scrubber, &resp, &peer.provider.name);
     let _ = resp.insert_header(REQUEST_ID, request_id);
     fit_response_to_caller(&mut resp, session, &up);
     session.set_write_timeout(Some(peer.provider.config.idle_timeout()));
@@ -392,10 +404,12 @@ pub(crate) async fn relay(
                 Err(e) if e.etype() == &ErrorType::ReadTimedout => return Some(Cut::IdleTimeout),
                 Err(_) => return Some(Cut::UpstreamError),
             };
-            if session
-                .write_response_body(Some(chunk), false)
-                .await
-                .is_err()
+            let chunk = scrub::chunk(body_scrub.as_mut(), chunk);
+            if !chunk.is_empty()
+                && session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
             {
                 return Some(Cut::CallerGone);
             }
@@ -403,11 +417,24 @@ pub(crate) async fn relay(
                 return Some(Cut::TotalTimeout);
             }
         }
+        // The end of the body: what was held back as a possible secret's start was not one.
+        if let Some(rest) = body_scrub.take().map(ScrubStream::finish)
+            && !rest.is_empty()
+            && session
+                .write_response_body(Some(rest), false)
+                .await
+                .is_err()
+        {
+            return Some(Cut::CallerGone);
+        }
         if let UpstreamSession::H2(h2) = &mut up {
             // gRPC's status (and any h2 provider's trailers) go to an h2 caller; HTTP/1.1
             // callers have no trailers here (Pingora writes none), the body already ended.
             match h2.read_trailers().await {
-                Ok(Some(trailers)) if session.as_http2().is_some() => {
+                Ok(Some(mut trailers)) if session.as_http2().is_some() => {
+                    if let Some(s) = scrubber {
+                        scrub::map(s, &mut trailers);
+                    }
                     return session
                         .write_response_trailers(trailers)
                         .await
@@ -497,23 +524,40 @@ pub(crate) fn fit_response_to_caller(
     }
 }
 
-/// Up to [`EXCERPT_LEN`] bytes of a failed answer's body (bounded in time).
-pub(crate) async fn excerpt_of(up: &mut UpstreamSession) -> String {
+/// Up to [`EXCERPT_LEN`] bytes of a failed answer's body (bounded in time), with the
+/// `scrubber`'s secrets masked: whole ones, and an end that could be the start of one when the
+/// body goes on past what was read. A compressed body's excerpt is its start as received.
+pub(crate) async fn excerpt_of(up: &mut UpstreamSession, scrubber: Option<&Scrubber>) -> String {
     /// Length of the upstream response excerpt kept for a failed call.
     const EXCERPT_LEN: usize = 512;
+    let mut out = Vec::new();
+    let mut ended = false;
     let read = async {
-        let mut out = Vec::new();
         while out.len() < EXCERPT_LEN {
             match up.read_response_body().await {
                 Ok(Some(b)) => out.extend_from_slice(&b),
-                _ => break,
+                Ok(None) => {
+                    ended = true;
+                    break;
+                }
+                Err(_) => break,
             }
         }
-        hub_core::wire::excerpt(&out, EXCERPT_LEN)
     };
-    tokio::time::timeout(Duration::from_millis(200), read)
+    if tokio::time::timeout(Duration::from_millis(200), read)
         .await
-        .unwrap_or_default()
+        .is_err()
+    {
+        return String::new();
+    }
+    if let Some(s) = scrubber {
+        if ended {
+            s.mask_in_place(&mut out);
+        } else {
+            s.mask_truncated(&mut out);
+        }
+    }
+    hub_core::wire::excerpt(&out, EXCERPT_LEN)
 }
 
 /// The provider's `Retry-After`, in seconds form.

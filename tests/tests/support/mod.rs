@@ -314,6 +314,11 @@ impl WorkHub {
         format!("http://{}", self.proxy_addr)
     }
 
+    /// `http://<admin addr>` (bootstrap token [`hub_tests::harness::TEST_ADMIN_TOKEN`]).
+    pub fn admin_url(&self) -> String {
+        self._hub.admin_url()
+    }
+
     /// A module's HTTP client: plain `HTTP_PROXY` to the hub.
     pub fn client(&self) -> reqwest::Client {
         reqwest::Client::builder()
