@@ -23,7 +23,7 @@ fn provider(
         "hosts": [host],
         "baseUrl": fake.base_url(),
         "auth": auth,
-        "config": {"allowPrivateNetwork": true, "retry": {"maxAttempts": 1}}
+        "config": {"allowPrivateNetwork": true, "maxAttempts": 1, "rateLimitPerSec": 1000, "burst": 1000}
     })
 }
 
@@ -36,7 +36,7 @@ fn client_credentials(idp: &FakeIdp) -> serde_json::Value {
 
 async fn admin_get(hub: &TestHub, path: &str) -> serde_json::Value {
     reqwest::Client::new()
-        .get(format!("{}{path}", hub.admin_url()))
+        .get(format!("{}/api/v1/integrations{path}", hub.admin_url()))
         .bearer_auth(hub_tests::harness::TEST_ADMIN_TOKEN)
         .send()
         .await
@@ -133,13 +133,13 @@ async fn client_credentials_two_hundred_concurrent_calls_one_token_request() {
 
 #[tokio::test]
 async fn two_instances_sharing_redis_make_one_token_request() {
-    let Some(redis) = hub_core::testing::redis_url().await else {
+    let Some(redis_url) = hub_core::testing::redis_url().await else {
         return;
     };
     let pki = TestPki::new();
     let prefix = format!("oauth-test-{}:", ulid::Ulid::new());
     let shared = |c: &mut hub_core::config::HubConfig| {
-        c.redis.url = Some(redis.clone().into());
+        c.redis.url = Some(redis_url.clone().into());
         c.redis.key_prefix = prefix.clone();
     };
     let Some(a) = HubBuilder::new(Backend::Sqlite, &pki)
@@ -193,7 +193,7 @@ async fn two_instances_sharing_redis_make_one_token_request() {
             .all(|r| r.header("authorization") == Some(token.as_str()))
     );
     // The token sits sealed in Redis: its plaintext is nowhere in the key's value.
-    let client = redis::Client::open(redis.as_str()).unwrap();
+    let client = redis::Client::open(redis_url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{prefix}oauth:{}:{}:token", rec.id, rec.version);
     let blob: String = redis::cmd("GET")
@@ -364,8 +364,10 @@ async fn a_401_gets_one_new_token_and_one_more_attempt_and_a_second_401_is_relay
         };
         let idp = FakeIdp::start(pki.server_config.clone()).await;
         let api = FakeProvider::start(Some(pki.server_config.clone())).await;
+        // Metrics are process-wide: a name per backend.
+        let name = format!("re-{backend:?}").to_lowercase();
         hub.add_provider(provider(
-            "re",
+            &name,
             "api.re.test",
             &api,
             client_credentials(&idp),
@@ -394,11 +396,9 @@ async fn a_401_gets_one_new_token_and_one_more_attempt_and_a_second_401_is_relay
         assert_eq!(resp.status(), 401);
         assert_eq!(api.requests().len(), 4);
         assert_eq!(idp.calls().len(), 3);
-        assert!(
-            metrics(&hub)
-                .await
-                .contains("integration_token_rejections_total{provider=\"re\"} 3")
-        );
+        assert!(metrics(&hub).await.contains(&format!(
+            "integration_token_rejections_total{{provider=\"{name}\"}} 2"
+        )));
     }
 }
 
@@ -439,6 +439,120 @@ async fn an_identity_provider_outage_fails_fast_with_a_bounded_number_of_token_r
         "nothing reached the provider without a token"
     );
     let view = admin_get(&hub, &format!("/providers/{}", rec.id)).await;
-    assert_eq!(view["auth"]["token"]["lastOutcome"], "circuit_open");
+    assert_eq!(
+        view["auth"]["token"]["lastOutcome"], "circuit_open",
+        "{view}"
+    );
     assert!(!hub_tests::logs::contents().contains(IDP_ERROR_MARKER));
+}
+
+#[tokio::test]
+async fn sigv4_signs_the_request_the_provider_receives_replacing_the_callers() {
+    use sha2::Digest;
+    let pki = TestPki::new();
+    let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
+        return;
+    };
+    let api = FakeProvider::start(Some(pki.server_config.clone())).await;
+    hub.add_provider(provider(
+        "aws",
+        "execute-api.test",
+        &api,
+        json!({
+            "type": "aws_sigv4", "accessKeyId": "AKIDHUBTEST", "secretAccessKey": "SIGV4_SECRET_KEY_1234",
+            "sessionToken": "SESSION_TOKEN_SECRET_5678", "region": "eu-west-1", "service": "execute-api"
+        }),
+    ))
+    .await;
+    let resp = client(&hub)
+        .post(format!(
+            "https://execute-api.test:{}/prod/orders?b=2&a=1",
+            api.port
+        ))
+        .header("authorization", "AWS4-HMAC-SHA256 Credential=CALLER/forged")
+        .header("x-amz-date", "20000101T000000Z")
+        .header("content-type", "application/json")
+        .body(r#"{"order":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let r = &api.requests()[0];
+    let auth = r.header("authorization").unwrap();
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDHUBTEST/"),
+        "{auth}"
+    );
+    assert!(auth.contains("/eu-west-1/execute-api/aws4_request"));
+    assert!(
+        auth.contains(
+            "SignedHeaders=content-type;host;x-amz-content-sha256;x-amz-date;x-amz-security-token"
+        ),
+        "{auth}"
+    );
+    assert_ne!(r.header("x-amz-date"), Some("20000101T000000Z"));
+    assert_eq!(
+        r.header("x-amz-content-sha256"),
+        Some(hex::encode(sha2::Sha256::digest(br#"{"order":1}"#)).as_str())
+    );
+    assert_eq!(
+        r.header("x-amz-security-token"),
+        Some("SESSION_TOKEN_SECRET_5678")
+    );
+    assert_nowhere(
+        &[&metrics(&hub).await],
+        &["SIGV4_SECRET_KEY_1234", "SESSION_TOKEN_SECRET_5678"],
+    );
+}
+
+#[tokio::test]
+async fn hmac_signatures_are_fresh_on_every_attempt_and_verify() {
+    use sha2::Digest;
+    let pki = TestPki::new();
+    let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
+        return;
+    };
+    let api = FakeProvider::start(Some(pki.server_config.clone())).await;
+    let mut json = provider(
+        "partner",
+        "partner.test",
+        &api,
+        json!({
+            "type": "hmac", "secret": "HMAC_PARTNER_SECRET_abc", "signatureHeader": "X-Signature",
+            "timestampHeader": "X-Timestamp", "timestampFormat": "unixMillis",
+            "parts": ["method", "path", "timestamp", "bodySha256"], "separator": "\n",
+            "apiKeyHeader": "X-Api-Key", "apiKey": "PARTNER_API_KEY_xyz"
+        }),
+    );
+    json["config"]["maxAttempts"] = 2.into();
+    json["config"]["backoffBaseMs"] = 20.into();
+    json["config"]["idempotencyHeader"] = "Idempotency-Key".into();
+    hub.add_provider(json).await;
+    api.script([Mode::Status(503)]);
+    let resp = client(&hub)
+        .post(format!("https://partner.test:{}/v2/transfer", api.port))
+        .header("x-signature", "forged")
+        .body("amount=5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = api.requests();
+    assert_eq!(seen.len(), 2);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"HMAC_PARTNER_SECRET_abc");
+    let mut stamps = Vec::new();
+    for r in &seen {
+        let ts = r.header("x-timestamp").unwrap().to_owned();
+        let body_hash = hex::encode(sha2::Sha256::digest(&r.body));
+        let signed = format!("POST\n/v2/transfer\n{ts}\n{body_hash}");
+        let expected = hex::encode(ring::hmac::sign(&key, signed.as_bytes()).as_ref());
+        assert_eq!(r.header_all("x-signature"), vec![expected.as_str()]);
+        assert_eq!(r.header("x-api-key"), Some("PARTNER_API_KEY_xyz"));
+        stamps.push(ts);
+    }
+    assert_ne!(stamps[0], stamps[1], "the retried attempt was signed again");
+    assert_nowhere(
+        &[&metrics(&hub).await],
+        &["HMAC_PARTNER_SECRET_abc", "PARTNER_API_KEY_xyz"],
+    );
 }
