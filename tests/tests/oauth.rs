@@ -126,8 +126,42 @@ async fn client_credentials_two_hundred_concurrent_calls_one_token_request() {
         assert_eq!(view["auth"]["token"]["lastOutcome"], "ok", "{view}");
         assert!(view["auth"]["token"]["expiresAt"].is_string());
         assert_eq!(view["auth"]["token"]["tokenRequests"], 1);
+        // A new client secret: the next call gets a new token, asked for with the new secret
+        // (the cached one belonged to the old credentials).
+        let mut auth = client_credentials(&idp);
+        auth["clientSecret"] = "cs_ROTATED_CLIENT_SECRET_1a2b".into();
+        let patched = reqwest::Client::new()
+            .patch(format!(
+                "{}/api/v1/integrations/providers/{}",
+                hub.admin_url(),
+                rec.id
+            ))
+            .bearer_auth(hub_tests::harness::TEST_ADMIN_TOKEN)
+            .json(&json!({ "auth": auth }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(patched.status(), 200);
+        hub.sync().await;
+        idp.expect_client("hub-client", "cs_ROTATED_CLIENT_SECRET_1a2b");
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 200);
+        assert_eq!(idp.calls().len(), 2, "{backend:?}");
+        let token2 = format!("at-2-{}", idp.marker);
+        assert_eq!(
+            api.requests().last().unwrap().header("authorization"),
+            Some(format!("Bearer {token2}").as_str())
+        );
         let m = metrics(&hub).await;
-        assert_nowhere(&[&view.to_string(), &m], &[&token, CLIENT_SECRET]);
+        let audit = admin_get(&hub, "/audit").await;
+        assert_nowhere(
+            &[&view.to_string(), &m, &audit.to_string()],
+            &[
+                &token,
+                &token2,
+                CLIENT_SECRET,
+                "cs_ROTATED_CLIENT_SECRET_1a2b",
+            ],
+        );
     }
 }
 
@@ -399,6 +433,20 @@ async fn a_401_gets_one_new_token_and_one_more_attempt_and_a_second_401_is_relay
         assert!(metrics(&hub).await.contains(&format!(
             "integration_token_rejections_total{{provider=\"{name}\"}} 2"
         )));
+        // A call that still fails goes to the DLQ without the token it carried (a replay goes
+        // through the proxy and gets the current one).
+        api.set_mode(Mode::Status(503));
+        let resp = c.post(&url).body("amount=7").send().await.unwrap();
+        assert_eq!(resp.status(), 502);
+        let failed = hub.exhausted.lock().await.recv().await.unwrap();
+        assert_eq!(failed.body.as_deref(), Some(&b"amount=7"[..]));
+        assert!(
+            failed
+                .headers
+                .iter()
+                .all(|(k, v)| k != "authorization" && !v.contains(&idp.marker))
+        );
+        assert!(!format!("{failed:?}").contains(&idp.marker));
     }
 }
 

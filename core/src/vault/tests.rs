@@ -48,6 +48,26 @@ fn all_auths() -> Vec<Auth> {
             name: "api_key".into(),
             value: SecretString::new("q-secret"),
         },
+        serde_json::from_value(serde_json::json!({
+            "type": "oauth2_client_credentials", "tokenUrl": "https://idp.test/token",
+            "clientId": "id", "clientSecret": "cc-secret", "scopes": ["a"]
+        }))
+        .unwrap(),
+        serde_json::from_value(serde_json::json!({
+            "type": "oauth2_refresh_token", "tokenUrl": "https://idp.test/token",
+            "clientId": "id", "refreshToken": "rt-secret"
+        }))
+        .unwrap(),
+        serde_json::from_value(serde_json::json!({
+            "type": "aws_sigv4", "accessKeyId": "AKID", "secretAccessKey": "aws-secret",
+            "region": "us-east-1", "service": "s3"
+        }))
+        .unwrap(),
+        serde_json::from_value(serde_json::json!({
+            "type": "hmac", "secret": "hmac-secret", "signatureHeader": "X-Signature",
+            "parts": ["method", "path"]
+        }))
+        .unwrap(),
     ]
 }
 

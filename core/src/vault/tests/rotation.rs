@@ -223,8 +223,27 @@ async fn rotation_scenario(store: Arc<dyn Store>) {
         victim,
         edit: std::sync::Mutex::new(only_a.seal_auth(victim, &bearer("after-edit")).unwrap()),
     };
+    // A refresh token the provider rotated, stored under A beside the credentials.
+    let rotating = expected[5].0;
+    let refresh_aad = crate::vault::oauth_aad("refresh", rotating, 1);
+    let sealed_rt = only_a.seal(&refresh_aad, b"rt-rotated-secret").unwrap();
+    store
+        .put_oauth_refresh_token(rotating, 1, sealed_rt, None)
+        .await
+        .unwrap();
     let report = rotate_keys(&interfering, &ring).await.unwrap();
-    assert_eq!(report.rotated, 6, "{report:?}");
+    assert_eq!(report.rotated, all_auths().len() + 2, "{report:?}");
+    assert_eq!(report.refresh_tokens_rotated, 1, "{report:?}");
+    let rt = store
+        .oauth_refresh_token(rotating, 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rt.key_id, "key-b");
+    assert_eq!(
+        only_b.open(&refresh_aad, &rt).unwrap().as_slice(),
+        b"rt-rotated-secret"
+    );
     assert_eq!(report.already_current, 1, "{report:?}");
     assert_eq!(report.without_credentials, 1, "{report:?}");
     assert_eq!(report.failed.len(), 1, "{report:?}");
@@ -262,6 +281,7 @@ async fn rotation_scenario(store: Arc<dyn Store>) {
 
     let again = rotate_keys(&*store, &ring).await.unwrap();
     assert_eq!(again.rotated, 0, "{again:?}");
+    assert_eq!(again.refresh_tokens_rotated, 0, "{again:?}");
     assert_eq!(again.already_current, expected.len(), "{again:?}");
     assert_eq!(again.failed.len(), 1);
 }
