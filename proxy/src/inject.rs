@@ -23,8 +23,11 @@ fn sensitive(v: &str) -> pingora::Result<HeaderValue> {
 pub fn inject_headers(req: &mut RequestHeader, auth: &Auth) -> pingora::Result<()> {
     match auth {
         // OAuth2: the access token is the forwarder's to inject (`inject_bearer`).
+        // Path and body credentials: `crate::placement`.
         Auth::None
         | Auth::Query { .. }
+        | Auth::Path { .. }
+        | Auth::Body { .. }
         | Auth::OAuth2ClientCredentials(_)
         | Auth::OAuth2RefreshToken(_)
         | Auth::OAuth2JwtBearer(_) => Ok(()),
@@ -56,10 +59,11 @@ pub fn inject_bearer(req: &mut RequestHeader, token: &SecretString) -> pingora::
 }
 
 /// Whether the caller's request carries a credential where `auth` would put the provider's:
-/// its auth header, or its query parameter.
+/// its auth header, or its query parameter. Never for `path` (the caller must send a
+/// placeholder there) nor `body` (the body is not read yet; the caller's field is replaced).
 pub fn carries_credential(req: &RequestHeader, path_and_query: &str, auth: &Auth) -> bool {
     match auth {
-        Auth::None => false,
+        Auth::None | Auth::Path { .. } | Auth::Body { .. } => false,
         Auth::Bearer { .. }
         | Auth::Basic { .. }
         | Auth::OAuth2ClientCredentials(_)
@@ -109,7 +113,9 @@ pub fn rewrite_query(query: Option<&str>, name: &str, value: &str) -> String {
 }
 
 /// `path_and_query` as it may be logged or stored (access log, DLQ, jobs): the values of a
-/// `query` credential's parameter redacted, whatever the caller put there.
+/// `query` credential's parameter redacted, whatever the caller put there. A `path`
+/// credential's path is the caller's, with its placeholder (the secret is placed only in the
+/// request the provider gets).
 pub fn loggable_path(auth: Option<&Auth>, path_and_query: &str) -> String {
     match auth {
         Some(Auth::Query { name, .. }) => redact_query(path_and_query, name),

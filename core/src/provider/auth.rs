@@ -31,6 +31,10 @@ pub enum AuthType {
     /// OAuth2 JWT bearer grant (RFC 7523), the assertion signed by the hub.
     #[serde(rename = "oauth2_jwt_bearer")]
     OAuth2JwtBearer,
+    /// In the URL path, where the template's `{secret}` is (e.g. Telegram's `/bot{secret}`).
+    Path,
+    /// A field of a form or JSON request body (e.g. Slack's `token`).
+    Body,
 }
 
 impl AuthType {
@@ -45,6 +49,8 @@ impl AuthType {
             Self::OAuth2ClientCredentials => "oauth2_client_credentials",
             Self::OAuth2RefreshToken => "oauth2_refresh_token",
             Self::OAuth2JwtBearer => "oauth2_jwt_bearer",
+            Self::Path => "path",
+            Self::Body => "body",
         }
     }
 
@@ -59,6 +65,8 @@ impl AuthType {
             "oauth2_client_credentials" => Self::OAuth2ClientCredentials,
             "oauth2_refresh_token" => Self::OAuth2RefreshToken,
             "oauth2_jwt_bearer" => Self::OAuth2JwtBearer,
+            "path" => Self::Path,
+            "body" => Self::Body,
             _ => return None,
         })
     }
@@ -73,6 +81,8 @@ impl AuthType {
             Self::OAuth2ClientCredentials => &["tokenUrl", "clientId", "clientSecret"],
             Self::OAuth2RefreshToken => &["tokenUrl", "clientId", "refreshToken"],
             Self::OAuth2JwtBearer => &["privateKey"],
+            Self::Path => &["template", "value"],
+            Self::Body => &["format", "field", "value"],
         }
     }
 
@@ -82,6 +92,34 @@ impl AuthType {
             self,
             Self::OAuth2ClientCredentials | Self::OAuth2RefreshToken | Self::OAuth2JwtBearer
         )
+    }
+}
+
+/// The body a `body` credential goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `application/json` (a top-level object).
+    Json,
+}
+
+impl BodyFormat {
+    /// The spelling in the credential.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Form => "form",
+            Self::Json => "json",
+        }
+    }
+
+    /// The content type such a body has (what an empty body gets).
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Form => "application/x-www-form-urlencoded",
+            Self::Json => "application/json",
+        }
     }
 }
 
@@ -127,6 +165,24 @@ pub enum Auth {
     /// OAuth2 JWT bearer.
     #[serde(rename = "oauth2_jwt_bearer")]
     OAuth2JwtBearer(oauth::JwtBearer),
+    /// In the URL path (see [`super::placement`]): the caller sends the template's path with a
+    /// placeholder of its choice where `{secret}` is; the hub puts the value there.
+    Path {
+        /// A path prefix of one or more segments, one holding `{secret}` (not secret).
+        template: String,
+        /// The value (percent-encoded as a path segment when placed).
+        value: SecretString,
+    },
+    /// A field of the request body (buffered bodies only): every `field` the caller sent is
+    /// replaced by the provider's.
+    Body {
+        /// `form` or `json`.
+        format: BodyFormat,
+        /// The field's name (a top-level key for JSON; not secret).
+        field: String,
+        /// The value.
+        value: SecretString,
+    },
 }
 
 impl Auth {
@@ -141,6 +197,8 @@ impl Auth {
             Self::OAuth2ClientCredentials(_) => AuthType::OAuth2ClientCredentials,
             Self::OAuth2RefreshToken(_) => AuthType::OAuth2RefreshToken,
             Self::OAuth2JwtBearer(_) => AuthType::OAuth2JwtBearer,
+            Self::Path { .. } => AuthType::Path,
+            Self::Body { .. } => AuthType::Body,
         }
     }
 
@@ -161,7 +219,10 @@ impl Auth {
             Self::None => Vec::new(),
             Self::Bearer { token } => vec![token],
             Self::Basic { username, password } => vec![username, password],
-            Self::Header { value, .. } | Self::Query { value, .. } => vec![value],
+            Self::Header { value, .. }
+            | Self::Query { value, .. }
+            | Self::Path { value, .. }
+            | Self::Body { value, .. } => vec![value],
             Self::OAuth2ClientCredentials(c) => vec![&c.client_secret],
             Self::OAuth2RefreshToken(r) => {
                 let mut v = vec![&r.refresh_token];
@@ -235,6 +296,23 @@ impl Auth {
                 token_name("auth.name", name)?;
                 secret("auth.value", value)
             }
+            Self::Path { template, value } => {
+                super::placement::PathTemplate::parse(template)
+                    .map_err(|why| ValidationError::new("auth.template", why))?;
+                secret("auth.value", value)
+            }
+            Self::Body { field, value, .. } => {
+                if field.is_empty()
+                    || field.len() > 128
+                    || field.bytes().any(|b| b.is_ascii_control())
+                {
+                    return Err(ValidationError::new(
+                        "auth.field",
+                        "must be 1-128 characters, no control characters",
+                    ));
+                }
+                secret("auth.value", value)
+            }
             Self::OAuth2ClientCredentials(_)
             | Self::OAuth2RefreshToken(_)
             | Self::OAuth2JwtBearer(_) => {
@@ -259,6 +337,16 @@ impl Auth {
             Self::Query { name, value } => {
                 serde_json::json!({"type": "query", "name": name, "value": value.expose()})
             }
+            Self::Path { template, value } => serde_json::json!({
+                "type": "path", "template": template, "value": value.expose()
+            }),
+            Self::Body {
+                format,
+                field,
+                value,
+            } => serde_json::json!({
+                "type": "body", "format": format.as_str(), "field": field, "value": value.expose()
+            }),
             Self::OAuth2ClientCredentials(c) => tagged(self, c.sealable_json()),
             Self::OAuth2RefreshToken(r) => tagged(self, r.sealable_json()),
             Self::OAuth2JwtBearer(j) => tagged(self, j.sealable_json()),
