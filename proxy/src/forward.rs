@@ -229,7 +229,7 @@ impl Forwarder {
                 session,
                 &peer,
                 &header,
-                &body,
+                body,
                 first_byte,
             )
             .await;

@@ -219,25 +219,31 @@ async fn body_credentials_replace_the_callers_field(backend: Backend) {
 
     // Refusals, before anything is sent.
     let before = fake.requests().len();
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    let cases = [
         (
-            &jsonapi,
+            jsonapi.as_str(),
             Some("application/json"),
             b"[1,2]".to_vec(),
             400,
             "not one",
         ),
-        (&jsonapi, Some(form), b"a=1".to_vec(), 400, "content type"),
         (
-            &slack,
+            jsonapi.as_str(),
+            Some(form),
+            b"a=1".to_vec(),
+            400,
+            "content type",
+        ),
+        (
+            slack.as_str(),
             Some("application/json"),
             b"{}".to_vec(),
             400,
             "content type",
         ),
-        (&slack, None, b"token=x".to_vec(), 400, "missing"),
+        (slack.as_str(), None, b"token=x".to_vec(), 400, "missing"),
         (
-            &slack,
+            slack.as_str(),
             Some(form),
             vec![b'a'; 1024 * 1024 + 10],
             413,
