@@ -6,6 +6,7 @@
 mod auth;
 mod config;
 mod host;
+pub mod placement;
 #[cfg(test)]
 mod tests;
 
@@ -13,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use ulid::Ulid;
 
-pub use auth::{Auth, AuthType};
+pub use auth::{Auth, AuthType, BodyFormat};
 pub use config::{
     BreakerPolicy, DEFAULT_RATE_LIMIT_PER_SEC, HttpVersion, MAX_TIMEOUT_MS, MAX_TOTAL_TIMEOUT_MS,
     ProviderConfig, TlsMode,

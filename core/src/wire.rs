@@ -108,6 +108,7 @@ macro_rules! problems {
 problems! {
     BAD_REQUEST = 400, "bad_request", "Bad request";
     INVALID_CALLBACK = 400, "invalid_callback", "Invalid callback URL";
+    CREDENTIAL_PLACEMENT = 400, "credential_placement", "Credential placement";
     UNKNOWN_PROVIDER = 403, "unknown_provider", "Unknown provider";
     PROVIDER_DISABLED = 403, "provider_disabled", "Provider disabled";
     FORBIDDEN_PORT = 403, "forbidden_port", "Port not allowed";

@@ -190,7 +190,24 @@ impl Forwarder {
         if expectation == Expectation::Continue && !session.is_body_empty() {
             body::write_continue(session).await?;
         }
-        let body = Body::read(session, self.replay_limit).await?;
+        // What the caller sent (what the DLQ keeps), and what the provider gets: the same but
+        // for a `body` credential placed in it.
+        let caller_body = Body::read(session, self.replay_limit).await?;
+        let placed = match &caller_body {
+            Body::Full(b) => Some(b),
+            Body::Streaming(_) => None,
+        };
+        let placed =
+            match crate::placement::place_body(provider, &mut header, placed, self.replay_limit) {
+                Ok(placed) => placed.map(Body::Full),
+                Err(problem) => {
+                    if let Some(p) = permit.take() {
+                        self.state.record(p, Outcome::Neutral).await;
+                    }
+                    return Err(problem);
+                }
+            };
+        let body = placed.as_ref().unwrap_or(&caller_body);
         body.frame(&mut header)
             .map_err(|_| Problem::bad_request("the request cannot be forwarded"))?;
         let method = header.method.as_str().to_owned();
@@ -228,7 +245,7 @@ impl Forwarder {
                 session,
                 &peer,
                 sent_header,
-                &body,
+                body,
                 first_byte,
             )
             .await;
@@ -320,7 +337,7 @@ impl Forwarder {
                 session,
                 call,
                 report,
-                &body,
+                &caller_body,
                 (end, excerpt),
                 (stop, circuit),
             )

@@ -24,9 +24,12 @@ fn sensitive(v: &str) -> pingora::Result<HeaderValue> {
 fn header_credential(auth: &Auth) -> Option<(String, String)> {
     match auth {
         // OAuth2: the access token is the forwarder's to inject (`inject_bearer`); signatures
-        // are made per attempt, over the final request (`forward::sign`).
+        // are made per attempt, over the final request (`forward::sign`); path and body
+        // credentials: `crate::placement`.
         Auth::None
         | Auth::Query { .. }
+        | Auth::Path { .. }
+        | Auth::Body { .. }
         | Auth::OAuth2ClientCredentials(_)
         | Auth::OAuth2RefreshToken(_)
         | Auth::OAuth2JwtBearer(_)
@@ -100,10 +103,11 @@ pub fn scrubber_for(
 }
 
 /// Whether the caller's request carries a credential where `auth` would put the provider's:
-/// its auth header, or its query parameter.
+/// its auth header, or its query parameter. Never for `path` (the caller must send a
+/// placeholder there) nor `body` (the body is not read yet; the caller's field is replaced).
 pub fn carries_credential(req: &RequestHeader, path_and_query: &str, auth: &Auth) -> bool {
     match auth {
-        Auth::None => false,
+        Auth::None | Auth::Path { .. } | Auth::Body { .. } => false,
         Auth::Bearer { .. }
         | Auth::Basic { .. }
         | Auth::OAuth2ClientCredentials(_)
@@ -161,7 +165,9 @@ pub fn rewrite_query(query: Option<&str>, name: &str, value: &str) -> String {
 }
 
 /// `path_and_query` as it may be logged or stored (access log, DLQ, jobs): the values of a
-/// `query` credential's parameter redacted, whatever the caller put there.
+/// `query` credential's parameter redacted, whatever the caller put there. A `path`
+/// credential's path is the caller's, with its placeholder (the secret is placed only in the
+/// request the provider gets).
 pub fn loggable_path(auth: Option<&Auth>, path_and_query: &str) -> String {
     match auth {
         Some(Auth::Query { name, .. }) => redact_query(path_and_query, name),

@@ -6,7 +6,8 @@
 //! - [`escape`]: egress — async DNS and the destination safety check.
 //! - [`forward`]: the attempt loop — admission (rate limit + breaker), timeouts, retries with
 //!   backoff inside the call's budget, replay, hand-off of exhausted calls.
-//! - [`inject`], [`hygiene`]: credential injection and header hygiene.
+//! - [`inject`], [`hygiene`]: credential injection and header hygiene; [`placement`]:
+//!   credentials in the URL path or the request body.
 //! - [`problem`]: the hub's own `application/problem+json` answers.
 //! - [`upgraded`]: long-lived connections per provider (WebSocket, passthrough tunnels): the
 //!   cap and the gauges.
@@ -20,6 +21,7 @@ pub mod inject;
 pub mod metrics;
 pub mod oauth;
 pub mod pipeline;
+pub mod placement;
 pub mod problem;
 pub mod registry;
 pub mod serve;

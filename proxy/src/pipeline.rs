@@ -309,6 +309,7 @@ impl HubProxy {
                 ),
             ));
         }
+        crate::placement::check(session.req_header(), &ctx.path_and_query, &provider)?;
         if let Some(caller) = &who.caller {
             // The DLQ entry and the job name the authenticated caller (and its tenant, for a
             // global provider's), never a claimed one.

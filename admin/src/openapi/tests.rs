@@ -284,3 +284,77 @@ async fn routes_accept_exactly_their_documented_query_parameters() {
         assert_eq!(resp.json()["field"], "bogus", "{uri}");
     }
 }
+
+/// The auth types and credential fields the document names are the ones [`AuthType`] has; the
+/// `path` and `body` inputs the service accepts validate against `AuthInput` (and bad ones
+/// fail both).
+#[test]
+fn auth_types_and_their_fields_match_the_service() {
+    use hub_core::provider::{Auth, AuthType};
+    let d = doc();
+    let schemas = &d["components"]["schemas"];
+    let enum_of = |v: &Value| -> BTreeSet<String> {
+        v["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let types = enum_of(&schemas["AuthType"]);
+    let fields = enum_of(&schemas["AuthView"]["properties"]["fieldsSet"]["items"]);
+    let all = [
+        AuthType::None,
+        AuthType::Bearer,
+        AuthType::Basic,
+        AuthType::Header,
+        AuthType::Query,
+        AuthType::Path,
+        AuthType::Body,
+        AuthType::OAuth2ClientCredentials,
+        AuthType::OAuth2RefreshToken,
+        AuthType::OAuth2JwtBearer,
+    ];
+    let rust: BTreeSet<String> = all.iter().map(|t| t.as_str().to_owned()).collect();
+    assert_eq!(types, rust, "AuthType enum");
+    for t in all {
+        for f in t.fields() {
+            assert!(fields.contains(*f), "fieldsSet lacks {f} of {}", t.as_str());
+        }
+    }
+    let input = validator(
+        &d,
+        &serde_json::json!({"$ref": "#/components/schemas/AuthInput"}),
+    );
+    for (json, valid) in [
+        (
+            serde_json::json!({"type": "path", "template": "/bot{secret}", "value": "1:A"}),
+            true,
+        ),
+        (
+            serde_json::json!({"type": "body", "format": "form", "field": "token", "value": "x"}),
+            true,
+        ),
+        (
+            serde_json::json!({"type": "body", "format": "json", "field": "k", "value": "x"}),
+            true,
+        ),
+        (
+            serde_json::json!({"type": "path", "template": "/bot", "value": "1:A"}),
+            false,
+        ),
+        (
+            serde_json::json!({"type": "body", "format": "xml", "field": "t", "value": "x"}),
+            false,
+        ),
+        (
+            serde_json::json!({"type": "body", "field": "t", "value": "x"}),
+            false,
+        ),
+    ] {
+        assert_eq!(input.is_valid(&json), valid, "document: {json}");
+        let service =
+            serde_json::from_value::<Auth>(json.clone()).is_ok_and(|a| a.validate().is_ok());
+        assert_eq!(service, valid, "service: {json}");
+    }
+}

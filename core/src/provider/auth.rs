@@ -36,6 +36,10 @@ pub enum AuthType {
     AwsSigV4,
     /// An HMAC signature header over chosen parts of the request (partner APIs).
     Hmac,
+    /// In the URL path, where the template's `{secret}` is (e.g. Telegram's `/bot{secret}`).
+    Path,
+    /// A field of a form or JSON request body (e.g. Slack's `token`).
+    Body,
 }
 
 impl AuthType {
@@ -52,6 +56,8 @@ impl AuthType {
             Self::OAuth2JwtBearer => "oauth2_jwt_bearer",
             Self::AwsSigV4 => "aws_sigv4",
             Self::Hmac => "hmac",
+            Self::Path => "path",
+            Self::Body => "body",
         }
     }
 
@@ -68,6 +74,8 @@ impl AuthType {
             "oauth2_jwt_bearer" => Self::OAuth2JwtBearer,
             "aws_sigv4" => Self::AwsSigV4,
             "hmac" => Self::Hmac,
+            "path" => Self::Path,
+            "body" => Self::Body,
             _ => return None,
         })
     }
@@ -84,6 +92,8 @@ impl AuthType {
             Self::OAuth2JwtBearer => &["privateKey"],
             Self::AwsSigV4 => &["accessKeyId", "secretAccessKey"],
             Self::Hmac => &["secret"],
+            Self::Path => &["template", "value"],
+            Self::Body => &["format", "field", "value"],
         }
     }
 
@@ -93,6 +103,34 @@ impl AuthType {
             self,
             Self::OAuth2ClientCredentials | Self::OAuth2RefreshToken | Self::OAuth2JwtBearer
         )
+    }
+}
+
+/// The body a `body` credential goes in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyFormat {
+    /// `application/x-www-form-urlencoded`.
+    Form,
+    /// `application/json` (a top-level object).
+    Json,
+}
+
+impl BodyFormat {
+    /// The spelling in the credential.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Form => "form",
+            Self::Json => "json",
+        }
+    }
+
+    /// The content type such a body has (what an empty body gets).
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Self::Form => "application/x-www-form-urlencoded",
+            Self::Json => "application/json",
+        }
     }
 }
 
@@ -144,6 +182,24 @@ pub enum Auth {
     /// An HMAC signature (and timestamp, API key) header.
     #[serde(rename = "hmac")]
     Hmac(signing::HmacScheme),
+    /// In the URL path (see [`super::placement`]): the caller sends the template's path with a
+    /// placeholder of its choice where `{secret}` is; the hub puts the value there.
+    Path {
+        /// A path prefix of one or more segments, one holding `{secret}` (not secret).
+        template: String,
+        /// The value (percent-encoded as a path segment when placed).
+        value: SecretString,
+    },
+    /// A field of the request body (buffered bodies only): every `field` the caller sent is
+    /// replaced by the provider's.
+    Body {
+        /// `form` or `json`.
+        format: BodyFormat,
+        /// The field's name (a top-level key for JSON; not secret).
+        field: String,
+        /// The value.
+        value: SecretString,
+    },
 }
 
 impl Auth {
@@ -160,6 +216,8 @@ impl Auth {
             Self::OAuth2JwtBearer(_) => AuthType::OAuth2JwtBearer,
             Self::AwsSigV4(_) => AuthType::AwsSigV4,
             Self::Hmac(_) => AuthType::Hmac,
+            Self::Path { .. } => AuthType::Path,
+            Self::Body { .. } => AuthType::Body,
         }
     }
 
@@ -180,7 +238,10 @@ impl Auth {
             Self::None => Vec::new(),
             Self::Bearer { token } => vec![token],
             Self::Basic { username, password } => vec![username, password],
-            Self::Header { value, .. } | Self::Query { value, .. } => vec![value],
+            Self::Header { value, .. }
+            | Self::Query { value, .. }
+            | Self::Path { value, .. }
+            | Self::Body { value, .. } => vec![value],
             Self::OAuth2ClientCredentials(c) => vec![&c.client_secret],
             Self::OAuth2RefreshToken(r) => {
                 let mut v = vec![&r.refresh_token];
@@ -256,6 +317,23 @@ impl Auth {
                 token_name("auth.name", name)?;
                 secret("auth.value", value)
             }
+            Self::Path { template, value } => {
+                super::placement::PathTemplate::parse(template)
+                    .map_err(|why| ValidationError::new("auth.template", why))?;
+                secret("auth.value", value)
+            }
+            Self::Body { field, value, .. } => {
+                if field.is_empty()
+                    || field.len() > 128
+                    || field.bytes().any(|b| b.is_ascii_control())
+                {
+                    return Err(ValidationError::new(
+                        "auth.field",
+                        "must be 1-128 characters, no control characters",
+                    ));
+                }
+                secret("auth.value", value)
+            }
             Self::OAuth2ClientCredentials(_)
             | Self::OAuth2RefreshToken(_)
             | Self::OAuth2JwtBearer(_) => {
@@ -282,6 +360,16 @@ impl Auth {
             Self::Query { name, value } => {
                 serde_json::json!({"type": "query", "name": name, "value": value.expose()})
             }
+            Self::Path { template, value } => serde_json::json!({
+                "type": "path", "template": template, "value": value.expose()
+            }),
+            Self::Body {
+                format,
+                field,
+                value,
+            } => serde_json::json!({
+                "type": "body", "format": format.as_str(), "field": field, "value": value.expose()
+            }),
             Self::OAuth2ClientCredentials(c) => tagged(self, c.sealable_json()),
             Self::OAuth2RefreshToken(r) => tagged(self, r.sealable_json()),
             Self::OAuth2JwtBearer(j) => tagged(self, j.sealable_json()),

@@ -88,6 +88,14 @@ fn auth_round_trips_through_sealable_json_and_never_debugs_secrets() {
             .unwrap(),
         serde_json::from_str(r#"{"type":"header","name":"X-Api-Key","value":"h-SECRET"}"#).unwrap(),
         serde_json::from_str(r#"{"type":"query","name":"api_key","value":"q-SECRET"}"#).unwrap(),
+        serde_json::from_str(r#"{"type":"path","template":"/bot{secret}","value":"1:p-SECRET"}"#)
+            .unwrap(),
+        serde_json::from_str(
+            r#"{"type":"body","format":"form","field":"token","value":"xoxb-SECRET"}"#,
+        )
+        .unwrap(),
+        serde_json::from_str(r#"{"type":"body","format":"json","field":"key","value":"j-SECRET"}"#)
+            .unwrap(),
         Auth::None,
     ];
     for a in auths {
@@ -99,6 +107,51 @@ fn auth_round_trips_through_sealable_json_and_never_debugs_secrets() {
     assert_eq!(bad.validate().unwrap_err().field, "auth.name");
     let bad: Auth = serde_json::from_str(r#"{"type":"bearer","token":"a\nb"}"#).unwrap();
     assert_eq!(bad.validate().unwrap_err().field, "auth.token");
+    for (json, field) in [
+        (
+            r#"{"type":"path","template":"/bot","value":"x"}"#,
+            "auth.template",
+        ),
+        (
+            r#"{"type":"path","template":"/a b/{secret}","value":"x"}"#,
+            "auth.template",
+        ),
+        (
+            r#"{"type":"path","template":"/{secret}","value":""}"#,
+            "auth.value",
+        ),
+        (
+            r#"{"type":"body","format":"json","field":"","value":"x"}"#,
+            "auth.field",
+        ),
+        (
+            r#"{"type":"body","format":"form","field":"t","value":"a\rb"}"#,
+            "auth.value",
+        ),
+    ] {
+        let bad: Auth = serde_json::from_str(json).unwrap();
+        assert_eq!(bad.validate().unwrap_err().field, field, "{json}");
+    }
+    assert!(
+        serde_json::from_str::<Auth>(r#"{"type":"body","format":"xml","field":"t","value":"x"}"#)
+            .is_err()
+    );
+}
+
+#[test]
+fn path_and_body_auth_types_are_named_and_list_their_fields() {
+    for t in [AuthType::Path, AuthType::Body] {
+        assert_eq!(AuthType::parse(t.as_str()), Some(t));
+        assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+        assert!(!t.is_oauth());
+    }
+    assert_eq!(AuthType::Path.fields(), ["template", "value"]);
+    assert_eq!(AuthType::Body.fields(), ["format", "field", "value"]);
+    let a: Auth =
+        serde_json::from_str(r#"{"type":"path","template":"/bot{secret}","value":"s"}"#).unwrap();
+    assert_eq!(a.auth_type(), AuthType::Path);
+    assert_eq!(a.secrets().len(), 1);
+    assert_eq!(a.secrets()[0].expose(), "s");
 }
 
 #[test]

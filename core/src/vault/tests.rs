@@ -68,6 +68,20 @@ fn all_auths() -> Vec<Auth> {
             "parts": ["method", "path"]
         }))
         .unwrap(),
+        Auth::Path {
+            template: "/bot{secret}".into(),
+            value: SecretString::new("123456:ABC/DEF%"),
+        },
+        Auth::Body {
+            format: crate::provider::BodyFormat::Form,
+            field: "token".into(),
+            value: SecretString::new("xoxb-1"),
+        },
+        Auth::Body {
+            format: crate::provider::BodyFormat::Json,
+            field: "api_key".into(),
+            value: SecretString::new("j-1"),
+        },
     ]
 }
 

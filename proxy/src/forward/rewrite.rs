@@ -28,6 +28,13 @@ pub fn upstream_header(
         Some((path, q)) => (path, Some(q)),
         None => (path_and_query, None),
     };
+    // A `path` credential goes in the provider's copy only (checked at admission).
+    let path = crate::placement::upstream_path(p.auth.as_ref(), path).ok_or_else(|| {
+        pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "the path does not match the provider's path template",
+        )
+    })?;
     let mut target = format!("{}{}", p.base.path_prefix, path);
     match (p.auth.as_ref(), query) {
         (Some(Auth::Query { name, value }), q) => {
