@@ -173,7 +173,7 @@ async fn two_instances_sharing_redis_make_one_token_request() {
     let pki = TestPki::new();
     let prefix = format!("oauth-test-{}:", ulid::Ulid::new());
     let shared = |c: &mut hub_core::config::HubConfig| {
-        c.redis.url = Some(redis_url.clone().into());
+        c.redis.url = Some(redis_url.clone());
         c.redis.key_prefix = prefix.clone();
     };
     let Some(a) = HubBuilder::new(Backend::Sqlite, &pki)
