@@ -303,18 +303,7 @@ fn auth_types_and_their_fields_match_the_service() {
     };
     let types = enum_of(&schemas["AuthType"]);
     let fields = enum_of(&schemas["AuthView"]["properties"]["fieldsSet"]["items"]);
-    let all = [
-        AuthType::None,
-        AuthType::Bearer,
-        AuthType::Basic,
-        AuthType::Header,
-        AuthType::Query,
-        AuthType::Path,
-        AuthType::Body,
-        AuthType::OAuth2ClientCredentials,
-        AuthType::OAuth2RefreshToken,
-        AuthType::OAuth2JwtBearer,
-    ];
+    let all = AuthType::ALL;
     let rust: BTreeSet<String> = all.iter().map(|t| t.as_str().to_owned()).collect();
     assert_eq!(types, rust, "AuthType enum");
     for t in all {
@@ -349,6 +338,43 @@ fn auth_types_and_their_fields_match_the_service() {
         ),
         (
             serde_json::json!({"type": "body", "field": "t", "value": "x"}),
+            false,
+        ),
+        (
+            serde_json::json!({"type": "oauth2_client_credentials",
+                "tokenUrl": "https://idp.test/token", "clientId": "a", "clientSecret": "b",
+                "scopes": ["x"], "clientAuth": "body", "whenIdpDown": "useValidToken"}),
+            true,
+        ),
+        (
+            serde_json::json!({"type": "oauth2_client_credentials",
+                "tokenUrl": "https://idp.test/token", "clientId": "a"}),
+            false,
+        ),
+        (
+            serde_json::json!({"type": "oauth2_refresh_token",
+                "tokenUrl": "https://idp.test/token", "clientId": "a", "refreshToken": "r"}),
+            true,
+        ),
+        (
+            serde_json::json!({"type": "aws_sigv4", "accessKeyId": "AKID",
+                "secretAccessKey": "s", "region": "us-east-1", "service": "s3"}),
+            true,
+        ),
+        (
+            serde_json::json!({"type": "aws_sigv4", "accessKeyId": "AKID",
+                "secretAccessKey": "s", "region": "us-east-1"}),
+            false,
+        ),
+        (
+            serde_json::json!({"type": "hmac", "secret": "s", "signatureHeader": "X-Signature",
+                "timestampHeader": "X-Timestamp",
+                "parts": ["method", "path", "timestamp", {"header": "x-key"}, "bodySha256"]}),
+            true,
+        ),
+        (
+            serde_json::json!({"type": "hmac", "secret": "s", "signatureHeader": "X-Signature",
+                "parts": ["nonsense"]}),
             false,
         ),
     ] {

@@ -43,6 +43,22 @@ pub enum AuthType {
 }
 
 impl AuthType {
+    /// Every scheme (the OpenAPI drift test checks the document names exactly these).
+    pub const ALL: [AuthType; 12] = [
+        Self::None,
+        Self::Bearer,
+        Self::Basic,
+        Self::Header,
+        Self::Query,
+        Self::Path,
+        Self::Body,
+        Self::OAuth2ClientCredentials,
+        Self::OAuth2RefreshToken,
+        Self::OAuth2JwtBearer,
+        Self::AwsSigV4,
+        Self::Hmac,
+    ];
+
     /// The stored spelling.
     pub fn as_str(self) -> &'static str {
         match self {
