@@ -350,7 +350,10 @@ async fn grpcio_unary_server_streaming_and_bidi_pass_with_the_credential_injecte
         .expect("the grpcio client finishes");
     let got: serde_json::Value =
         serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
-    let auth = format!("Bearer {TOKEN}");
+    // The provider echoes the Authorization it received; the hub masks the credential in the
+    // answer. A mask exactly as long as `Bearer <token>` is the scrubber matching that exact
+    // value, so the provider did receive the injected credential (and the module never sees it).
+    let auth = "*".repeat(format!("Bearer {TOKEN}").len());
     assert_eq!(got["unary"], format!("{auth}|hello"), "{got}");
     assert_eq!(
         got["list"],
@@ -376,7 +379,7 @@ async fn grpcio_unary_server_streaming_and_bidi_pass_with_the_credential_injecte
             .starts_with("unknown_provider"),
         "{got}"
     );
-    assert!(!err.contains(TOKEN) && !out.replace(&auth, "").contains(TOKEN));
+    assert!(!err.contains(TOKEN) && !out.contains(TOKEN));
 }
 
 /// curl, as module teams run it: by default a client offering h2 and HTTP/1.1 gets HTTP/1.1
