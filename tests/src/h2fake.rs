@@ -18,6 +18,9 @@ use tokio_rustls::TlsAcceptor;
 pub enum H2Mode {
     /// Plain h2: 200 with a JSON body naming the path and the connection.
     Ok,
+    /// As [`H2Mode::Ok`], answered this many milliseconds after the request ended (so streams
+    /// the hub multiplexes are seen in flight together, however loaded the machine).
+    OkAfter(u64),
     /// Plain h2: 200 with this many bytes of body, written as fast as flow control allows.
     Big(usize),
     /// gRPC: each request message is answered with one message `echo:<message>` as it arrives
@@ -247,10 +250,13 @@ async fn serve(
             .extend_from_slice(chunk);
     };
     match mode_for(inner) {
-        H2Mode::Ok => {
+        mode @ (H2Mode::Ok | H2Mode::OkAfter(_)) => {
             while let Some(Ok(c)) = body.data().await {
                 let _ = body.flow_control().release_capacity(c.len());
                 record(&c);
+            }
+            if let H2Mode::OkAfter(ms) = mode {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             }
             let json = serde_json::json!({"path": inner.requests.lock().unwrap()[index].path, "connection": connection});
             let resp = Response::builder()
