@@ -251,19 +251,9 @@ impl TokenRequest {
     }
 }
 
-/// `application/x-www-form-urlencoded` encoding of one name or value.
+/// `application/x-www-form-urlencoded` encoding of one name or value (space as `+`).
 pub fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// Why a token could not be obtained (never carries a secret or the endpoint's body).

@@ -128,16 +128,15 @@ pub fn carries_credential(req: &RequestHeader, path_and_query: &str, auth: &Auth
     }
 }
 
+/// What a query component keeps as is: RFC 3986's unreserved characters.
+const COMPONENT_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, COMPONENT_ESCAPED).to_string()
 }
 
 fn param_name(pair: &str) -> &str {

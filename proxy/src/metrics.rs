@@ -41,6 +41,11 @@ pub struct Metrics {
     /// `integration_token_rejections_total{provider}`: an OAuth2 provider answered 401 to an
     /// access token the hub injected (the call got a new token and one more attempt).
     pub token_rejections: IntCounterVec,
+    /// `integration_token_requests_total{provider,outcome}`: OAuth2 token requests the hub made
+    /// (`ok`, `unreachable`, `refused`, `invalid_grant`, `invalid_client`, `malformed`, `key`,
+    /// `store_unavailable`) or did not make because the endpoint's breaker was open
+    /// (`circuit_open`).
+    pub token_requests: IntCounterVec,
     /// `integration_rate_limited_total{provider}` (the hub's own limiter or quota said no).
     pub rate_limited: IntCounterVec,
     /// `integration_circuit_rejected_total{provider}`.
@@ -219,6 +224,12 @@ impl Metrics {
                 "integration_token_rejections_total",
                 "OAuth2 access tokens a provider answered 401 to",
                 &["provider"],
+            ),
+            token_requests: counter(
+                &r,
+                "integration_token_requests_total",
+                "OAuth2 token requests by outcome",
+                &["provider", "outcome"],
             ),
             rate_limited: counter(
                 &r,

@@ -533,6 +533,10 @@ fn token_of(provider: &Provider, issued: &Issued) -> Token {
 
 impl Tokens {
     async fn status(&self, provider: &Provider, slot: &Slot, life: Option<Duration>, why: &str) {
+        crate::metrics::METRICS
+            .token_requests
+            .with_label_values(&[&provider.name, why])
+            .inc();
         let mut status = self.share.status(provider.id).await.unwrap_or_default();
         if let Some(life) = life {
             status.expires_at = Some(rfc3339_in(life));

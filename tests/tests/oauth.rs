@@ -491,6 +491,19 @@ async fn an_identity_provider_outage_fails_fast_with_a_bounded_number_of_token_r
         view["auth"]["token"]["lastOutcome"], "circuit_open",
         "{view}"
     );
+    let m = metrics(&hub).await;
+    let count = |outcome: &str| -> f64 {
+        m.lines()
+            .find(|l| {
+                l.starts_with("integration_token_requests_total{")
+                    && l.contains("provider=\"down\"")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(count("refused"), 5.0, "{m}");
+    assert_eq!(count("circuit_open"), 15.0);
     assert!(!hub_tests::logs::contents().contains(IDP_ERROR_MARKER));
 }
 

@@ -147,18 +147,30 @@ impl<'a> PathTemplate<'a> {
     }
 }
 
+/// What [`encode_segment`] escapes: all but unreserved characters, sub-delims, `:` and `@`.
+const SEGMENT_ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
+
 /// `s` percent-encoded as one path segment: unreserved characters, sub-delims, `:` and `@` as
 /// they are, every other byte (`/`, `%`, `?`, `#`, space, non-ASCII, …) as `%XX`.
 pub fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || SEGMENT_SAFE.contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, SEGMENT_ESCAPED).to_string()
 }
 
 #[cfg(test)]
