@@ -84,13 +84,18 @@ impl Forwarder {
             }
         };
         let authorized = match self.authorize(provider, plan.deadline(), &mut header).await {
-            Ok(_) => super::sign::sign(provider, &mut header, Some(b"")),
+            Ok(token) => super::sign::sign(provider, &mut header, Some(b"")).map(|()| token),
             Err(p) => Err(p),
         };
-        if let Err(p) = authorized {
-            self.state.record(permit, Outcome::Neutral).await;
-            return Err(p);
-        }
+        let token = match authorized {
+            Ok(token) => token,
+            Err(p) => {
+                self.state.record(permit, Outcome::Neutral).await;
+                return Err(p);
+            }
+        };
+        // What the provider sends back is scrubbed of its credentials and the access token.
+        let scrubber = super::scrubber_of(provider, token.as_deref());
         report.attempts = 1;
         let started = Instant::now();
         let sent = self
@@ -118,7 +123,7 @@ impl Forwarder {
                 &peer,
                 call.request_id,
                 plan.deadline(),
-                provider.scrubber.as_deref(),
+                scrubber,
             )
             .await;
             report.cut = cut;
@@ -126,7 +131,7 @@ impl Forwarder {
         }
         let idle = provider.config.upgraded_idle_timeout();
         let mut resp = switching_protocols(up.resp_header(), call.request_id);
-        if let Some(s) = provider.scrubber.as_deref() {
+        if let Some(s) = scrubber {
             super::scrub::head(s, &mut resp);
         }
         // Frames may stall a write at most the idle timeout; reads are bounded by the relay.
@@ -148,7 +153,7 @@ impl Forwarder {
         up.maybe_upgrade_body_writer();
         let (end, cut) = {
             let mut module = Module(session);
-            let mut provider_side = Provider(&mut up, provider.scrubber.as_deref());
+            let mut provider_side = Provider(&mut up, scrubber);
             pump(
                 &mut module,
                 &mut provider_side,
