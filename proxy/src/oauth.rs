@@ -692,9 +692,8 @@ impl Endpoint for HttpEndpoint {
             v.set_sensitive(true);
             http = http.header(reqwest::header::AUTHORIZATION, v);
         }
-        let budget = deadline
-            .saturating_duration_since(Instant::now())
-            .min(TOKEN_REQUEST_TIMEOUT);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let budget = left.min(TOKEN_REQUEST_TIMEOUT);
         let send = async {
             let resp = http
                 .send()
@@ -716,9 +715,12 @@ impl Endpoint for HttpEndpoint {
             let body = zeroize::Zeroizing::new(body);
             hub_core::oauth::parse_response(status, &body).map_err(Failure::Token)
         };
-        tokio::time::timeout(budget, send)
-            .await
-            .unwrap_or(Err(Failure::Unreachable("the token endpoint timed out")))
+        match tokio::time::timeout(budget, send).await {
+            Ok(r) => r,
+            // The call's own budget ran out first: not the endpoint's fault.
+            Err(_) if left < TOKEN_REQUEST_TIMEOUT => Err(Failure::Budget),
+            Err(_) => Err(Failure::Unreachable("the token endpoint timed out")),
+        }
     }
 }
 
@@ -727,6 +729,10 @@ impl Endpoint for HttpEndpoint {
 pub(crate) enum Failure {
     #[error("{0}")]
     Unreachable(&'static str),
+    /// The call's budget ran out before the endpoint answered (a neutral outcome for the
+    /// endpoint's breaker: a caller asking for 50 ms must not open it).
+    #[error("the call's time budget ran out waiting for the token endpoint")]
+    Budget,
     #[error(transparent)]
     Token(TokenError),
 }
@@ -735,6 +741,7 @@ impl Failure {
     fn label(&self) -> &'static str {
         match self {
             Self::Unreachable(_) => "unreachable",
+            Self::Budget => "timeout",
             Self::Token(TokenError::Key) => "key",
             Self::Token(TokenError::Malformed(_)) => "malformed",
             Self::Token(TokenError::Refused { code: Some(c), .. }) if c == "invalid_grant" => {

@@ -36,8 +36,9 @@ pub struct TokenStatus {
     pub expires_at: Option<String>,
     /// When the hub last asked the token endpoint (RFC 3339).
     pub last_refresh_at: Option<String>,
-    /// `ok`, or why the last token request failed (`refused`, `invalid_grant`, `unreachable`,
-    /// `circuit_open`, `malformed`, `key`, `store_unavailable`).
+    /// `ok`, or why the last token request failed (`refused`, `invalid_grant`, `invalid_client`,
+    /// `unreachable`, `timeout` (the call's budget ran out first), `circuit_open`, `malformed`,
+    /// `key`, `store_unavailable`).
     pub last_outcome: Option<String>,
     /// Token requests made by the instance that wrote this status.
     pub token_requests: u64,

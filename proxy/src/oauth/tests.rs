@@ -203,3 +203,53 @@ async fn providers_without_oauth_have_no_token() {
     let p = Provider::for_tests("plain");
     assert!(t.token(&p, soon()).await.unwrap().is_none());
 }
+
+/// Answers after `delay`: a caller with a smaller budget gives up first.
+struct Slow(Duration);
+
+#[async_trait::async_trait]
+impl Endpoint for Slow {
+    async fn issue(
+        &self,
+        _provider: &Provider,
+        _grant: Grant<'_>,
+        _refresh_token: Option<&SecretString>,
+        deadline: Instant,
+    ) -> Result<Issued, Failure> {
+        // As the HTTP endpoint does: bounded by the call's deadline.
+        if Instant::now() + self.0 > deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Err(Failure::Budget);
+        }
+        tokio::time::sleep(self.0).await;
+        Ok(Issued {
+            access_token: "at-slow".into(),
+            lifetime: Duration::from_secs(3600),
+            refresh_token: None,
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_with_tiny_budgets_do_not_open_the_endpoints_breaker() {
+    let t = Arc::new(Tokens::with_endpoint(
+        TokensOptions {
+            share: Arc::new(LocalShare::default()),
+            vault: vault(),
+            store: None,
+            state: Arc::new(LocalState::new()),
+            extra_roots: None,
+        },
+        Arc::new(Slow(Duration::from_millis(200))),
+    ));
+    let p = provider("fail");
+    for _ in 0..10 {
+        let e = t
+            .token(&p, Instant::now() + Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, "credentials_unavailable");
+    }
+    // Ten budget timeouts later the endpoint is still asked (its breaker did not open).
+    assert_eq!(value(&t, &p).await.unwrap(), "at-slow");
+}
