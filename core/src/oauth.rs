@@ -277,15 +277,6 @@ pub enum TokenError {
 }
 
 impl Grant<'_> {
-    /// The token endpoint.
-    pub fn token_url(&self) -> Result<String, ValidationError> {
-        Ok(match self {
-            Self::ClientCredentials(c) => c.token_url.clone(),
-            Self::RefreshToken(r) => r.token_url.clone(),
-            Self::JwtBearer(j) => j.resolve()?.token_url,
-        })
-    }
-
     /// What calls do while the endpoint is down.
     pub fn when_idp_down(&self) -> WhenIdpDown {
         match self {

@@ -24,9 +24,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hub_core::oauth::share::{TokenShare, TokenStatus};
+use hub_core::oauth::share::TokenShare;
 use hub_core::oauth::{Grant, Issued, MAX_TOKEN_RESPONSE, TokenError, WhenIdpDown};
-use hub_core::provider::{BreakerPolicy, ProviderId};
+use hub_core::provider::{BreakerPolicy, ProviderId, SealedCredentials};
 use hub_core::secret::SecretString;
 use hub_core::state::{Admission, Outcome, Policy, SharedState};
 use hub_core::store::Store;
@@ -164,6 +164,26 @@ fn rfc3339_in(d: Duration) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// A sealed value as the share keeps it: `<key id>:<base64 ciphertext>`.
+fn blob_of(sealed: &SealedCredentials) -> String {
+    use base64::Engine;
+    format!(
+        "{}:{}",
+        sealed.key_id,
+        base64::engine::general_purpose::STANDARD.encode(&sealed.ciphertext)
+    )
+}
+
+/// The sealed value a [`blob_of`] string holds.
+fn sealed_of(blob: &str) -> Option<SealedCredentials> {
+    use base64::Engine;
+    let (key_id, b64) = blob.split_once(':')?;
+    Some(SealedCredentials {
+        key_id: key_id.to_owned(),
+        ciphertext: base64::engine::general_purpose::STANDARD.decode(b64).ok()?,
+    })
+}
+
 /// The id the token endpoint's breaker is kept under: derived from the provider's, never equal
 /// to any provider's or grant's.
 fn endpoint_id(provider: ProviderId) -> ProviderId {
@@ -239,11 +259,6 @@ impl Tokens {
             state: opts.state,
             endpoint,
         }
-    }
-
-    /// The share (the admin API reads statuses from it in `hub up`).
-    pub fn share(&self) -> &Arc<dyn TokenShare> {
-        &self.share
     }
 
     fn slot(&self, provider: &Provider) -> Arc<Slot> {
@@ -388,22 +403,12 @@ impl Tokens {
             e: i64,
             r: i64,
         }
-        let mut parts = blob.splitn(3, ':');
-        let generation = parts.next()?.to_owned();
-        let key_id = parts.next()?.to_owned();
-        let ciphertext = {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD
-                .decode(parts.next()?)
-                .ok()?
-        };
+        let (generation, sealed) = blob.split_once(':')?;
         let plain = self
             .vault
-            .open(
-                &Self::aad(provider, "token"),
-                &hub_core::provider::SealedCredentials { key_id, ciphertext },
-            )
+            .open(&Self::aad(provider, "token"), &sealed_of(sealed)?)
             .ok()?;
+        let generation = generation.to_owned();
         let p: Plain = serde_json::from_slice(&plain).ok()?;
         let now_ms = unix_ms();
         let now = Instant::now();
@@ -419,7 +424,6 @@ impl Tokens {
     }
 
     fn seal_token(&self, provider: &Provider, token: &Token) -> Option<String> {
-        use base64::Engine;
         let now = Instant::now();
         let now_ms = unix_ms();
         let ms = |i: Instant| {
@@ -433,12 +437,7 @@ impl Tokens {
             .vault
             .seal(&Self::aad(provider, "token"), plain.as_bytes())
             .ok()?;
-        Some(format!(
-            "{}:{}:{}",
-            token.generation,
-            sealed.key_id,
-            base64::engine::general_purpose::STANDARD.encode(&sealed.ciphertext)
-        ))
+        Some(format!("{}:{}", token.generation, blob_of(&sealed)))
     }
 
     /// Asks the endpoint (under its breaker), stores a rotated refresh token, shares the token.
@@ -579,13 +578,7 @@ impl Tokens {
     }
 
     fn open_refresh(&self, aad: &[u8], blob: &str) -> Option<SecretString> {
-        use base64::Engine;
-        let (key_id, ct) = blob.split_once(':')?;
-        let sealed = hub_core::provider::SealedCredentials {
-            key_id: key_id.to_owned(),
-            ciphertext: base64::engine::general_purpose::STANDARD.decode(ct).ok()?,
-        };
-        let plain = self.vault.open(aad, &sealed).ok()?;
+        let plain = self.vault.open(aad, &sealed_of(blob)?).ok()?;
         String::from_utf8(plain.to_vec())
             .ok()
             .map(SecretString::from)
@@ -605,21 +598,13 @@ impl Tokens {
             .vault
             .seal(&aad, rt.expose().as_bytes())
             .map_err(|_| "cannot seal the new refresh token")?;
-        {
-            use base64::Engine;
-            let blob = format!(
-                "{}:{}",
-                sealed.key_id,
-                base64::engine::general_purpose::STANDARD.encode(&sealed.ciphertext)
-            );
-            self.share
-                .put(
-                    &Self::key(provider, "refresh"),
-                    &blob,
-                    Duration::from_secs(90 * 86_400),
-                )
-                .await;
-        }
+        self.share
+            .put(
+                &Self::key(provider, "refresh"),
+                &blob_of(&sealed),
+                Duration::from_secs(90 * 86_400),
+            )
+            .await;
         if let Some(store) = &self.store
             && let Err(e) = store
                 .put_oauth_refresh_token(provider.id, provider.version, sealed, None)
@@ -629,11 +614,6 @@ impl Tokens {
             return Err("the rotated refresh token cannot be stored");
         }
         Ok(())
-    }
-
-    /// The token status for the admin API.
-    pub async fn status_of(&self, provider: ProviderId) -> Option<TokenStatus> {
-        self.share.status(provider).await
     }
 }
 

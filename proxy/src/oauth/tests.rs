@@ -9,7 +9,8 @@ use hub_core::state::LocalState;
 
 use super::*;
 
-/// Issues `at-<n>` tokens of `lifetime` after `delay`, or fails while `down`.
+/// Issues `at-<n>` tokens of `lifetime` after `delay`, or fails while `down`; like the HTTP
+/// endpoint, gives up when the call's deadline comes first.
 struct Counting {
     calls: AtomicUsize,
     lifetime: Duration,
@@ -19,10 +20,13 @@ struct Counting {
 
 impl Counting {
     fn new(lifetime: Duration) -> Arc<Self> {
+        Self::slow(lifetime, Duration::from_millis(50))
+    }
+    fn slow(lifetime: Duration, delay: Duration) -> Arc<Self> {
         Arc::new(Self {
             calls: AtomicUsize::new(0),
             lifetime,
-            delay: Duration::from_millis(50),
+            delay,
             down: AtomicBool::new(false),
         })
     }
@@ -38,9 +42,13 @@ impl Endpoint for Counting {
         _provider: &Provider,
         _grant: Grant<'_>,
         _refresh_token: Option<&SecretString>,
-        _deadline: Instant,
+        deadline: Instant,
     ) -> Result<Issued, Failure> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        if Instant::now() + self.delay > deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Err(Failure::Budget);
+        }
         tokio::time::sleep(self.delay).await;
         if self.down.load(Ordering::SeqCst) {
             return Err(Failure::Unreachable("the token endpoint cannot be reached"));
@@ -204,44 +212,10 @@ async fn providers_without_oauth_have_no_token() {
     assert!(t.token(&p, soon()).await.unwrap().is_none());
 }
 
-/// Answers after `delay`: a caller with a smaller budget gives up first.
-struct Slow(Duration);
-
-#[async_trait::async_trait]
-impl Endpoint for Slow {
-    async fn issue(
-        &self,
-        _provider: &Provider,
-        _grant: Grant<'_>,
-        _refresh_token: Option<&SecretString>,
-        deadline: Instant,
-    ) -> Result<Issued, Failure> {
-        // As the HTTP endpoint does: bounded by the call's deadline.
-        if Instant::now() + self.0 > deadline {
-            tokio::time::sleep_until(deadline).await;
-            return Err(Failure::Budget);
-        }
-        tokio::time::sleep(self.0).await;
-        Ok(Issued {
-            access_token: "at-slow".into(),
-            lifetime: Duration::from_secs(3600),
-            refresh_token: None,
-        })
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn callers_with_tiny_budgets_do_not_open_the_endpoints_breaker() {
-    let t = Arc::new(Tokens::with_endpoint(
-        TokensOptions {
-            share: Arc::new(LocalShare::default()),
-            vault: vault(),
-            store: None,
-            state: Arc::new(LocalState::new()),
-            extra_roots: None,
-        },
-        Arc::new(Slow(Duration::from_millis(200))),
-    ));
+    let endpoint = Counting::slow(Duration::from_secs(3600), Duration::from_millis(200));
+    let t = tokens(endpoint.clone());
     let p = provider("fail");
     for _ in 0..10 {
         let e = t
@@ -251,5 +225,6 @@ async fn callers_with_tiny_budgets_do_not_open_the_endpoints_breaker() {
         assert_eq!(e.code, "credentials_unavailable");
     }
     // Ten budget timeouts later the endpoint is still asked (its breaker did not open).
-    assert_eq!(value(&t, &p).await.unwrap(), "at-slow");
+    assert_eq!(value(&t, &p).await.unwrap(), "at-11");
+    assert_eq!(endpoint.calls(), 11);
 }
