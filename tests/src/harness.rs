@@ -383,6 +383,15 @@ impl TestHub {
             .await
     }
 
+    /// Starts a hub as production runs it: `proxy.callers: required` (every call needs a caller
+    /// credential and a grant).
+    pub async fn start_callers_required(backend: Backend, pki: &TestPki) -> Option<Self> {
+        HubBuilder::new(backend, pki)
+            .configure(|c| c.proxy.callers = hub_core::config::CallersMode::Required)
+            .start()
+            .await
+    }
+
     /// Starts a hub with these connection caps.
     pub async fn start_limited(
         backend: Backend,

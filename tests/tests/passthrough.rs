@@ -429,11 +429,7 @@ async fn bytes_sent_right_behind_the_connect_head_are_relayed_first() {
 async fn a_passthrough_tunnel_needs_an_unrestricted_grant_and_ends_on_revocation() {
     logs::init();
     let pki = TestPki::new();
-    let Some(hub) = hub_tests::harness::HubBuilder::new(Backend::Sqlite, &pki)
-        .configure(|c| c.proxy.callers = hub_core::config::CallersMode::Required)
-        .start()
-        .await
-    else {
+    let Some(hub) = TestHub::start_callers_required(Backend::Sqlite, &pki).await else {
         return;
     };
     let fake = FakeProvider::start(Some(pki.server_config.clone())).await;

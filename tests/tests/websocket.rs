@@ -609,11 +609,7 @@ setTimeout(() => { console.error('timeout'); process.exit(2); }, 10000);
 #[tokio::test]
 async fn revoking_the_caller_ends_its_open_websocket() {
     let pki = TestPki::new();
-    let Some(hub) = hub_tests::harness::HubBuilder::new(Backend::Sqlite, &pki)
-        .configure(|c| c.proxy.callers = hub_core::config::CallersMode::Required)
-        .start()
-        .await
-    else {
+    let Some(hub) = TestHub::start_callers_required(Backend::Sqlite, &pki).await else {
         return;
     };
     let p = WsProvider::start(Some(pki.server_config.clone())).await;
