@@ -18,10 +18,7 @@ use tokio::net::TcpStream;
 const BACKENDS: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
 
 async fn hub(backend: Backend, pki: &TestPki) -> Option<TestHub> {
-    HubBuilder::new(backend, pki)
-        .configure(|c| c.proxy.callers = CallersMode::Required)
-        .start()
-        .await
+    TestHub::start_callers_required(backend, pki).await
 }
 
 /// The admin API as the bootstrap admin.
@@ -310,9 +307,10 @@ async fn basic_and_bearer_caller_credentials_and_407_for_the_rest() {
             2 * calls_per_backend_so_far,
             "{backend:?}"
         );
-        assert_eq!(
-            caller_count(&hub, "anonymous", "unrouted", "407").await - anonymous_before,
-            1,
+        // At least ours: other tests in this binary, running beside this one, add their own
+        // anonymous 407s to the same process-wide series (an exact `== 1` failed when they did).
+        assert!(
+            caller_count(&hub, "anonymous", "unrouted", "407").await - anonymous_before >= 1,
             "{backend:?}"
         );
 

@@ -436,11 +436,7 @@ async fn curl_gets_h2_only_when_the_hub_prefers_it() {
 #[tokio::test]
 async fn real_clients_send_the_caller_credential_from_their_proxy_settings() {
     let pki = TestPki::new();
-    let Some(hub) = hub_tests::harness::HubBuilder::new(Backend::Sqlite, &pki)
-        .configure(|c| c.proxy.callers = hub_core::config::CallersMode::Required)
-        .start()
-        .await
-    else {
+    let Some(hub) = TestHub::start_callers_required(Backend::Sqlite, &pki).await else {
         return;
     };
     let fake = FakeProvider::start(Some(pki.server_config.clone())).await;
@@ -564,4 +560,57 @@ https.get(url, { agent, ca: fs.readFileSync(ca) }, (res) => {
         );
     }
     assert!(!hub_tests::logs::contents().contains(&token));
+}
+
+/// An OAuth2 provider as a module meets it with curl: a dummy key in, the hub's access token at
+/// the provider; a token the provider revokes mid-life costs the module nothing (one refresh,
+/// one more attempt); the body curl prints holds no token even when the provider echoes it.
+#[tokio::test]
+async fn curl_through_an_oauth2_provider_gets_the_hubs_token() {
+    if !have("curl", "--version") {
+        return;
+    }
+    let pki = TestPki::new();
+    let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
+        return;
+    };
+    let idp = hub_tests::FakeIdp::start(pki.server_config.clone()).await;
+    let fake = FakeProvider::start(Some(pki.server_config.clone())).await;
+    hub.add_provider(provider_json(
+        "curl-oauth",
+        "api.oauth.test",
+        &fake,
+        json!({"type": "oauth2_client_credentials", "tokenUrl": idp.token_url(),
+               "clientId": "hub", "clientSecret": "curl_client_secret_1234"}),
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &hub.ca_pem).unwrap();
+    let url = format!("https://api.oauth.test:{}/v1/me", fake.port);
+    let curl = || {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca)
+            .args(["-x", &hub.proxy_url(), "-H", "Authorization: Bearer dummy"])
+            .arg(&url);
+        c
+    };
+    let (out, _) = run(curl()).await;
+    assert!(out.ends_with("\n200"), "{out}");
+    fake.script([hub_tests::Mode::Status(401), hub_tests::Mode::Echo(200)]);
+    let (out, _) = run(curl()).await;
+    assert!(out.ends_with("\n200"), "{out}");
+    assert!(
+        !out.contains(&idp.marker),
+        "the echoed token is masked: {out}"
+    );
+    let seen: Vec<_> = fake
+        .requests()
+        .iter()
+        .map(|r| r.header("authorization").unwrap_or_default().to_owned())
+        .collect();
+    let token = |n: usize| format!("Bearer at-{n}-{}", idp.marker);
+    assert_eq!(seen, vec![token(1), token(1), token(2)]);
+    assert_eq!(idp.calls().len(), 2);
 }

@@ -55,6 +55,19 @@ async fn metrics(hub: &TestHub) -> String {
         .unwrap()
 }
 
+/// `integration_token_requests_total{provider, outcome}` in a `/metrics` page (0 when absent).
+fn token_requests(metrics: &str, provider: &str, outcome: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("integration_token_requests_total{")
+                && l.contains(&format!("provider=\"{provider}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Nothing the hub wrote anywhere a module or operator reads holds one of `secrets`.
 fn assert_nowhere(outputs: &[&str], secrets: &[&str]) {
     let logs = hub_tests::logs::contents();
@@ -492,16 +505,7 @@ async fn an_identity_provider_outage_fails_fast_with_a_bounded_number_of_token_r
         "{view}"
     );
     let m = metrics(&hub).await;
-    let count = |outcome: &str| -> f64 {
-        m.lines()
-            .find(|l| {
-                l.starts_with("integration_token_requests_total{")
-                    && l.contains("provider=\"down\"")
-                    && l.contains(&format!("outcome=\"{outcome}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let count = |outcome: &str| token_requests(&m, "down", outcome);
     assert_eq!(count("refused"), 5.0, "{m}");
     assert_eq!(count("circuit_open"), 15.0);
     assert!(!hub_tests::logs::contents().contains(IDP_ERROR_MARKER));
@@ -616,4 +620,54 @@ async fn hmac_signatures_are_fresh_on_every_attempt_and_verify() {
         &[&metrics(&hub).await],
         &["HMAC_PARTNER_SECRET_abc", "PARTNER_API_KEY_xyz"],
     );
+}
+
+#[tokio::test]
+async fn a_token_endpoint_nobody_listens_on_fails_fast_and_is_not_hammered() {
+    let pki = TestPki::new();
+    let Some(hub) = TestHub::start(Backend::Sqlite, &pki).await else {
+        return;
+    };
+    // A real dead endpoint: the port was bound and released, so connections are refused.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let api = FakeProvider::start(Some(pki.server_config.clone())).await;
+    let rec = hub
+        .add_provider(provider(
+            "dead-idp",
+            "api.deadidp.test",
+            &api,
+            json!({
+                "type": "oauth2_client_credentials",
+                "tokenUrl": format!("https://localhost:{port}/oauth/token"),
+                "clientId": "hub-client", "clientSecret": CLIENT_SECRET
+            }),
+        ))
+        .await;
+    let c = client(&hub);
+    let url = format!("https://api.deadidp.test:{}/v1/x", api.port);
+    for i in 0..10 {
+        let started = Instant::now();
+        let (status, p) = problem(c.get(&url).send().await.unwrap()).await;
+        assert_eq!(
+            (status, p["code"].as_str()),
+            (503, Some("credentials_unavailable")),
+            "call {i}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "call {i} was not fast"
+        );
+        assert!(!p.to_string().contains(CLIENT_SECRET));
+    }
+    assert!(api.requests().is_empty());
+    let m = metrics(&hub).await;
+    let count = |outcome: &str| token_requests(&m, "dead-idp", outcome);
+    // Refused connections are failures for the endpoint's breaker: 5, then it stays shut.
+    assert_eq!(count("unreachable"), 5.0, "{m}");
+    assert_eq!(count("circuit_open"), 5.0);
+    let view = admin_get(&hub, &format!("/providers/{}", rec.id)).await;
+    assert_eq!(view["auth"]["token"]["lastOutcome"], "circuit_open");
 }
